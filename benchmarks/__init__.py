@@ -1,0 +1,1 @@
+"""Latency and quality-drift measurement, and the reports (JSON, Markdown)."""

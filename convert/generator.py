@@ -1,0 +1,163 @@
+"""The one-step generator: noise latent (+ conditioning) → consistency step(s) → VAE decode → image in [0, 1].
+
+This is the module every target exports, so the sampler ships inside the artifact and no app re-implements it.
+Its constants (timesteps, ᾱ, c_skip, c_out, latent scaling) come from the manifest's `schedule` section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cdx.distill.consistency import guidance_scale_embedding, predicted_x0, step_constants
+from cdx.distill.loading import LatentPipelineParts
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape, dtype and value range of one graph input or output (the manifest's tensor entry)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    range: tuple[float, float] | None = None
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.range is not None:
+            data["range"] = list(self.range)
+        if self.description:
+            data["description"] = self.description
+        return data
+
+
+def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str = "lcm",
+                     latent_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The manifest's `schedule`: every constant a sampler needs, read from the scheduler config."""
+    config = parts.scheduler_config
+    h, w = latent_hw or _default_latent_hw(parts)
+    return {
+        "scheduler_class": "LCMScheduler",
+        "num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
+        "prediction_type": str(config.get("prediction_type", "epsilon")),
+        "parameterization": parameterization,
+        "sigma_data": 0.5,
+        "timestep_scaling": float(config.get("timestep_scaling", 10.0)),
+        "latent_scaling_factor": parts.latent_scaling_factor,
+        "latent_shift_factor": parts.latent_shift_factor,
+        "latent_shape": [1, parts.latent_channels, h, w],
+        "init_noise_sigma": 1.0,
+        "steps": [s.as_dict() for s in step_constants(config, num_steps, parameterization)],  # type: ignore[arg-type]
+    }
+
+
+def _default_latent_hw(parts: LatentPipelineParts) -> tuple[int, int]:
+    size = parts.unet.config.sample_size
+    if isinstance(size, list | tuple):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+class OneStepGenerator(nn.Module):
+    """noise (+ class label | text embedding) (+ guidance w) → image in [0, 1], all in one graph.
+
+    With several schedule steps it runs the multi-step consistency sampler, drawing the re-noising
+    noise from the extra `step_noise` input so the graph stays deterministic and exportable.
+    """
+
+    def __init__(self, parts: LatentPipelineParts, schedule: dict[str, Any]):
+        super().__init__()
+        self.unet = parts.unet
+        self.vae = parts.vae
+        self.conditioning = parts.conditioning
+        self.guidance_dim = parts.guidance_embedding_dim
+        self.prediction_type = schedule["prediction_type"]
+        self.scaling_factor = float(schedule["latent_scaling_factor"])
+        self.shift_factor = float(schedule.get("latent_shift_factor") or 0.0)
+        self.steps = schedule["steps"]
+        self.latent_shape = tuple(schedule["latent_shape"])
+        self.text_shape = (1, parts.text_sequence_length, parts.cross_attention_dim) \
+            if parts.conditioning == "text_embedding" else None
+        self.num_classes = parts.num_classes
+
+    # ---- the I/O contract -------------------------------------------------------------------------------
+    def input_specs(self) -> list[TensorSpec]:
+        specs = [TensorSpec("noise", self.latent_shape, "float32", description="standard normal latent")]
+        if len(self.steps) > 1:
+            shape = (len(self.steps) - 1, *self.latent_shape[1:])
+            specs.append(TensorSpec("step_noise", shape, "float32", description="standard normal, one per extra step"))
+        if self.conditioning == "class_label":
+            specs.append(TensorSpec("class_label", (1,), "int64", (0, (self.num_classes or 1) - 1)))
+        elif self.conditioning == "text_embedding":
+            specs.append(TensorSpec("text_embedding", self.text_shape, "float32",
+                                    description="text encoder last hidden state"))
+        if self.guidance_dim:
+            specs.append(TensorSpec("guidance_scale", (1,), "float32", description="classifier-free guidance w"))
+        return specs
+
+    def output_specs(self) -> list[TensorSpec]:
+        channels = int(self.vae.config.out_channels)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        shape = (1, channels, self.latent_shape[2] * factor, self.latent_shape[3] * factor)
+        return [TensorSpec("image", shape, "float32", (0.0, 1.0), "RGB, NCHW")]
+
+    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float = 8.0) -> dict[str, torch.Tensor]:
+        """Seeded inputs matching `input_specs` (noise from torch's CPU generator)."""
+        gen = torch.Generator().manual_seed(seed)
+        out: dict[str, torch.Tensor] = {}
+        for spec in self.input_specs():
+            if spec.name in ("noise", "step_noise", "text_embedding"):
+                out[spec.name] = torch.randn(spec.shape, generator=gen)
+            elif spec.name == "class_label":
+                out[spec.name] = torch.tensor([class_label], dtype=torch.int64)
+            elif spec.name == "guidance_scale":
+                out[spec.name] = torch.tensor([guidance_scale], dtype=torch.float32)
+        return out
+
+    # ---- the computation --------------------------------------------------------------------------------
+    def _unet(self, latents: torch.Tensor, timestep: int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = torch.full((latents.shape[0],), timestep, dtype=torch.int64)
+        kwargs: dict[str, Any] = {}
+        if self.guidance_dim:
+            # LCM feeds w - 1 (the CFG "extra" scale) to the embedding; see LatentConsistencyModelPipeline.
+            kwargs["timestep_cond"] = guidance_scale_embedding(cond["guidance_scale"] - 1.0, self.guidance_dim)
+        if self.conditioning == "class_label":
+            kwargs["class_labels"] = cond["class_label"]
+        if type(self.unet).__name__ == "UNet2DModel":
+            return self.unet(latents, t, **kwargs).sample
+        return self.unet(latents, t, encoder_hidden_states=cond.get("text_embedding"), **kwargs).sample
+
+    def denoise(self, noise: torch.Tensor, step_noise: torch.Tensor | None = None, **cond: torch.Tensor) -> torch.Tensor:
+        """Run the consistency sampler in latent space; returns the clean latent."""
+        latents = noise
+        denoised = noise
+        for i, step in enumerate(self.steps):
+            if i > 0:  # re-noise the previous estimate to this step's level (multistep consistency sampling)
+                assert step_noise is not None
+                a = step["alpha_cumprod"]
+                latents = a**0.5 * denoised + (1 - a) ** 0.5 * step_noise[i - 1 : i]
+            out = self._unet(latents, step["timestep"], cond)
+            x0 = predicted_x0(out, latents, step["alpha_cumprod"], self.prediction_type)
+            denoised = step["c_skip"] * latents + step["c_out"] * x0
+        return denoised
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        image = self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
+        return (image / 2 + 0.5).clamp(0.0, 1.0)
+
+    def forward(self, noise: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        names = [s.name for s in self.input_specs()][1:]
+        named = dict(zip(names, args, strict=True))
+        step_noise = named.pop("step_noise", None)
+        return self.decode(self.denoise(noise, step_noise, **named))
+
+
+def build_generator(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str = "lcm",
+                    latent_hw: tuple[int, int] | None = None) -> tuple[OneStepGenerator, dict[str, Any]]:
+    """A generator and the schedule section it bakes in."""
+    schedule = schedule_section(parts, num_steps, parameterization, latent_hw)
+    return OneStepGenerator(parts, schedule).eval(), schedule

@@ -1,0 +1,89 @@
+"""Golden data: seeded inputs and the float model's outputs, as raw little-endian files any runtime can read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdx.convert.generator import OneStepGenerator
+
+GOLDEN_DIR = "golden"
+
+
+def seeded_batches(generator: OneStepGenerator, seeds: list[int], num_classes: int | None) -> list[dict[str, np.ndarray]]:
+    """One input dict per seed; class labels cycle through the classes so conditioning is exercised."""
+    batches = []
+    for i, seed in enumerate(seeds):
+        label = i % num_classes if num_classes else 0
+        tensors = generator.example_inputs(seed=seed, class_label=label)
+        batches.append({k: v.numpy() for k, v in tensors.items()})
+    return batches
+
+
+@torch.inference_mode()
+def eager_outputs(generator: OneStepGenerator, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The float PyTorch generator's outputs on each input dict."""
+    name = generator.output_specs()[0].name
+    return [{name: generator(*(torch.from_numpy(v) for v in batch.values())).numpy()} for batch in batches]
+
+
+def stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack per-seed dicts along the batch axis (the golden file layout)."""
+    return {key: np.concatenate([b[key] for b in batches], axis=0) for key in batches[0]}
+
+
+def unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Inverse of `stack`: one batch-1 dict per sample."""
+    count = next(iter(stacked.values())).shape[0]
+    return [{key: value[i : i + 1] for key, value in stacked.items()} for i in range(count)]
+
+
+def write_golden(folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    """Write `<prefix>.<tensor>.bin` files (little-endian) and PNGs of image outputs; return the manifest entry."""
+    base = folder / GOLDEN_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    entry: dict[str, Any] = {"inputs": {}, "outputs": {}}
+    for kind, tensors in (("inputs", inputs), ("outputs", outputs)):
+        for name, array in tensors.items():
+            rel = f"{GOLDEN_DIR}/{prefix}.{kind[:-1]}.{name}.bin"
+            array.astype(array.dtype.newbyteorder("<"), copy=False).tofile(folder / rel)
+            entry[kind][name] = rel
+    for name, array in outputs.items():
+        if array.ndim == 4 and array.shape[1] == 3:
+            save_png_grid(array, folder / GOLDEN_DIR / f"{prefix}.{name}.png")
+    return entry
+
+
+def read_golden(folder: Path, model: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Read a model's golden inputs and outputs back, shaped as [count, *shape[1:]]."""
+    from cdx.manifest import resolve_inside
+
+    golden = model["golden"]
+    count = len(golden["seeds"])
+
+    def load(specs: list[dict[str, Any]], files: dict[str, str]) -> dict[str, np.ndarray]:
+        out = {}
+        for spec in specs:
+            path = resolve_inside(folder, files[spec["name"]])
+            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+            out[spec["name"]] = np.fromfile(path, dtype=dtype).reshape(count, *spec["shape"][1:]).astype(spec["dtype"])
+        return out
+
+    return load(model["inputs"], golden["inputs"]), load(model["outputs"], golden["outputs"])
+
+
+def save_png_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
+    """Save NCHW images in [0, 1] as one PNG grid."""
+    import matplotlib.image
+
+    n, c, h, w = images.shape
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    grid = np.ones((rows * h, cols * w, c), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i].transpose(1, 2, 0)
+    matplotlib.image.imsave(path, np.clip(grid, 0, 1))

@@ -1,0 +1,1 @@
+"""Teacher loading, ODE solvers, consistency parameterisation, losses, EMA and the training loop."""

@@ -1,0 +1,165 @@
+"""Load the parts of a diffusers latent diffusion pipeline that cdx works on, and refuse what it cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cdx.errors import InputError
+
+Conditioning = Literal["none", "class_label", "text_embedding"]
+
+_UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
+_VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+
+
+@dataclass
+class LatentPipelineParts:
+    """The pieces of a latent diffusion pipeline, plus what cdx derived about them."""
+
+    path: str
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict[str, Any]
+    conditioning: Conditioning
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: Any = None
+    num_classes: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    weights_sha256: str = ""
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Spatial factor between latent and image (2 ** (number of VAE blocks - 1))."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0))
+
+    @property
+    def latent_shift_factor(self) -> float | None:
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return None if shift is None else float(shift)
+
+    @property
+    def guidance_embedding_dim(self) -> int | None:
+        """LCM's w-embedding size (UNet `time_cond_proj_dim`), or None when w is not an input."""
+        dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+        return int(dim) if dim else None
+
+    @property
+    def text_sequence_length(self) -> int:
+        if self.tokenizer is not None:
+            return int(self.tokenizer.model_max_length)
+        if self.text_encoder is not None:
+            return int(self.text_encoder.config.max_position_embeddings)
+        return 77
+
+    @property
+    def cross_attention_dim(self) -> int:
+        dim = self.unet.config.cross_attention_dim
+        return int(dim[0] if isinstance(dim, list | tuple) else dim)
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 over the (path, sha256) pairs of every safetensors file: the source model's identity."""
+    import hashlib
+
+    from cdx.atomic import sha256_file
+
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*.safetensors")):
+        digest.update(file.relative_to(folder).as_posix().encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _resolve_folder(model: str | os.PathLike[str]) -> Path:
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{path}: not a folder (expected a diffusers pipeline folder)")
+        return path
+    looks_like_hub_id = isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/"))
+    if not looks_like_hub_id:
+        raise InputError(f"model folder not found: {path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    except Exception as exc:  # network, auth, missing repo
+        raise InputError(f"cannot fetch {model!r} from the Hugging Face Hub ({type(exc).__name__}); pass a local folder") from None
+
+
+def _component_class(folder: Path, name: str, allowed: tuple[str, ...]) -> str:
+    config = folder / name / "config.json"
+    if not config.is_file():
+        raise InputError(f"{folder}: not a diffusers latent pipeline (missing {name}/config.json)")
+    cls = _read_json(config).get("_class_name", "")
+    if cls not in allowed:
+        raise InputError(f"{config}: {name} class {cls!r} is not supported (supported: {', '.join(allowed)})")
+    return cls
+
+
+def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LatentPipelineParts:
+    """Load unet, vae, scheduler config (and text encoder/tokenizer when text-conditioned) from a folder."""
+    import diffusers
+
+    folder = _resolve_folder(model)
+    unet_cls = _component_class(folder, "unet", _UNET_CLASSES)
+    vae_cls = _component_class(folder, "vae", _VAE_CLASSES)
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    if not sched_path.is_file():
+        raise InputError(f"{folder}: not a diffusers latent pipeline (missing scheduler/scheduler_config.json)")
+    scheduler_config = _read_json(sched_path)
+
+    unet = getattr(diffusers, unet_cls).from_pretrained(folder / "unet", torch_dtype=dtype).eval()
+    vae = getattr(diffusers, vae_cls).from_pretrained(folder / "vae", torch_dtype=dtype).eval()
+
+    text_encoder = tokenizer = None
+    num_classes = getattr(unet.config, "num_class_embeds", None)
+    class_names: list[str] = []
+    if num_classes:
+        conditioning: Conditioning = "class_label"
+        index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+        class_names = list(index.get("cdx_class_names", []))
+    elif unet_cls == "UNet2DConditionModel":
+        conditioning = "text_embedding"
+        if (folder / "text_encoder" / "config.json").is_file():
+            from transformers import AutoTokenizer, CLIPTextModel
+
+            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval()
+            if (folder / "tokenizer").is_dir():
+                tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    else:
+        conditioning = "none"
+
+    return LatentPipelineParts(
+        path=str(model),
+        unet=unet,
+        vae=vae,
+        scheduler_config=scheduler_config,
+        conditioning=conditioning,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        num_classes=int(num_classes) if num_classes else None,
+        class_names=class_names,
+        weights_sha256=weights_digest(folder),
+    )

@@ -1,0 +1,48 @@
+"""Eager PyTorch runner: rebuilds the float generator from the manifest's source model and schedule.
+
+It is the reference every other runtime is measured against, so it refuses a source whose weights
+differ from the ones the artifact was exported from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdx.errors import ChecksumError
+from cdx.runtimes.base import Runner
+
+
+class EagerRunner(Runner):
+    """The float32 generator in eager PyTorch, built from `manifest.source.path`."""
+
+    runtime = "torch"
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], model: dict[str, Any], threads: int | None = None):
+        super().__init__(folder, manifest, model, threads)
+        from cdx.convert.generator import OneStepGenerator
+        from cdx.distill.loading import load_latent_pipeline
+
+        if threads:
+            torch.set_num_threads(threads)
+        source = manifest["source"]
+        parts = load_latent_pipeline(source["path"])
+        if parts.weights_sha256 != source["weights_sha256"]:
+            raise ChecksumError(
+                f"{source['path']}: weights differ from the ones this artifact was exported from "
+                "(source weights_sha256 mismatch)"
+            )
+        schedule = dict(manifest["schedule"])
+        schedule["latent_shape"] = next(s["shape"] for s in model["inputs"] if s["name"] == "noise")
+        schedule["steps"] = schedule["steps"][: model.get("steps", len(schedule["steps"]))]
+        self.module = OneStepGenerator(parts, schedule).eval()
+
+    @torch.inference_mode()
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_inputs(inputs)
+        args = [torch.from_numpy(inputs[name]) for name in self.input_names]
+        out = self.module(*args)
+        return {self.output_names[0]: out.numpy()}
