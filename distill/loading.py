@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel, UNet2DModel
 
 from cdx.errors import InputError
 
 Conditioning = Literal["none", "class_label", "text_embedding"]
 
-_UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
-_VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+_UNET_CLASSES = {cls.__name__: cls for cls in (UNet2DConditionModel, UNet2DModel)}
+_VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderTiny)}
 
 
 @dataclass
@@ -105,23 +106,22 @@ def _resolve_folder(model: str | os.PathLike[str]) -> Path:
 
         return Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
     except Exception as exc:  # network, auth, missing repo
-        raise InputError(f"cannot fetch {model!r} from the Hugging Face Hub ({type(exc).__name__}); pass a local folder") from None
+        reason = type(exc).__name__
+        raise InputError(f"cannot fetch {model!r} from the Hugging Face Hub ({reason}); pass a local folder") from None
 
 
-def _component_class(folder: Path, name: str, allowed: tuple[str, ...]) -> str:
+def _component_class(folder: Path, name: str, allowed: dict[str, type]) -> type:
     config = folder / name / "config.json"
     if not config.is_file():
         raise InputError(f"{folder}: not a diffusers latent pipeline (missing {name}/config.json)")
     cls = _read_json(config).get("_class_name", "")
     if cls not in allowed:
         raise InputError(f"{config}: {name} class {cls!r} is not supported (supported: {', '.join(allowed)})")
-    return cls
+    return allowed[cls]
 
 
 def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LatentPipelineParts:
     """Load unet, vae, scheduler config (and text encoder/tokenizer when text-conditioned) from a folder."""
-    import diffusers
-
     folder = _resolve_folder(model)
     unet_cls = _component_class(folder, "unet", _UNET_CLASSES)
     vae_cls = _component_class(folder, "vae", _VAE_CLASSES)
@@ -130,8 +130,8 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         raise InputError(f"{folder}: not a diffusers latent pipeline (missing scheduler/scheduler_config.json)")
     scheduler_config = _read_json(sched_path)
 
-    unet = getattr(diffusers, unet_cls).from_pretrained(folder / "unet", torch_dtype=dtype).eval()
-    vae = getattr(diffusers, vae_cls).from_pretrained(folder / "vae", torch_dtype=dtype).eval()
+    unet = unet_cls.from_pretrained(folder / "unet", torch_dtype=dtype).eval()
+    vae = vae_cls.from_pretrained(folder / "vae", torch_dtype=dtype).eval()
 
     text_encoder = tokenizer = None
     num_classes = getattr(unet.config, "num_class_embeds", None)
@@ -140,12 +140,12 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         conditioning: Conditioning = "class_label"
         index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
         class_names = list(index.get("cdx_class_names", []))
-    elif unet_cls == "UNet2DConditionModel":
+    elif unet_cls is UNet2DConditionModel:
         conditioning = "text_embedding"
         if (folder / "text_encoder" / "config.json").is_file():
             from transformers import AutoTokenizer, CLIPTextModel
 
-            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval()
+            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
             if (folder / "tokenizer").is_dir():
                 tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     else:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdx.convert.generator import OneStepGenerator
+from cdx.distill.loading import load_latent_pipeline
 from cdx.errors import ChecksumError
 from cdx.runtimes.base import Runner
 
@@ -23,9 +25,6 @@ class EagerRunner(Runner):
 
     def __init__(self, folder: Path, manifest: dict[str, Any], model: dict[str, Any], threads: int | None = None):
         super().__init__(folder, manifest, model, threads)
-        from cdx.convert.generator import OneStepGenerator
-        from cdx.distill.loading import load_latent_pipeline
-
         if threads:
             torch.set_num_threads(threads)
         source = manifest["source"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from cdx.errors import InputError
 from cdx.manifest import resolve_inside
@@ -14,8 +15,6 @@ from cdx.runtimes.base import Runner
 
 def session_options(threads: int | None, optimization: str = "all", saved_optimizations: bool = False):
     """ORT SessionOptions with thread count and graph optimisation level set."""
-    import onnxruntime as ort
-
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -41,8 +40,6 @@ class OrtRunner(Runner):
     def __init__(self, folder: Path, manifest: dict[str, Any], model: dict[str, Any], threads: int | None = None,
                  providers: list[str] | None = None):
         super().__init__(folder, manifest, model, threads)
-        import onnxruntime as ort
-
         available = ort.get_available_providers()
         self.providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in self.providers if p not in available]

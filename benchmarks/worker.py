@@ -1,0 +1,88 @@
+"""Measure one model on one runtime in a fresh process, so cold load time and peak RSS mean what they say.
+
+Run as `python -m cdx.benchmarks.worker SPEC.json`; writes the JSON result and the outputs (.npy) it names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    """Peak resident set of this process (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Cold load, first run, warm runs and peak RSS of `spec['model']` on `spec['runtime']`."""
+    from cdx.benchmarks.metrics import percentile_stats
+    from cdx.convert.golden import read_golden, unstack
+    from cdx.manifest import find_model, load_manifest
+    from cdx.runtimes.base import RUNTIMES, open_runner
+
+    folder = Path(spec["folder"])
+    manifest = load_manifest(folder, verify=True)
+    model = find_model(manifest, spec["model"])
+    inputs, _ = read_golden(folder, model)
+    samples = unstack(inputs)
+    start = time.perf_counter()
+    importlib.import_module(RUNTIMES[spec["runtime"]][0])  # runtime libraries load here, not in the cold load
+    import_ms = (time.perf_counter() - start) * 1e3
+    rss_before = _rss_mb()
+
+    start = time.perf_counter()
+    runner = open_runner(folder, manifest, model, spec["runtime"], spec.get("threads"))
+    cold_load_ms = (time.perf_counter() - start) * 1e3
+
+    start = time.perf_counter()
+    outputs = [runner.run(samples[0])]
+    first_run_ms = (time.perf_counter() - start) * 1e3
+    outputs += [runner.run(sample) for sample in samples[1:]]
+
+    for _ in range(spec["warmup"]):
+        runner.run(samples[0])
+    timings = []
+    for _ in range(spec["runs"]):
+        start = time.perf_counter()
+        runner.run(samples[0])
+        timings.append((time.perf_counter() - start) * 1e3)
+
+    name = runner.output_names[0]
+    np.save(spec["outputs_path"], np.concatenate([o[name] for o in outputs]))
+    return {
+        **runner.describe(),
+        "import_ms": import_ms,
+        "cold_load_ms": cold_load_ms,
+        "first_run_ms": first_run_ms,
+        "latency": percentile_stats(timings),
+        "rss_before_load_mb": rss_before,
+        "peak_rss_mb": _rss_mb(),
+    }
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text("utf-8"))
+    try:
+        result = {"ok": True, **measure(spec)}
+    except Exception as exc:  # reported to the parent as one line
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    Path(spec["result_path"]).write_text(json.dumps(result), "utf-8")
+
+
+if __name__ == "__main__":
+    main()

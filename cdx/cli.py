@@ -1,0 +1,186 @@
+"""The `cdx` command line: thin verbs that parse options and call library functions tests call too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from cdx.quiet import quiet_third_party
+
+quiet_third_party()
+
+import typer  # noqa: E402
+
+from cdx import __version__  # noqa: E402
+from cdx.errors import CdxError, UnsupportedError  # noqa: E402
+
+app = typer.Typer(
+    name="cdx",
+    help="Distill a latent diffusion model into a one-step consistency student and ship it on-device "
+    "(Core ML, ExecuTorch, ONNX Runtime).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+teacher_app = typer.Typer(help="Train or inspect a teacher latent diffusion model.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """cdx: one-step consistency students for phones."""
+
+
+def _not_built(verb: str, issue: int, what: str) -> None:
+    raise UnsupportedError(f"cdx {verb}: not built yet — {what} is tracked in issue #{issue}")
+
+
+@teacher_app.command("train")
+def teacher_train() -> None:
+    """Train the embedded Fashion-MNIST latent diffusion teacher."""
+    _not_built("teacher train", 3, "training the embedded Fashion-MNIST teacher")
+
+
+@teacher_app.command("tiny")
+def teacher_tiny(
+    out: Annotated[Path, typer.Argument(help="Folder to write the tiny pipeline to.")],
+    kind: Annotated[str, typer.Option(help="sd: text-conditioned SD-shaped LCM pipeline; unet2d: unconditional.")] = "sd",
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Build a tiny random-weight diffusers pipeline (for trying the pipeline offline)."""
+    from cdx.atomic import atomic_directory
+    from cdx.tiny_models import build_tiny_sd, build_tiny_unet2d
+
+    builders = {"sd": build_tiny_sd, "unet2d": build_tiny_unet2d}
+    if kind not in builders:
+        raise CdxError(f"unknown --kind {kind!r}; valid: {', '.join(builders)}")
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        builders[kind](staging, seed=seed)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def distill() -> None:
+    """Consistency-distill a one-step student from a teacher."""
+    _not_built("distill", 3, "consistency distillation")
+
+
+@app.command()
+def sample() -> None:
+    """Sample an image grid from a student in 1-4 steps."""
+    _not_built("sample", 3, "sampling from a distilled student")
+
+
+@app.command()
+def convert(
+    model: Annotated[str, typer.Argument(help="Student: a diffusers folder (or hub id when online).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (artifacts + manifest.json).")] = Path("out/export"),
+    target: Annotated[str, typer.Option(help="onnx | executorch | coreml")] = "onnx",
+    quant: Annotated[list[str], typer.Option(help="Precision(s): none (repeat for several).")] = ["none"],  # noqa: B006
+    steps: Annotated[int, typer.Option(help="Consistency steps baked into the graph.")] = 1,
+    latent_size: Annotated[list[int], typer.Option(help="Latent size(s); one static graph each. Default: the UNet's.")] = [],  # noqa: B006
+    num_seeds: Annotated[int, typer.Option(help="Seeds for golden data and the parity gate.")] = 4,
+    exporter: Annotated[str, typer.Option(help="ONNX exporter: dynamo (torch.export) | torchscript.")] = "dynamo",
+    force: Annotated[bool, typer.Option(help="Keep artifacts that fail the parity gate.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Export a student to a target runtime, parity-check it, and write the manifest."""
+    from cdx.convert.export import ConvertOptions
+    from cdx.convert.export import convert as run_convert
+    from cdx.ui import stages
+
+    options = ConvertOptions(target=target, quants=tuple(quant), steps=steps, latent_sizes=tuple(latent_size),
+                             seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite)
+    options.validate()
+    with stages(f"convert → {target}") as say:
+        manifest = run_convert(model, out, options, progress=say)
+    _print_manifest_summary(manifest)
+
+
+def _print_manifest_summary(manifest_path: Path) -> None:
+    from cdx.manifest import load_manifest
+    from cdx.ui import console
+
+    data = load_manifest(manifest_path.parent, verify=False)
+    for m in data["models"]:
+        parity = m.get("parity", {})
+        console.print(f"  {m['name']}: {m['target']}/{m['precision']} → {m['file']}  "
+                      f"PSNR {parity.get('psnr_db', float('nan')):.1f} dB, max-abs {parity.get('max_abs', float('nan')):.2e}")
+    console.print(f"wrote {manifest_path}")
+
+
+@app.command()
+def bench(
+    artifact: Annotated[Path, typer.Argument(help="Folder written by `cdx convert`.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: ARTIFACT/bench).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs after warm-up.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: min(4, cores)).")] = None,
+) -> None:
+    """Latency and drift of every artifact vs eager PyTorch: writes report.json + report.md."""
+    from cdx.benchmarks.bench import BenchOptions
+    from cdx.benchmarks.bench import bench as run_bench
+    from cdx.benchmarks.report import render_markdown, write_report
+    from cdx.ui import console, stages
+
+    options = BenchOptions(runs=runs, warmup=warmup)
+    if threads is not None:
+        options.threads = threads
+    with stages("bench") as say:
+        report = run_bench(artifact, options, progress=say)
+    json_path, md_path = write_report(report, out or artifact / "bench")
+    print(render_markdown(report))
+    console.print(f"wrote {json_path} and {md_path}")
+
+
+@app.command()
+def bundle() -> None:
+    """Package artifacts + manifest + golden data for a phone or the web demo."""
+    _not_built("bundle", 6, "on-device bundles")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where to write the model, artifacts and report.")] = Path("out/demo"),
+    runs: Annotated[int, typer.Option(help="Timed runs per runtime.")] = 20,
+) -> None:
+    """The main job, end to end on a built-in model: build → convert (ONNX) → bench → report."""
+    from cdx.demo import run_demo
+
+    run_demo(workdir, runs=runs)
+
+
+def main() -> None:
+    """Entry point: CdxError → one line on stderr and its exit code; everything else is a bug."""
+    try:
+        app(standalone_mode=False)
+    except CdxError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(err.exit_code) from None
+    except typer.Exit as done:
+        raise SystemExit(done.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors come here too
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built locally (no hub), and one ONNX export reused by several tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from cdx.quiet import quiet_third_party
+
+quiet_third_party()
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cdx.tiny_models import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny_sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_unet2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cdx.tiny_models import build_tiny_unet2d
+
+    return build_tiny_unet2d(tmp_path_factory.mktemp("models") / "tiny_unet2d")
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD-shaped student converted to ONNX (dynamo exporter) with the parity gate."""
+    from cdx.convert.export import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("exports") / "onnx"
+    convert(tiny_sd, out, ConvertOptions(target="onnx"))
+    return out
