@@ -44,9 +44,31 @@ def _not_built(verb: str, issue: int, what: str) -> None:
 
 
 @teacher_app.command("train")
-def teacher_train() -> None:
-    """Train the embedded Fashion-MNIST latent diffusion teacher."""
-    _not_built("teacher train", 3, "training the embedded Fashion-MNIST teacher")
+def teacher_train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")] = Path("out/teacher"),
+    data: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder or a folder of class subfolders "
+                                              "(default: /usr/share/datasets/fashion-mnist).")] = None,
+    vae_steps: Annotated[int | None, typer.Option(help="Autoencoder training steps.")] = None,
+    unet_steps: Annotated[int | None, typer.Option(help="UNet training steps.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Train the embedded class-conditional latent diffusion teacher (autoencoder + UNet) on Fashion-MNIST."""
+    from cdx.atomic import atomic_directory
+    from cdx.distill.data import load_dataset
+    from cdx.distill.teacher import TeacherRecipe, train_teacher
+    from cdx.ui import console
+
+    recipe = TeacherRecipe(seed=seed)
+    if vae_steps is not None:
+        recipe.vae_steps = vae_steps
+    if unet_steps is not None:
+        recipe.unet_steps = unet_steps
+    dataset = load_dataset(data, "train", recipe.image_size, limit)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        info = train_teacher(staging, dataset, recipe)
+    console.print(f"wrote {out} ({info['train_seconds']['total']:.0f} s)")
 
 
 @teacher_app.command("tiny")
