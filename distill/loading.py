@@ -85,6 +85,12 @@ def weights_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def read_cdx_info(folder: Path) -> dict[str, Any]:
+    """cdx's own notes beside a pipeline it saved (`cdx.json`: class names, kind, recipe); {} for other folders."""
+    path = Path(folder) / "cdx.json"
+    return _read_json(path) if path.is_file() else {}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text("utf-8"))
@@ -138,9 +144,9 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
     class_names: list[str] = []
     if num_classes:
         conditioning: Conditioning = "class_label"
-        index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
-        class_names = list(index.get("cdx_class_names", []))
+        class_names = list(read_cdx_info(folder).get("class_names", []))
     elif unet_cls is UNet2DConditionModel:
+        class_names = list(read_cdx_info(folder).get("class_names", []))
         conditioning = "text_embedding"
         if (folder / "text_encoder" / "config.json").is_file():
             from transformers import AutoTokenizer, CLIPTextModel

@@ -49,7 +49,6 @@ class CdxLatentPipeline(DiffusionPipeline):
                  output_type: str = "pil", return_dict: bool = True):
         labels = torch.as_tensor(class_labels, dtype=torch.int64).reshape(-1)
         batch = labels.shape[0]
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
         shape = (batch, self.unet.config.in_channels, size, size)
         if latents is None:

@@ -1,0 +1,328 @@
+"""Latent consistency distillation (Song et al. 2023; LCM, Luo et al. 2023) of any diffusers latent teacher.
+
+Per step: x₀ latents from real images → x_{t_{n+k}} = add_noise → the teacher's ODE solver (DDIM/Euler/Heun, with
+classifier-free guidance w) gives x_{t_n} → loss between the student's f(x_{t_{n+k}}, t_{n+k}, w) and the target
+network's f(x_{t_n}, t_n, w), where f = c_skip·x + c_out·x̂₀ and the target is an EMA of the student.
+For conditional teachers w is distilled into the student through LCM's `timestep_cond` embedding (the student
+UNet gets `time_cond_proj_dim`, its new projection zero-initialised so the student starts as the teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import LCMScheduler, UNet2DConditionModel
+
+from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
+from cdx.distill.data import ImageDataset
+from cdx.distill.loading import LatentPipelineParts
+from cdx.distill.losses import consistency_loss
+from cdx.distill.progress import TrainingProgress
+from cdx.distill.solvers import skipping_timesteps, solver_step
+from cdx.errors import CdxError, InputError
+
+
+@dataclass
+class DistillConfig:
+    """Every knob of a distillation run (saved into the student's cdx.json)."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-4
+    ema_decay: float = 0.95
+    solver: str = "ddim"
+    num_solver_steps: int = 50  # N; skipping step k = T / N
+    parameterization: str = "lcm"
+    loss: str = "huber"
+    huber_c: float = 0.001
+    guidance_range: tuple[float, float] = (1.0, 4.0)  # CFG scale g sampled uniformly; w-embedding of g - 1
+    guidance_embedding_dim: int = 256
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    checkpoint_every: int = 250
+    sample_every: int = 250
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TeacherConditioning:
+    """Conditioning of a batch for the teacher (cond and null) and the student, per conditioning type."""
+
+    def __init__(self, parts: LatentPipelineParts, class_names: list[str]):
+        self.kind = parts.conditioning
+        self.null_class = None
+        self.embeddings = self.null_embedding = None
+        if self.kind == "class_label":
+            self.null_class = int(parts.unet.config.num_class_embeds) - 1
+        elif self.kind == "text_embedding":
+            if parts.text_encoder is None or parts.tokenizer is None:
+                raise InputError(f"{parts.path}: a text-conditioned teacher needs text_encoder/ and tokenizer/")
+            self.embeddings = _encode_prompts(parts, class_names)
+            self.null_embedding = _encode_prompts(parts, [""])
+
+    @property
+    def guided(self) -> bool:
+        return self.kind != "none"
+
+    def kwargs(self, labels: torch.Tensor, null: bool = False) -> dict[str, Any]:
+        if self.kind == "class_label":
+            y = torch.full_like(labels, self.null_class) if null else labels
+            return {"class_labels": y, "encoder_hidden_states": None}
+        if self.kind == "text_embedding":
+            emb = self.null_embedding.expand(len(labels), -1, -1) if null else self.embeddings[labels]
+            return {"encoder_hidden_states": emb}
+        return {}
+
+
+@torch.no_grad()
+def _encode_prompts(parts: LatentPipelineParts, prompts: list[str]) -> torch.Tensor:
+    tokens = parts.tokenizer(prompts, padding="max_length", max_length=parts.text_sequence_length, truncation=True,
+                             return_tensors="pt")
+    return parts.text_encoder(tokens.input_ids)[0]
+
+
+def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int) -> torch.nn.Module:
+    """Student = teacher copy; guided students get `time_cond_proj_dim` with a zero-initialised projection."""
+    if not guided or getattr(teacher_unet.config, "time_cond_proj_dim", None):
+        return copy.deepcopy(teacher_unet).train().requires_grad_(True)
+    if not isinstance(teacher_unet, UNet2DConditionModel):
+        raise InputError("guidance distillation needs a UNet2DConditionModel teacher")
+    student = UNet2DConditionModel.from_config(teacher_unet.config, time_cond_proj_dim=embedding_dim)
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+    assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.train().requires_grad_(True)
+
+
+@torch.no_grad()
+def encode_dataset(parts: LatentPipelineParts, data: ImageDataset, batch: int = 256) -> torch.Tensor:
+    """Scaled VAE latents (posterior mean) of every image; grey images are repeated to the VAE's channels."""
+    images = data.images
+    channels = int(parts.vae.config.in_channels)
+    if images.shape[1] != channels:
+        images = images.repeat(1, channels // images.shape[1], 1, 1)
+    size = int(parts.unet.config.sample_size) * parts.vae_scale_factor
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    shift = parts.latent_shift_factor or 0.0
+    out = [(parts.vae.encode(images[i : i + batch]).latent_dist.mean - shift) * parts.latent_scaling_factor
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+class ConsistencyDistiller:
+    """Holds teacher, student and target, and runs/resumes the loop."""
+
+    def __init__(self, parts: LatentPipelineParts, data: ImageDataset, config: DistillConfig, work_dir: Path):
+        from accelerate import Accelerator
+
+        if parts.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+            raise InputError(f"{parts.path}: scheduler prediction_type "
+                             f"{parts.scheduler_config.get('prediction_type')!r} is not supported (need 'epsilon')")
+        self.parts, self.config, self.work_dir = parts, config, Path(work_dir)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.gradient_accumulation)
+        torch.manual_seed(config.seed)
+        self.cond = TeacherConditioning(parts, data.class_names)
+        self.labels = data.labels
+        self.latents = encode_dataset(parts, data)
+        self.teacher = parts.unet.eval().requires_grad_(False)
+        self.student = make_student(self.teacher, self.cond.guided, config.guidance_embedding_dim)
+        self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.w_dim = getattr(self.student.config, "time_cond_proj_dim", None) if self.cond.guided else None
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
+        self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
+        self.rng = torch.Generator().manual_seed(config.seed)
+        sched = parts.scheduler_config
+        self.acp = alphas_cumprod(sched).to(torch.float32)
+        self.grid = skipping_timesteps(int(sched.get("num_train_timesteps", 1000)), config.num_solver_steps)
+        self.skip = int(self.grid[0]) + 1
+        scalings = [boundary_scalings(t, sched, config.parameterization) for t in range(len(self.acp))]  # type: ignore[arg-type]
+        self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32)
+        self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32)
+        self.solve = solver_step(config.solver)
+        self.step = 0
+        self.history: list[float] = []
+
+    # ---- one optimisation step ----------------------------------------------------------------------------
+    def _w(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        low, high = self.config.guidance_range
+        g = low + (high - low) * torch.rand(batch, generator=self.rng)
+        emb = guidance_scale_embedding(g - 1.0, self.w_dim) if self.w_dim else None
+        return g, emb
+
+    def _f(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: dict, w_emb: torch.Tensor | None) -> torch.Tensor:
+        kwargs = dict(cond)
+        if w_emb is not None:
+            kwargs["timestep_cond"] = w_emb
+        out = unet(x, t, **kwargs).sample
+        a = self.acp[t].reshape(-1, 1, 1, 1)
+        x0 = predicted_x0(out, x, a, "epsilon")
+        return self.c_skip[t].reshape(-1, 1, 1, 1) * x + self.c_out[t].reshape(-1, 1, 1, 1) * x0
+
+    def _teacher_eps(self, cond: dict, uncond: dict, g: torch.Tensor):
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            e_c = self.teacher(x, t, **cond).sample
+            if not self.cond.guided:
+                return e_c
+            e_u = self.teacher(x, t, **uncond).sample
+            return e_u + g.reshape(-1, 1, 1, 1) * (e_c - e_u)
+        return eps
+
+    def train_step(self) -> float:
+        cfg = self.config
+        idx = torch.randint(0, len(self.latents), (cfg.batch_size,), generator=self.rng)
+        x0, labels = self.latents[idx], self.labels[idx]
+        n = torch.randint(0, len(self.grid), (cfg.batch_size,), generator=self.rng)
+        t = self.grid[n]
+        s = (t - self.skip).clamp(min=0)
+        noise = torch.randn(x0.shape, generator=self.rng)
+        a_t = self.acp[t].reshape(-1, 1, 1, 1)
+        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        g, w_emb = self._w(cfg.batch_size)
+        cond, uncond = self.cond.kwargs(labels), self.cond.kwargs(labels, null=True)
+        with self.accelerator.accumulate(self.student):
+            prediction = self._f(self.student, x_t, t, cond, w_emb)
+            with torch.no_grad():
+                x_s = self.solve(self._teacher_eps(cond, uncond, g), x_t, t, s, self.acp)
+                target = self._f(self.target, x_s, s, cond, w_emb)
+            loss = consistency_loss(prediction, target, cfg.loss, cfg.huber_c)
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.student.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._update_target()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        decay = self.config.ema_decay
+        student = self.accelerator.unwrap_model(self.student)
+        for p_t, p_s in zip(self.target.parameters(), student.parameters(), strict=True):
+            p_t.mul_(decay).add_(p_s.detach(), alpha=1 - decay)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    def save(self) -> Path:
+        modules = {"student": self.accelerator.unwrap_model(self.student), "target": self.target}
+        return save_checkpoint(self.checkpoint_dir, self.step, modules, self.optimizer, self.rng,
+                               {"history": self.history, "config": self.config.as_dict()})
+
+    def resume(self) -> int:
+        """Load the newest checkpoint in the work dir, if any; returns the step reached."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return 0
+        modules = {"student": self.accelerator.unwrap_model(self.student), "target": self.target}
+        state = load_checkpoint(path, modules, self.optimizer, self.rng)
+        self.step, self.history = int(state["step"]), list(state["history"])
+        return self.step
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def run(self, show: bool = True, stop_at: int | None = None) -> None:
+        """Train to `config.steps` (or `stop_at`), checkpointing and sampling on the way; stop on a NaN loss."""
+        end = min(self.config.steps, stop_at or self.config.steps)
+        with TrainingProgress("distill", self.config.steps, start=self.step, enabled=show) as bar:
+            started, first = time.perf_counter(), self.step
+            smooth = self.history[-1] if self.history else None
+            while self.step < end:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    last = latest_checkpoint(self.checkpoint_dir)
+                    raise CdxError(f"NaN/inf loss at step {self.step + 1}; stopped. Last good checkpoint: "
+                                   f"{last or 'none'} (lower --lr or use --loss huber)")
+                self.step += 1
+                smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
+                self.history.append(loss)
+                rate = (self.step - first) * self.config.batch_size / max(time.perf_counter() - started, 1e-9)
+                bar.update(self.step, loss=loss, ema_loss=smooth, img_per_s=rate)
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self.save()
+                if self.config.sample_every and self.step % self.config.sample_every == 0:
+                    self.sample_grid(self.work_dir / "samples" / f"step-{self.step:07d}.png")
+
+    # ---- outputs ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, path: Path, per_class: int = 4, guidance: float | None = None) -> Path:
+        """One-step samples of the target network, one row per class (up to 10 classes)."""
+        from cdx.distill.sampling import consistency_sample, save_image_grid
+
+        classes = min(10, int(self.labels.max()) + 1)
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        images = consistency_sample(self.target, self.parts, self.cond, labels, steps=1,
+                                    guidance=guidance or sum(self.config.guidance_range) / 2,
+                                    parameterization=self.config.parameterization, seed=0,
+                                    embedding_dim=self.w_dim)
+        return save_image_grid(images, path, columns=per_class)
+
+    def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
+        """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder."""
+        from cdx.distill.teacher import save_pipeline
+
+        scheduler = LCMScheduler.from_config(self.parts.scheduler_config, timestep_scaling=10.0,
+                                             original_inference_steps=self.config.num_solver_steps)
+        info = {"kind": "student", "teacher": self.parts.path, "teacher_weights_sha256": self.parts.weights_sha256,
+                "parameterization": self.config.parameterization, "guidance_range": list(self.config.guidance_range),
+                "distill": self.config.as_dict(), "train_seconds": round(train_seconds, 1), "steps": self.step,
+                "final_loss": self.history[-1] if self.history else None}
+        if self.parts.conditioning == "text_embedding":
+            self._save_text_pipeline(folder, scheduler, class_names, info)
+        else:
+            save_pipeline(folder, self.target, self.parts.vae, scheduler, class_names, info)
+
+    def _save_text_pipeline(self, folder: Path, scheduler, class_names: list[str], info: dict[str, Any]) -> None:
+        from diffusers import LatentConsistencyModelPipeline
+
+        pipe = LatentConsistencyModelPipeline(vae=self.parts.vae, text_encoder=self.parts.text_encoder,
+                                              tokenizer=self.parts.tokenizer, unet=self.target, scheduler=scheduler,
+                                              safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (folder / "cdx.json").write_text(json.dumps({"class_names": class_names, **info}, indent=2) + "\n", "utf-8")
+
+
+def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data: str | Path | None = None,
+                    work_dir: Path | None = None, resume: bool = True, overwrite: bool = False,
+                    limit: int | None = None, show: bool = True) -> dict[str, Any]:
+    """Distill `teacher` into a student pipeline at `out`; checkpoints and sample grids go to `work_dir`."""
+    from cdx.atomic import atomic_directory, refuse_existing
+    from cdx.distill.data import load_dataset
+    from cdx.distill.loading import load_latent_pipeline
+
+    refuse_existing(out, overwrite)
+    parts = load_latent_pipeline(teacher)
+    if parts.conditioning == "none":
+        config.guidance_range = (1.0, 1.0)
+    image_size = int(parts.unet.config.sample_size) * parts.vae_scale_factor
+    dataset = load_dataset(data, "train", image_size, limit)
+    work = Path(work_dir) if work_dir else Path(str(out) + ".work")
+    if not resume and work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    distiller = ConsistencyDistiller(parts, dataset, config, work)
+    start_step = distiller.resume() if resume else 0
+    if start_step and show:
+        print(f"resumed from step {start_step} ({latest_checkpoint(distiller.checkpoint_dir)})", flush=True)
+    started = time.perf_counter()
+    distiller.run(show=show)
+    seconds = time.perf_counter() - started
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        distiller.save_student(staging, seconds, dataset.class_names)
+        distiller.sample_grid(staging / "sample_grid.png")
+    return {"steps": distiller.step, "resumed_from": start_step, "seconds": seconds,
+            "final_loss": distiller.history[-1] if distiller.history else None}
