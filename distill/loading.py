@@ -165,7 +165,8 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         conditioning=conditioning,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        num_classes=int(num_classes) if num_classes else None,
+        # A cdx pipeline's last class embedding is the CFG null class: expose only the named classes.
+        num_classes=(len(class_names) if class_names else int(num_classes)) if num_classes else None,
         class_names=class_names,
         weights_sha256=weights_digest(folder),
     )
