@@ -180,23 +180,30 @@ class ConsistencyDistiller:
             return e_u + g.reshape(-1, 1, 1, 1) * (e_c - e_u)
         return eps
 
-    def train_step(self) -> float:
+    def sample_batch(self) -> dict[str, Any]:
+        """Draw x₀, labels, t_{n+k}, t_n, noise and w from the run's generator (checkpointed, so resume is exact)."""
         cfg = self.config
         idx = torch.randint(0, len(self.latents), (cfg.batch_size,), generator=self.rng)
-        x0, labels = self.latents[idx], self.labels[idx]
         n = torch.randint(0, len(self.grid), (cfg.batch_size,), generator=self.rng)
         t = self.grid[n]
-        s = (t - self.skip).clamp(min=0)
-        noise = torch.randn(x0.shape, generator=self.rng)
-        a_t = self.acp[t].reshape(-1, 1, 1, 1)
-        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        noise = torch.randn(self.latents[idx].shape, generator=self.rng)
         g, w_emb = self._w(cfg.batch_size)
-        cond, uncond = self.cond.kwargs(labels), self.cond.kwargs(labels, null=True)
+        return {"x0": self.latents[idx], "labels": self.labels[idx], "t": t, "s": (t - self.skip).clamp(min=0),
+                "noise": noise, "g": g, "w_emb": w_emb}
+
+    def train_step(self, batch: dict[str, Any] | None = None) -> float:
+        """One optimisation step (on `batch` when given, else a fresh draw); returns the loss."""
+        cfg = self.config
+        b = batch or self.sample_batch()
+        t, s = b["t"], b["s"]
+        a_t = self.acp[t].reshape(-1, 1, 1, 1)
+        x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
+        cond, uncond = self.cond.kwargs(b["labels"]), self.cond.kwargs(b["labels"], null=True)
         with self.accelerator.accumulate(self.student):
-            prediction = self._f(self.student, x_t, t, cond, w_emb)
+            prediction = self._f(self.student, x_t, t, cond, b["w_emb"])
             with torch.no_grad():
-                x_s = self.solve(self._teacher_eps(cond, uncond, g), x_t, t, s, self.acp)
-                target = self._f(self.target, x_s, s, cond, w_emb)
+                x_s = self.solve(self._teacher_eps(cond, uncond, b["g"]), x_t, t, s, self.acp)
+                target = self._f(self.target, x_s, s, cond, b["w_emb"])
             loss = consistency_loss(prediction, target, cfg.loss, cfg.huber_c)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:

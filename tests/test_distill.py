@@ -175,3 +175,35 @@ def test_teacher_without_vae_or_with_v_prediction_is_refused(tiny_sd: Path, tmp_
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(InputError, match="prediction_type 'v_prediction' is not supported"):
         ConsistencyDistiller(load_latent_pipeline(vpred), None, _small_config(), tmp_path / "w")  # type: ignore[arg-type]
+
+
+def _embedded_teacher() -> str:
+    from cdx.defaults import default_teacher
+
+    return default_teacher()
+
+
+@needs_data
+def test_embedded_teacher_loss_decreases_on_a_fixed_batch(tmp_path: Path) -> None:
+    """With the target frozen (EMA rate 1), gradient steps on one batch must lower that batch's loss."""
+    from cdx.distill.data import load_dataset
+
+    distiller = ConsistencyDistiller(load_latent_pipeline(_embedded_teacher()), load_dataset(limit=64),
+                                     _small_config(batch_size=16, lr=3e-4, ema_decay=1.0), tmp_path)
+    batch = distiller.sample_batch()
+    losses = [distiller.train_step(batch) for _ in range(6)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@needs_data
+def test_embedded_teacher_distills_into_a_loadable_student(tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "student"
+    distill_student(_embedded_teacher(), out, _small_config(steps=2, batch_size=8), limit=64, show=False)
+    pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    assert pipe.unet.config.time_cond_proj_dim == 256  # guidance w distilled into the student
+    images = pipe(class_labels=[0, 7], num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 32, 32, 1)
+    assert (out / "sample_grid.png").is_file()

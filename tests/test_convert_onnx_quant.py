@@ -1,0 +1,76 @@
+"""ONNX target precisions: fp16 (float32 I/O), int8 dynamic, int8 static QDQ, and the ORT-format file, all gated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from cdx.convert.export import ConvertOptions, convert
+from cdx.convert.golden import read_golden, unstack
+from cdx.manifest import load_manifest
+from cdx.runtimes import load_runner
+
+QUANTS = ("none", "fp16", "int8-dynamic", "int8-static", "ort")
+
+
+@pytest.fixture(scope="module")
+def onnx_variants(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "onnx_variants"
+    convert(tiny_sd, out, ConvertOptions(target="onnx", quants=QUANTS, seeds=(0, 1, 2)))
+    return out
+
+
+def _models(folder: Path) -> dict[str, dict]:
+    return {m["name"].removeprefix("generator_16x16").lstrip("_") or "none": m for m in load_manifest(folder)["models"]}
+
+
+def test_one_manifest_holds_every_variant_with_its_precision_and_format(onnx_variants: Path) -> None:
+    models = _models(onnx_variants)
+    assert list(models) == list(QUANTS)
+    assert [(m["precision"], m["format"]) for m in models.values()] == [
+        ("fp32", "onnx"), ("fp16", "onnx"), ("int8-dynamic", "onnx"), ("int8-static", "onnx"), ("fp32", "ort")]
+    for model in models.values():
+        assert model["parity"]["passed"] and model["parity"]["checked"] == "numeric"
+        assert "graph_optimization_level" in model["export"]
+
+
+def test_fp16_keeps_float32_io_and_halves_the_weights(onnx_variants: Path) -> None:
+    models = _models(onnx_variants)
+    proto = onnx.load(str(onnx_variants / models["fp16"]["file"]))
+    f32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == f32 for v in (*proto.graph.input[:1], *proto.graph.output))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    sizes = {f["path"]: f["size_bytes"] for f in load_manifest(onnx_variants)["files"]}
+    assert sizes[models["fp16"]["file"]] < 0.6 * sizes[models["none"]["file"]]
+    assert models["fp16"]["parity"]["psnr_db"] >= 35
+
+
+def test_int8_variants_are_quantized_small_and_keep_the_text_signal(onnx_variants: Path) -> None:
+    models = _models(onnx_variants)
+    sizes = {f["path"]: f["size_bytes"] for f in load_manifest(onnx_variants)["files"]}
+    static = onnx.load(str(onnx_variants / models["int8-static"]["file"]))
+    ops = {n.op_type for n in static.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert models["int8-static"]["quantization"]["calibration_samples"] == 8
+    dynamic = onnx.load(str(onnx_variants / models["int8-dynamic"]["file"]))
+    assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger") for n in dynamic.graph.node)
+    for name in ("int8-dynamic", "int8-static"):
+        parity = models[name]["parity"]
+        assert parity["psnr_db"] >= 30 and 0.9 < parity["ssim"] <= 1
+        assert parity["conditioning_sensitivity"]["ratio"] >= 0.5
+        assert parity["conditioning_sensitivity"]["aligned_ratio"] > 0.5
+        assert sizes[models[name]["file"]] < 0.4 * sizes[models["none"]["file"]]
+
+
+def test_ort_format_file_runs_on_onnxruntime_and_matches_eager(onnx_variants: Path) -> None:
+    model = _models(onnx_variants)["ort"]
+    assert (onnx_variants / model["file"]).read_bytes()[4:8] == b"ORTM"  # flatbuffer identifier of ORT-format files
+    runner = load_runner(onnx_variants, model["name"])
+    assert runner.runtime == "onnxruntime"
+    inputs, golden = read_golden(onnx_variants, model)
+    out = runner.run(unstack(inputs)[0])["image"]
+    assert np.abs(out - golden["image"][:1]).max() <= 1e-4
+    assert model["export"]["disabled_optimizers"] == ["NchwcTransformer"]
