@@ -106,7 +106,9 @@ def load_image_folder(folder: str | Path, size: int = 32, channels: int = 1) -> 
 def load_dataset(data: str | Path | None = None, split: str = "train", size: int = 32, limit: int | None = None) -> ImageDataset:
     """Fashion-MNIST IDX folder (default) or a folder of class subfolders."""
     root = Path(data) if data else default_data_dir()
-    if root.is_dir() and any(p.name.endswith("idx3-ubyte.gz") or p.name.endswith("idx3-ubyte") for p in root.iterdir()):
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root} (no such folder; install dataset-fashion-mnist or pass --data)")
+    if any(p.name.endswith("idx3-ubyte.gz") or p.name.endswith("idx3-ubyte") for p in root.iterdir()):
         return load_fashion_mnist(root, split, size, limit)
     dataset = load_image_folder(root, size)
     if limit:

@@ -32,11 +32,28 @@ def test_help_lists_every_verb_and_version_prints() -> None:
     assert version.returncode == 0 and version.stdout.startswith("cdx ")
 
 
-@pytest.mark.parametrize("verb", [["distill"], ["sample"], ["bundle"], ["teacher", "train"]])
+@pytest.mark.parametrize("verb", [["bundle"]])
 def test_unfinished_verbs_say_so_with_exit_2(verb: list[str]) -> None:
     proc = cdx(*verb)
     assert proc.returncode == 2
     assert "not built yet" in _one_error_line(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["distill", "--teacher", "/nonexistent/teacher"], "model folder not found: /nonexistent/teacher"),
+        (["distill", "--solver", "rk4"], "unknown --solver 'rk4'; valid: ddim, euler, heun"),
+        (["distill", "--loss", "l1"], "unknown --loss 'l1'; valid: l2, huber"),
+        (["sample", "--model", "/nonexistent/student"], "model folder not found"),
+        (["teacher", "train", "--data", "/nonexistent/images"], "no such folder"),
+    ],
+)
+def test_training_verbs_refuse_bad_input_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = cdx(*args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert message in _one_error_line(proc)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_model_folder(tmp_path: Path) -> None:
