@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cdx.defaults import ASSETS
 from cdx.errors import UnsupportedError
 
-CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "cdx" / "assets" / "fashion_classifier.safetensors"
+CLASSIFIER_PATH = ASSETS / "fashion_classifier.safetensors"
 
 
 class FashionClassifier(nn.Module):
