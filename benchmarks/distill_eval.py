@@ -29,6 +29,11 @@ class SamplerSpec:
     steps: int
 
 
+def spec_key(spec: SamplerSpec) -> str:
+    """Short name for --rows: teacher50, teacher4, student1, …"""
+    return f"{spec.model}{spec.steps}"
+
+
 DEFAULT_SPECS = (
     SamplerSpec("teacher DDIM 50 (full)", "teacher", 50),
     SamplerSpec("teacher DDIM 8", "teacher", 8),

