@@ -11,16 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from cdx.atomic import atomic_directory
+from cdx.convert.artifact import Artifact
 from cdx.convert.generator import OneStepGenerator, build_generator
-from cdx.convert.golden import eager_outputs, seeded_batches, stack, write_golden
+from cdx.convert.golden import calibration_inputs, contrast_batches, eager_outputs, seeded_batches, stack, write_golden
 from cdx.convert.parity import parity_gate
 from cdx.distill.loading import LatentPipelineParts, load_latent_pipeline
 from cdx.errors import InputError, UnsupportedError
 from cdx.manifest import new_manifest, write_manifest
 
 TARGETS = ("onnx", "executorch", "coreml")
-# Precisions each target can produce in this build (issue #4 extends the lists).
-QUANTS: dict[str, tuple[str, ...]] = {"onnx": ("none",), "executorch": (), "coreml": ()}
+# --quant values each target can produce (the per-target modules say what each one means).
+QUANTS: dict[str, tuple[str, ...]] = {
+    "onnx": ("none", "fp16", "int8-dynamic", "int8-static", "ort"),
+    "executorch": ("none", "int8", "coreml"),
+    "coreml": ("none", "fp32", "fp16", "int8", "palettize6", "palettize4"),
+}
+CALIBRATION_SAMPLES = 8
 MODES = ("generator",)
 
 Progress = Callable[[str], None]
@@ -39,18 +45,28 @@ class ConvertOptions:
     exporter: str = "dynamo"
     force: bool = False
     overwrite: bool = False
+    passes: tuple[str, ...] | None = None  # ExecuTorch graph rewrites (None = all, see convert/passes.py)
+    coreml_target: str = "iOS17"
+    calibration_samples: int = CALIBRATION_SAMPLES
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
             raise InputError(f"unknown --target {self.target!r}; valid: {', '.join(TARGETS)}")
         supported = QUANTS[self.target]
-        if not supported:
-            raise UnsupportedError(f"--target {self.target} is not built yet (tracked in issue #4); available now: onnx")
+        if not self.quants:
+            raise InputError(f"no --quant given; valid for --target {self.target}: {', '.join(supported)}")
         for quant in self.quants:
             if quant not in supported:
-                raise UnsupportedError(f"--quant {quant!r} is not available for --target {self.target}; "
-                                       f"valid: {', '.join(supported)}")
+                raise InputError(f"unknown --quant {quant!r} for --target {self.target}; valid: {', '.join(supported)}")
+        if len(set(self.quants)) != len(self.quants):
+            raise InputError(f"--quant given twice: {', '.join(self.quants)}")
+        if self.passes is not None:
+            from cdx.convert.passes import resolve_passes
+
+            resolve_passes(self.passes)
+        if self.coreml_target not in ("iOS17", "iOS18"):
+            raise InputError(f"unknown Core ML deployment target {self.coreml_target!r}; valid: iOS17, iOS18")
         if self.mode not in MODES:
             raise UnsupportedError(f"--mode {self.mode!r} is not built yet; valid: {', '.join(MODES)}")
         if self.steps < 1:
@@ -90,15 +106,47 @@ def _conditioning_section(parts: LatentPipelineParts) -> dict[str, Any]:
 
 
 def _export_one(target: str, generator: OneStepGenerator, staging: Path, stem: str, quant: str,
-                options: ConvertOptions) -> tuple[str, str, str, dict[str, Any]]:
-    """Export one graph; returns (file, format, precision, export record)."""
+                options: ConvertOptions, context: dict[str, Any]) -> Artifact:
+    """Export one graph with the target's module; `context` carries the golden/calibration data and a per-run cache."""
+    say = context.get("say")
     if target == "onnx":
-        from cdx.convert.onnx import export_onnx
+        from cdx.convert.onnx import QUANTS as ONNX_QUANTS
+        from cdx.convert.onnx import export_onnx_variant
 
-        file = f"{stem}.onnx"
-        record = export_onnx(generator, staging / file, exporter=options.exporter)
-        return file, "onnx", "fp32", record
-    raise UnsupportedError(f"--target {target} is not built yet (tracked in issue #4)")
+        suffix = ".ort" if ONNX_QUANTS[quant][1] == "ort" else ".onnx"
+        feeds = [dict(zip([s.name for s in generator.input_specs()], (t.numpy() for t in batch), strict=True))
+                 for batch in context["calibration"]]
+        return export_onnx_variant(generator, staging / f"{stem}{suffix}", quant, exporter=options.exporter,
+                                   calibration=feeds, cache=context["cache"])
+    if target == "executorch":
+        from cdx.convert.executorch import export_executorch
+
+        return export_executorch(generator, staging / f"{stem}.pte", quant, passes=options.passes,
+                                 calibration=context["calibration"], say=say)
+    if target == "coreml":
+        from cdx.convert.coreml import export_coreml
+
+        return export_coreml(generator, staging / f"{stem}.mlpackage", quant, deployment_target=options.coreml_target,
+                             batches=context["batches"], say=say, cache=context["cache"])
+    raise UnsupportedError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
+
+
+def _contrast(generator: OneStepGenerator, batches: list[dict[str, Any]],
+              num_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The golden inputs with another conditioning, and the float model's outputs on them (None if unconditional)."""
+    other = contrast_batches(generator, batches, num_classes)
+    return None if other is None else (other, eager_outputs(generator, other))
+
+
+def _parity_line(record: dict[str, Any]) -> str:
+    if record["checked"] != "numeric":
+        return f"parity: {record['checked']} check only — {record.get('reason', '')}"
+    line = f"parity: PSNR {record['psnr_db']:.1f} dB, max-abs {record['max_abs']:.2e}"
+    if "ssim" in record:
+        line += f", SSIM {record['ssim']:.4f}"
+    if "conditioning_sensitivity" in record:
+        line += f", conditioning sensitivity {record['conditioning_sensitivity']['ratio']:.2f}×"
+    return line
 
 
 def convert(model: str | Path, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Path:
@@ -122,15 +170,23 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             golden_prefix = f"generator_{latent_h}x{latent_w}"
             golden = write_golden(staging, stack(batches), stack(reference), golden_prefix)
             golden["seeds"] = list(options.seeds)
+            context: dict[str, Any] = {"say": say, "batches": batches, "cache": {},
+                                       "calibration": calibration_inputs(generator, options.calibration_samples,
+                                                                         parts.num_classes)}
+            contrast = _contrast(generator, batches, parts.num_classes)
             for quant in options.quants:
                 stem = f"{golden_prefix}_{quant}" if quant != "none" else golden_prefix
                 say(f"exporting {stem} to {options.target}")
-                file, fmt, precision, record = _export_one(options.target, generator, staging, stem, quant, options)
-                entry = _model_entry(stem, generator, fmt, precision, file, options.target, options.steps)
-                entry["export"] = record
+                artifact = _export_one(options.target, generator, staging, stem, quant, options, context)
+                entry = _model_entry(stem, generator, artifact.format, artifact.precision, artifact.file,
+                                     options.target, options.steps)
+                entry["export"] = artifact.export
+                if artifact.quantization:
+                    entry["quantization"] = artifact.quantization
                 entry["golden"] = golden
                 say(f"parity gate for {stem}")
-                entry["parity"] = parity_gate(staging, {}, entry, batches, reference, force=options.force)
+                entry["parity"] = parity_gate(staging, {}, entry, batches, reference, force=options.force, contrast=contrast)
+                say(_parity_line(entry["parity"]))
                 models.append(entry)
         manifest = new_manifest(
             source={

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from cdx.convert.artifact import Artifact
+from cdx.convert.explain import explain
 from cdx.convert.generator import OneStepGenerator
 from cdx.errors import ConversionError
 
@@ -40,15 +44,138 @@ def export_onnx(generator: OneStepGenerator, path: Path, exporter: str = "dynamo
         raise
     except Exception as exc:
         raise ConversionError(_explain(exc, "onnx")) from None
+    strip_debug_metadata(path)
     return {"exporter": f"torch.onnx ({exporter})", "opset": OPSET, "torch": torch.__version__,
             "external_data": external, "graph_optimization_level": "ORT_ENABLE_ALL (at load)"}
 
 
+def strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces with local paths, FX node text).
+
+    It is a quarter of a small model's file and leaks the exporting machine's file layout into a shipped artifact.
+    External data files are left as they are.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    onnx.save(proto, str(path))
+
+
 def _explain(exc: Exception, target: str) -> str:
-    """One line naming the failing op when the exporter says which one."""
-    text = " ".join(str(exc).split())
-    for marker in ("aten::", "aten."):
-        if marker in text:
-            op = text[text.index(marker):].split()[0].strip("'\",.:()")
-            return f"{target}: export failed at op {op} — try --exporter torchscript or report the op ({type(exc).__name__})"
-    return f"{target}: export failed ({type(exc).__name__}: {text[:200]})"
+    """Kept for callers of the foundation API; see `cdx.convert.explain.explain`."""
+    return explain(exc, target)
+
+
+# ---- precisions and the ORT-format file, each derived from the fp32 .onnx -------------------------------------------
+# --quant value -> (manifest precision, file format)
+QUANTS: dict[str, tuple[str, str]] = {
+    "none": ("fp32", "onnx"),
+    "fp16": ("fp16", "onnx"),
+    "int8-dynamic": ("int8-dynamic", "onnx"),
+    "int8-static": ("int8-static", "onnx"),
+    "ort": ("fp32", "ort"),
+}
+STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")  # STACK.md: quantizing more breaks dynamo exports ("shared mode", int64 DQ)
+
+
+def to_fp16(source: Path, path: Path) -> dict[str, Any]:
+    """fp16 weights and compute with float32 inputs/outputs (onnxruntime's converter; onnxconverter-common's
+    keep_io_types emits a Cast type mismatch at time_proj on these graphs)."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(source)))
+    model.convert_float_to_float16(keep_io_types=True)
+    onnx.save(model.model, str(path))
+    return {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
+            "io": "float32"}
+
+
+def quantize_int8_dynamic(source: Path, path: Path) -> dict[str, Any]:
+    """Weights int8, activations quantized on the fly per call (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "activations": "dynamic uint8"}
+
+
+class _SeededReader:
+    """CalibrationDataReader over seeded generator inputs (several seeds, labels and guidance scales)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # pragma: no cover - required by some ORT versions
+        pass
+
+
+def quantize_int8_static(source: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """QDQ int8 calibrated on `feeds`; `quant_pre_process` first (shape inference + optimisation), Conv/MatMul/Gemm only."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(path), _SeededReader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "pre_process": "quant_pre_process",
+            "op_types": list(STATIC_OP_TYPES), "weights": "int8 per-channel", "activations": "int8 per-tensor",
+            "calibration_method": "MinMax", "calibration_samples": len(feeds),
+            "calibration": "seeded generator inputs (noise + conditioning)"}
+
+
+def to_ort_format(source: Path, path: Path) -> dict[str, Any]:
+    """ORT-format file for ONNX Runtime Mobile, optimised like `python -m onnxruntime.tools.convert_onnx_models_to_ort`
+    (Fixed style, ORT_ENABLE_ALL, NCHWc layout excluded so the file runs on ARM too)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
+    return {"optimization_style": "Fixed", "graph_optimization_level": "ORT_ENABLE_ALL (baked into the file)",
+            "disabled_optimizers": ["NchwcTransformer"], "onnxruntime": ort.__version__}
+
+
+def export_onnx_variant(generator: OneStepGenerator, path: Path, quant: str, exporter: str = "dynamo",
+                        calibration: list[dict[str, np.ndarray]] | None = None,
+                        cache: dict[str, Any] | None = None) -> Artifact:
+    """Export `generator` once to fp32 ONNX (cached per run), then derive the `quant` variant at `path`."""
+    precision, fmt = QUANTS[quant]
+    cache = cache if cache is not None else {}
+    if quant == "none":
+        record = export_onnx(generator, path, exporter=exporter)
+        cache[("onnx_fp32", id(generator), exporter)] = (path, record)  # later variants derive from this file
+        return Artifact(file=path.name, format=fmt, precision=precision, export=record)
+    key = ("onnx_fp32", id(generator), exporter)
+    if key not in cache:
+        tmp = cache["onnx_tmp"] = cache.get("onnx_tmp") or tempfile.TemporaryDirectory(prefix="cdx-onnx-")
+        source = Path(tmp.name) / f"fp32_{len(cache)}.onnx"
+        cache[key] = (source, export_onnx(generator, source, exporter=exporter))
+    source, base_record = cache[key]
+    record = dict(base_record)
+    try:
+        if quant == "fp16":
+            quantization = to_fp16(source, path)
+        elif quant == "int8-dynamic":
+            quantization = quantize_int8_dynamic(source, path)
+        elif quant == "int8-static":
+            quantization = quantize_int8_static(source, path, calibration or [])
+        else:
+            quantization = None
+            record.update(to_ort_format(source, path))
+    except Exception as exc:
+        raise ConversionError(explain(exc, "onnx")) from None
+    if quant != "ort":
+        record["graph_optimization_level"] = "ORT_ENABLE_ALL (at load)"
+    return Artifact(file=path.name, format=fmt, precision=precision, export=record, quantization=quantization)

@@ -16,9 +16,11 @@ from cdx.manifest import find_model, load_manifest
 RUNTIMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "torch": ("cdx.runtimes.eager", "EagerRunner", ("onnx", "ort", "pte", "mlpackage")),
     "onnxruntime": ("cdx.runtimes.ort", "OrtRunner", ("onnx", "ort")),
+    "executorch": ("cdx.runtimes.executorch", "ExecuTorchRunner", ("pte",)),
+    "coreml": ("cdx.runtimes.coreml", "CoreMLRunner", ("mlpackage",)),
 }
 
-DEFAULT_RUNTIME = {"onnx": "onnxruntime", "ort": "onnxruntime"}
+DEFAULT_RUNTIME = {"onnx": "onnxruntime", "ort": "onnxruntime", "pte": "executorch", "mlpackage": "coreml"}
 
 
 class Runner(ABC):

@@ -74,3 +74,12 @@ def test_ort_format_file_runs_on_onnxruntime_and_matches_eager(onnx_variants: Pa
     out = runner.run(unstack(inputs)[0])["image"]
     assert np.abs(out - golden["image"][:1]).max() <= 1e-4
     assert model["export"]["disabled_optimizers"] == ["NchwcTransformer"]
+
+
+def test_exported_graphs_carry_no_debug_metadata_or_local_paths(onnx_variants: Path) -> None:
+    """The dynamo exporter's per-node stack traces would ship this machine's file layout inside the artifact."""
+    for model in _models(onnx_variants).values():
+        if model["format"] != "onnx":
+            continue
+        blob = (onnx_variants / model["file"]).read_bytes()
+        assert b"pkg.torch.onnx.stack_trace" not in blob and str(Path.cwd()).encode() not in blob

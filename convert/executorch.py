@@ -1,0 +1,157 @@
+"""ExecuTorch export: graph passes → torch.export → (PT2E int8) → to_edge_transform_and_lower(XNNPACK | Core ML) → .pte.
+
+The stages are named functions so a test can stop after any of them; the delegation summary (how much of the
+graph the delegate took, and which ops were left on portable kernels) is printed and stored with every export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cdx.convert.artifact import Artifact
+from cdx.convert.explain import explain
+from cdx.convert.generator import OneStepGenerator
+from cdx.convert.passes import apply_passes, resolve_passes
+from cdx.errors import ConversionError
+
+# --quant value -> (precision, delegate)
+QUANTS: dict[str, tuple[str, str]] = {
+    "none": ("fp32", "xnnpack"),
+    "int8": ("int8", "xnnpack"),
+    "coreml": ("fp16", "coreml"),  # Core ML-delegated .pte for iOS; cannot run on Linux
+}
+CALIBRATION_SAMPLES = 8
+_NON_OPS = ("getitem", "executorch_call_delegate")
+
+
+def export_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """`torch.export` with the model's own input order (manifest order)."""
+    with torch.no_grad():
+        return torch.export.export(module, args, strict=False)
+
+
+def quantize_int8(module: nn.Module, args: tuple[torch.Tensor, ...],
+                  calibration: Iterable[tuple[torch.Tensor, ...]]) -> nn.Module:
+    """PT2E static int8: XNNPACK quantizer, per-channel symmetric weights, activations calibrated on `calibration`."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(export_program(module, args).module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(*batch)
+    return convert_pt2e(prepared)
+
+
+def _partitioner(delegate: str) -> list[Any]:
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    specs = CoreMLBackend.generate_compile_specs(minimum_deployment_target=ct.target.iOS17,
+                                                 compute_precision=ct.precision.FLOAT16)
+    return [CoreMLPartitioner(compile_specs=specs)]
+
+
+def _op_name(target: Any) -> str:
+    return getattr(target, "__name__", str(target))
+
+
+def delegation_summary(edge: Any) -> dict[str, Any]:
+    """Delegate calls, ops inside delegates vs ops left on portable kernels, and the portable op names."""
+    program = edge.exported_program()
+    portable: Counter[str] = Counter()
+    calls = 0
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node.target)
+        if "executorch_call_delegate" in name:
+            calls += 1
+        elif not any(skip in name for skip in _NON_OPS):
+            portable[name] += 1
+    delegated = 0
+    for _, lowered in program.graph_module.named_children():
+        original = getattr(lowered, "original_module", None)
+        if original is not None:
+            delegated += sum(1 for n in original.graph.nodes if n.op == "call_function" and "getitem" not in _op_name(n.target))
+    total = delegated + sum(portable.values())
+    return {
+        "delegate_calls": calls,
+        "delegated_ops": delegated,
+        "portable_ops": sum(portable.values()),
+        "delegated_fraction": round(delegated / total, 4) if total else 0.0,
+        "portable_op_names": dict(sorted(portable.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def lower(program: torch.export.ExportedProgram, delegate: str = "xnnpack") -> Any:
+    """to_edge_transform_and_lower with the delegate's partitioner; returns the EdgeProgramManager."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(program, partitioner=_partitioner(delegate))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line for the console: delegate calls, delegated vs portable ops, the portable op names."""
+    names = ", ".join(f"{k.removeprefix('aten.')}×{v}" for k, v in summary["portable_op_names"].items()) or "none"
+    return (f"delegation: {summary['delegate_calls']} delegate call(s), {summary['delegated_ops']} ops delegated, "
+            f"{summary['portable_ops']} portable ({names})")
+
+
+def export_executorch(generator: OneStepGenerator, path: Path, quant: str = "none", passes: Iterable[str] | None = None,
+                      calibration: list[tuple[torch.Tensor, ...]] | None = None,
+                      say: Any = None) -> Artifact:
+    """Write `path` (.pte) for `generator`; returns the artifact with its export record (passes, delegation, sizes)."""
+    from importlib.metadata import version
+
+    precision, delegate = QUANTS[quant]
+    names = resolve_passes(passes)
+    args = tuple(generator.example_inputs().values())
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink):
+            module, counts = apply_passes(generator, names)
+            quantization = None
+            if quant == "int8":
+                samples = calibration or [args]
+                module = quantize_int8(module, args, samples)
+                quantization = {"method": "PT2E static", "quantizer": "XNNPACKQuantizer",
+                                "config": "get_symmetric_quantization_config(is_per_channel=True)",
+                                "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor, calibrated",
+                                "calibration_samples": len(samples),
+                                "calibration": "seeded generator inputs (noise + conditioning)"}
+            edge = lower(export_program(module, args), delegate)
+            summary = delegation_summary(edge)
+            buffer = edge.to_executorch().buffer
+    except Exception as exc:  # converters raise anything; the user gets one line
+        raise ConversionError(explain(exc, "executorch")) from None
+    path.write_bytes(buffer)
+    if say:
+        say(format_summary(summary))
+    record = {
+        "exporter": "torch.export → executorch.exir.to_edge_transform_and_lower",
+        "delegate": delegate,
+        "executorch": version("executorch"),
+        "torch": torch.__version__,
+        "passes": counts,
+        "delegation": summary,
+    }
+    if delegate == "coreml":
+        record["note"] = "Core ML-delegated .pte: the CoreMLBackend is not registered in the Linux runtime, so it cannot run here"
+    return Artifact(file=path.name, format="pte", precision=precision, export=record, quantization=quantization,
+                    numeric=delegate == "xnnpack")
