@@ -82,7 +82,7 @@ def bench(folder: str | Path, options: BenchOptions | None = None, progress: Pro
         scratch = Path(tmp)
         eager_cache: dict[tuple, tuple[dict, np.ndarray]] = {}
         for model in manifest["models"]:
-            key = (*tuple(tuple(s["shape"]) for s in model["inputs"]), model.get("steps", 1))
+            key = (model.get("role", "generator"), *tuple(tuple(s["shape"]) for s in model["inputs"]), model.get("steps", 1))
             if options.include_eager and key not in eager_cache:
                 say(f"eager PyTorch baseline for {model['name']}")
                 eager_cache[key] = _run_worker(root, model["name"], "torch", options, scratch)

@@ -162,21 +162,32 @@ def convert(
     model: Annotated[str, typer.Argument(help="Student: a diffusers folder (or hub id when online).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (artifacts + manifest.json).")] = Path("out/export"),
     target: Annotated[str, typer.Option(help="onnx | executorch | coreml")] = "onnx",
-    quant: Annotated[list[str], typer.Option(help="Precision(s): none (repeat for several).")] = ["none"],  # noqa: B006
-    steps: Annotated[int, typer.Option(help="Consistency steps baked into the graph.")] = 1,
+    quant: Annotated[list[str], typer.Option(
+        help="Precision(s), repeat for several. onnx: none, fp16, int8-dynamic, int8-static, ort; "
+        "executorch: none, int8, coreml; coreml: none/fp32, fp16, int8, palettize6, palettize4.")] = ["none"],  # noqa: B006
+    mode: Annotated[str, typer.Option(help="generator: one graph noise → image; components: step + decoder graphs.")] = (
+        "generator"),
+    steps: Annotated[int, typer.Option(help="Consistency steps (baked into the generator; listed in the manifest).")] = 1,
     latent_size: Annotated[list[int], typer.Option(help="Latent size(s); one static graph each. Default: the UNet's.")] = [],  # noqa: B006
     num_seeds: Annotated[int, typer.Option(help="Seeds for golden data and the parity gate.")] = 4,
+    calibration_samples: Annotated[int, typer.Option(help="Seeded inputs for int8 static calibration.")] = 8,
     exporter: Annotated[str, typer.Option(help="ONNX exporter: dynamo (torch.export) | torchscript.")] = "dynamo",
-    force: Annotated[bool, typer.Option(help="Keep artifacts that fail the parity gate.")] = False,
+    passes: Annotated[str | None, typer.Option(
+        help="ExecuTorch graph rewrites, comma-separated ('' = none). Default: all of "
+        "plain_attention, decompose_group_norm, decompose_layer_norm, delegate_friendly_upsample.")] = None,
+    coreml_target: Annotated[str, typer.Option(help="Core ML minimum deployment target: iOS17 | iOS18.")] = "iOS17",
+    force: Annotated[bool, typer.Option(help="Keep artifacts that fail the parity gate (recorded as forced).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Export a student to a target runtime, parity-check it, and write the manifest."""
+    """Export a student to a target runtime, parity-check every artifact, and write the manifest."""
     from cdx.convert.export import ConvertOptions
     from cdx.convert.export import convert as run_convert
     from cdx.ui import stages
 
-    options = ConvertOptions(target=target, quants=tuple(quant), steps=steps, latent_sizes=tuple(latent_size),
-                             seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite)
+    chosen_passes = None if passes is None else tuple(p.strip() for p in passes.split(",") if p.strip())
+    options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
+                             seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
+                             passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples)
     options.validate()
     with stages(f"convert → {target}") as say:
         manifest = run_convert(model, out, options, progress=say)
@@ -184,14 +195,13 @@ def convert(
 
 
 def _print_manifest_summary(manifest_path: Path) -> None:
+    from cdx.convert.export import parity_line
     from cdx.manifest import load_manifest
     from cdx.ui import console
 
     data = load_manifest(manifest_path.parent, verify=False)
     for m in data["models"]:
-        parity = m.get("parity", {})
-        console.print(f"  {m['name']}: {m['target']}/{m['precision']} → {m['file']}  "
-                      f"PSNR {parity.get('psnr_db', float('nan')):.1f} dB, max-abs {parity.get('max_abs', float('nan')):.2e}")
+        console.print(f"  {m['name']}: {m['target']}/{m['precision']} → {m['file']}  {parity_line(m['parity'])}")
     console.print(f"wrote {manifest_path}")
 
 

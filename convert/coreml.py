@@ -24,7 +24,7 @@ from torch import nn
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import OneStepGenerator
+from cdx.convert.generator import ExportableGraph
 from cdx.errors import ConversionError, InputError
 
 FP16_MAX = 65504.0
@@ -70,38 +70,41 @@ def _overflow_origin(name: str, inputs: tuple[Any, ...], out: torch.Tensor, foun
 
 
 @torch.no_grad()
-def fp16_overflow_report(generator: OneStepGenerator, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Which blocks overflow fp16 on the golden inputs: fp32 activation probes over the whole generator, plus the VAE
-    decoder actually run in fp16 in PyTorch (inf/NaN)."""
+def fp16_overflow_report(generator: nn.Module, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Which blocks overflow fp16 on the golden inputs: fp32 activation probes over the whole graph, plus its VAE
+    decoder (where there is one) actually run in fp16 in PyTorch (inf/NaN)."""
     peaks: dict[str, float] = {}
 
     def keep_peak(name: str, _inputs: tuple[Any, ...], out: torch.Tensor) -> None:
         peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().max()))
 
+    decodes = hasattr(generator, "decoder_latents")
     handles = _leaf_probe(generator, keep_peak)
     latents = []
     try:
         for batch in batches:
             tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
-            noise = tensors.pop("noise")
-            latents.append(generator.denoise(noise, tensors.pop("step_noise", None), **tensors))
-            generator.decode(latents[-1])
+            generator(*tensors.values())
+            if decodes:
+                latents.append(generator.decoder_latents(tensors))
     finally:
         for h in handles:
             h.remove()
     offending = {f"{name}" for name, peak in peaks.items() if peak > FP16_MAX}
 
-    vae16 = copy.deepcopy(generator.vae).half()
     nonfinite: set[str] = set()
-    handles = _leaf_probe(vae16, lambda name, inputs, out: _overflow_origin(f"vae.{name}", inputs, out, nonfinite))
-    finite = True
-    try:
-        for latent in latents:
-            image = vae16.decode((latent / generator.scaling_factor + generator.shift_factor).half()).sample
-            finite = finite and bool(torch.isfinite(image).all())
-    finally:
-        for h in handles:
-            h.remove()
+    finite: bool | None = None
+    if decodes:
+        vae16 = copy.deepcopy(generator.vae).half()
+        handles = _leaf_probe(vae16, lambda name, inputs, out: _overflow_origin(f"vae.{name}", inputs, out, nonfinite))
+        finite = True
+        try:
+            for latent in latents:
+                image = vae16.decode((latent / generator.scaling_factor + generator.shift_factor).half()).sample
+                finite = finite and bool(torch.isfinite(image).all())
+        finally:
+            for h in handles:
+                h.remove()
     blocks = sorted({_block_of(name) for name in offending | nonfinite})
     return {
         "inputs_checked": len(batches),
@@ -151,7 +154,7 @@ def _compress(mlmodel: Any, compression: str | None) -> tuple[Any, dict[str, Any
         "granularity": "per_tensor", "weight_threshold": 2048, "activations": "fp16 (weight-only)"}
 
 
-def _rename_io(mlmodel: Any, generator: OneStepGenerator) -> Any:
+def _rename_io(mlmodel: Any, generator: ExportableGraph) -> Any:
     """torch.export names inputs after forward's arguments (`args_0`, …) and outputs automatically: use manifest names."""
     import coremltools as ct
 
@@ -167,7 +170,7 @@ def _rename_io(mlmodel: Any, generator: OneStepGenerator) -> Any:
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
 
 
-def export_coreml(generator: OneStepGenerator, path: Path, quant: str = "fp16", deployment_target: str = "iOS17",
+def export_coreml(generator: ExportableGraph, path: Path, quant: str = "fp16", deployment_target: str = "iOS17",
                   batches: list[dict[str, np.ndarray]] | None = None, say: Any = None,
                   cache: dict[Any, Any] | None = None) -> Artifact:
     """Write `path` (.mlpackage folder); returns the artifact with the export record and the fp16 overflow report.
@@ -206,7 +209,7 @@ def export_coreml(generator: OneStepGenerator, path: Path, quant: str = "fp16", 
                     numeric=False)
 
 
-def _convert(generator: OneStepGenerator, args: tuple[torch.Tensor, ...], compute: str, deployment_target: str,
+def _convert(generator: ExportableGraph, args: tuple[torch.Tensor, ...], compute: str, deployment_target: str,
              batches: list[dict[str, np.ndarray]] | None) -> tuple[Any, dict[str, Any]]:
     """torch.export → run_decompositions → ct.convert, with the fp16 overflow guard; returns (model, records)."""
     import coremltools as ct

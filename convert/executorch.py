@@ -18,7 +18,7 @@ from torch import nn
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import OneStepGenerator
+from cdx.convert.generator import ExportableGraph
 from cdx.convert.passes import apply_passes, resolve_passes
 from cdx.errors import ConversionError
 
@@ -113,7 +113,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['portable_ops']} portable ({names})")
 
 
-def export_executorch(generator: OneStepGenerator, path: Path, quant: str = "none", passes: Iterable[str] | None = None,
+def export_executorch(generator: ExportableGraph, path: Path, quant: str = "none", passes: Iterable[str] | None = None,
                       calibration: list[tuple[torch.Tensor, ...]] | None = None,
                       say: Any = None) -> Artifact:
     """Write `path` (.pte) for `generator`; returns the artifact with its export record (passes, delegation, sizes)."""

@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from cdx.atomic import atomic_directory
 from cdx.convert.artifact import Artifact
+from cdx.convert.generator import ExportableGraph as Graph
 from cdx.convert.generator import OneStepGenerator, build_generator
 from cdx.convert.golden import calibration_inputs, contrast_batches, eager_outputs, seeded_batches, stack, write_golden
 from cdx.convert.parity import parity_gate
@@ -27,7 +31,7 @@ QUANTS: dict[str, tuple[str, ...]] = {
     "coreml": ("none", "fp32", "fp16", "int8", "palettize6", "palettize4"),
 }
 CALIBRATION_SAMPLES = 8
-MODES = ("generator",)
+MODES = ("generator", "components")
 
 Progress = Callable[[str], None]
 
@@ -73,23 +77,25 @@ class ConvertOptions:
             raise InputError("--steps must be >= 1")
 
 
-def _model_entry(name: str, generator: OneStepGenerator, fmt: str, precision: str, file: str,
-                 target: str, steps: int) -> dict[str, Any]:
-    h, w = generator.output_specs()[0].shape[2:]
-    return {
+def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact: Artifact, target: str,
+                 steps: int) -> dict[str, Any]:
+    entry = {
         "name": name,
-        "role": "generator",
+        "role": graph.role,
         "target": target,
-        "format": fmt,
-        "precision": precision,
-        "file": file,
-        "contains": ["student_unet", "consistency_scaling", *(["guidance_embedding"] if generator.guidance_dim else []),
-                     "vae_decoder"],
-        "resolution": [int(h), int(w)],
+        "format": artifact.format,
+        "precision": artifact.precision,
+        "file": artifact.file,
+        "contains": graph.contains(),
+        "resolution": [int(resolution[0]), int(resolution[1])],
         "steps": steps,
-        "inputs": [s.as_dict() for s in generator.input_specs()],
-        "outputs": [s.as_dict() for s in generator.output_specs()],
+        "inputs": [s.as_dict() for s in graph.input_specs()],
+        "outputs": [s.as_dict() for s in graph.output_specs()],
+        "export": artifact.export,
     }
+    if artifact.quantization:
+        entry["quantization"] = artifact.quantization
+    return entry
 
 
 def _conditioning_section(parts: LatentPipelineParts) -> dict[str, Any]:
@@ -105,7 +111,37 @@ def _conditioning_section(parts: LatentPipelineParts) -> dict[str, Any]:
     return section
 
 
-def _export_one(target: str, generator: OneStepGenerator, staging: Path, stem: str, quant: str,
+@dataclass
+class GraphJob:
+    """One graph to export at one resolution: the module, its parity inputs and golden slice, its calibration data."""
+
+    stem: str
+    graph: Graph
+    parity_inputs: list[dict[str, np.ndarray]]
+    calibration: list[tuple[torch.Tensor, ...]]
+    golden_stride: int = 1  # parity inputs per seed (the step graph sees every step); golden keeps the first of each
+
+
+def _as_tuples(graph: Graph, batches: list[dict[str, np.ndarray]]) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(torch.from_numpy(b[s.name]) for s in graph.input_specs()) for b in batches]
+
+
+def _graph_jobs(generator: OneStepGenerator, mode: str, batches: list[dict[str, np.ndarray]],
+                calibration: list[dict[str, np.ndarray]], prefix: str) -> list[GraphJob]:
+    """The generator alone, or its step and decoder graphs with inputs taken along the eager sampler's trajectory."""
+    if mode == "generator":
+        return [GraphJob(f"generator_{prefix}", generator, batches, _as_tuples(generator, calibration))]
+    from cdx.convert.components import build_components, component_batches
+
+    step, decoder = build_components(generator)
+    step_inputs, decoder_inputs = component_batches(generator, batches)
+    step_calibration, decoder_calibration = component_batches(generator, calibration)
+    per_seed = len(generator.steps)
+    return [GraphJob(f"unet_step_{prefix}", step, step_inputs, _as_tuples(step, step_calibration), per_seed),
+            GraphJob(f"vae_decoder_{prefix}", decoder, decoder_inputs, _as_tuples(decoder, decoder_calibration))]
+
+
+def _export_one(target: str, generator: Graph, staging: Path, stem: str, quant: str,
                 options: ConvertOptions, context: dict[str, Any]) -> Artifact:
     """Export one graph with the target's module; `context` carries the golden/calibration data and a per-run cache."""
     say = context.get("say")
@@ -131,14 +167,15 @@ def _export_one(target: str, generator: OneStepGenerator, staging: Path, stem: s
     raise UnsupportedError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
 
 
-def _contrast(generator: OneStepGenerator, batches: list[dict[str, Any]],
+def _contrast(generator: Graph, batches: list[dict[str, Any]],
               num_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """The golden inputs with another conditioning, and the float model's outputs on them (None if unconditional)."""
     other = contrast_batches(generator, batches, num_classes)
     return None if other is None else (other, eager_outputs(generator, other))
 
 
-def _parity_line(record: dict[str, Any]) -> str:
+def parity_line(record: dict[str, Any]) -> str:
+    """One line of what the parity gate measured (or why it could only check the spec)."""
     if record["checked"] != "numeric":
         return f"parity: {record['checked']} check only — {record.get('reason', '')}"
     line = f"parity: PSNR {record['psnr_db']:.1f} dB, max-abs {record['max_abs']:.2e}"
@@ -147,6 +184,30 @@ def _parity_line(record: dict[str, Any]) -> str:
     if "conditioning_sensitivity" in record:
         line += f", conditioning sensitivity {record['conditioning_sensitivity']['ratio']:.2f}×"
     return line
+
+
+def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_classes: int | None,
+                  resolution: tuple[int, int], cache: dict[Any, Any], say: Progress) -> list[dict[str, Any]]:
+    """Golden data, then every --quant variant of one graph: export, parity gate, manifest entry."""
+    reference = eager_outputs(job.graph, job.parity_inputs)
+    stride = job.golden_stride
+    golden = write_golden(staging, stack(job.parity_inputs[::stride]), stack(reference[::stride]), job.stem)
+    golden["seeds"] = list(options.seeds)
+    context: dict[str, Any] = {"say": say, "batches": job.parity_inputs, "cache": cache, "calibration": job.calibration}
+    contrast = _contrast(job.graph, job.parity_inputs, num_classes)
+    entries = []
+    for quant in options.quants:
+        stem = f"{job.stem}_{quant}" if quant != "none" else job.stem
+        say(f"exporting {stem} to {options.target}")
+        artifact = _export_one(options.target, job.graph, staging, stem, quant, options, context)
+        entry = _model_entry(stem, job.graph, resolution, artifact, options.target, options.steps)
+        entry["golden"] = golden
+        say(f"parity gate for {stem}")
+        entry["parity"] = parity_gate(staging, {}, entry, job.parity_inputs, reference, force=options.force,
+                                      contrast=contrast)
+        say(parity_line(entry["parity"]))
+        entries.append(entry)
+    return entries
 
 
 def convert(model: str | Path, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Path:
@@ -164,30 +225,15 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             generator, sched = build_generator(parts, options.steps, latent_hw=(size, size) if size else None)
             schedule = schedule or sched
             latent_h, latent_w = generator.latent_shape[2:]
+            resolution = generator.output_specs()[0].shape[2:]
             say(f"golden data for {latent_h}x{latent_w} latents ({len(options.seeds)} seeds)")
             batches = seeded_batches(generator, list(options.seeds), parts.num_classes)
-            reference = eager_outputs(generator, batches)
-            golden_prefix = f"generator_{latent_h}x{latent_w}"
-            golden = write_golden(staging, stack(batches), stack(reference), golden_prefix)
-            golden["seeds"] = list(options.seeds)
-            context: dict[str, Any] = {"say": say, "batches": batches, "cache": {},
-                                       "calibration": calibration_inputs(generator, options.calibration_samples,
-                                                                         parts.num_classes)}
-            contrast = _contrast(generator, batches, parts.num_classes)
-            for quant in options.quants:
-                stem = f"{golden_prefix}_{quant}" if quant != "none" else golden_prefix
-                say(f"exporting {stem} to {options.target}")
-                artifact = _export_one(options.target, generator, staging, stem, quant, options, context)
-                entry = _model_entry(stem, generator, artifact.format, artifact.precision, artifact.file,
-                                     options.target, options.steps)
-                entry["export"] = artifact.export
-                if artifact.quantization:
-                    entry["quantization"] = artifact.quantization
-                entry["golden"] = golden
-                say(f"parity gate for {stem}")
-                entry["parity"] = parity_gate(staging, {}, entry, batches, reference, force=options.force, contrast=contrast)
-                say(_parity_line(entry["parity"]))
-                models.append(entry)
+            names = [s.name for s in generator.input_specs()]
+            calibration = [{n: t.numpy() for n, t in zip(names, b, strict=True)}
+                           for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes)]
+            cache: dict[Any, Any] = {}
+            for job in _graph_jobs(generator, options.mode, batches, calibration, f"{latent_h}x{latent_w}"):
+                models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say)
         manifest = new_manifest(
             source={
                 "path": str(source),

@@ -7,7 +7,7 @@ Its constants (timesteps, ᾱ, c_skip, c_out, latent scaling) come from the mani
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -33,6 +33,18 @@ class TensorSpec:
         if self.description:
             data["description"] = self.description
         return data
+
+
+class ExportableGraph(Protocol):
+    """What every target exporter needs from a graph module (the generator, the step graph, the decoder graph)."""
+
+    role: str
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor: ...
+    def input_specs(self) -> list[TensorSpec]: ...
+    def output_specs(self) -> list[TensorSpec]: ...
+    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float = 8.0) -> dict[str, torch.Tensor]: ...
+    def contains(self) -> list[str]: ...
 
 
 def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str = "lcm",
@@ -62,12 +74,28 @@ def _default_latent_hw(parts: LatentPipelineParts) -> tuple[int, int]:
     return int(size), int(size)
 
 
+def unet_forward(unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor],
+                 conditioning: str, guidance_dim: int | None) -> torch.Tensor:
+    """One student UNet call with the conditioning the manifest declares (class label | text embedding, guidance w)."""
+    kwargs: dict[str, Any] = {}
+    if guidance_dim:
+        # LCM feeds w - 1 (the CFG "extra" scale) to the embedding; see LatentConsistencyModelPipeline.
+        kwargs["timestep_cond"] = guidance_scale_embedding(cond["guidance_scale"] - 1.0, guidance_dim)
+    if conditioning == "class_label":
+        kwargs["class_labels"] = cond["class_label"]
+    if type(unet).__name__ == "UNet2DModel":
+        return unet(latents, timestep, **kwargs).sample
+    return unet(latents, timestep, encoder_hidden_states=cond.get("text_embedding"), **kwargs).sample
+
+
 class OneStepGenerator(nn.Module):
     """noise (+ class label | text embedding) (+ guidance w) → image in [0, 1], all in one graph.
 
     With several schedule steps it runs the multi-step consistency sampler, drawing the re-noising
     noise from the extra `step_noise` input so the graph stays deterministic and exportable.
     """
+
+    role = "generator"
 
     def __init__(self, parts: LatentPipelineParts, schedule: dict[str, Any]):
         super().__init__()
@@ -121,18 +149,14 @@ class OneStepGenerator(nn.Module):
     # ---- the computation --------------------------------------------------------------------------------
     def _unet(self, latents: torch.Tensor, timestep: int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         t = torch.full((latents.shape[0],), timestep, dtype=torch.int64)
-        kwargs: dict[str, Any] = {}
-        if self.guidance_dim:
-            # LCM feeds w - 1 (the CFG "extra" scale) to the embedding; see LatentConsistencyModelPipeline.
-            kwargs["timestep_cond"] = guidance_scale_embedding(cond["guidance_scale"] - 1.0, self.guidance_dim)
-        if self.conditioning == "class_label":
-            kwargs["class_labels"] = cond["class_label"]
-        if type(self.unet).__name__ == "UNet2DModel":
-            return self.unet(latents, t, **kwargs).sample
-        return self.unet(latents, t, encoder_hidden_states=cond.get("text_embedding"), **kwargs).sample
+        return unet_forward(self.unet, latents, t, cond, self.conditioning, self.guidance_dim)
 
-    def denoise(self, noise: torch.Tensor, step_noise: torch.Tensor | None = None, **cond: torch.Tensor) -> torch.Tensor:
-        """Run the consistency sampler in latent space; returns the clean latent."""
+    def denoise(self, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
+                trace: list[torch.Tensor] | None = None, **cond: torch.Tensor) -> torch.Tensor:
+        """Run the consistency sampler in latent space; returns the clean latent.
+
+        `trace`, when given, receives the latents each step's UNet call sees (the on-device step graph's inputs).
+        """
         latents = noise
         denoised = noise
         for i, step in enumerate(self.steps):
@@ -140,10 +164,25 @@ class OneStepGenerator(nn.Module):
                 assert step_noise is not None
                 a = step["alpha_cumprod"]
                 latents = a**0.5 * denoised + (1 - a) ** 0.5 * step_noise[i - 1 : i]
+            if trace is not None:
+                trace.append(latents)
             out = self._unet(latents, step["timestep"], cond)
             x0 = predicted_x0(out, latents, step["alpha_cumprod"], self.prediction_type)
             denoised = step["c_skip"] * latents + step["c_out"] * x0
         return denoised
+
+    def contains(self) -> list[str]:
+        """The manifest's `contains`: what this graph computes."""
+        return ["student_unet", "consistency_scaling", *(["guidance_embedding"] if self.guidance_dim else []), "vae_decoder"]
+
+    def conditioning_specs(self) -> list[TensorSpec]:
+        """The conditioning inputs (shared by the generator and the step graph)."""
+        return [s for s in self.input_specs() if s.name in ("class_label", "text_embedding", "guidance_scale")]
+
+    def decoder_latents(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The latents this graph hands to its VAE decoder for these inputs (used by the fp16 overflow check)."""
+        tensors = dict(tensors)
+        return self.denoise(tensors.pop("noise"), tensors.pop("step_noise", None), **tensors)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         image = self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdx.convert.generator import OneStepGenerator
+from cdx.convert.generator import ExportableGraph
 
 GOLDEN_DIR = "golden"
 
 
-def seeded_batches(generator: OneStepGenerator, seeds: list[int], num_classes: int | None) -> list[dict[str, np.ndarray]]:
+def seeded_batches(generator: ExportableGraph, seeds: list[int], num_classes: int | None) -> list[dict[str, np.ndarray]]:
     """One input dict per seed; class labels cycle through the classes so conditioning is exercised."""
     batches = []
     for i, seed in enumerate(seeds):
@@ -24,7 +24,7 @@ def seeded_batches(generator: OneStepGenerator, seeds: list[int], num_classes: i
 
 
 @torch.inference_mode()
-def eager_outputs(generator: OneStepGenerator, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def eager_outputs(generator: ExportableGraph, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """The float PyTorch generator's outputs on each input dict."""
     name = generator.output_specs()[0].name
     return [{name: generator(*(torch.from_numpy(v) for v in batch.values())).numpy()} for batch in batches]
@@ -93,7 +93,7 @@ CALIBRATION_SEED_BASE = 10_000  # far from the golden seeds, so calibration neve
 CALIBRATION_GUIDANCE = (2.0, 4.0, 8.0, 12.0)
 
 
-def calibration_inputs(generator: OneStepGenerator, count: int, num_classes: int | None) -> list[tuple[torch.Tensor, ...]]:
+def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int | None) -> list[tuple[torch.Tensor, ...]]:
     """Seeded generator inputs for static quantization: fresh noise, every class label, a spread of guidance scales.
 
     The generator's input *is* seeded noise (+ conditioning), so these are the real input distribution.
@@ -107,7 +107,7 @@ def calibration_inputs(generator: OneStepGenerator, count: int, num_classes: int
     return batches
 
 
-def contrast_batches(generator: OneStepGenerator, batches: list[dict[str, np.ndarray]],
+def contrast_batches(generator: ExportableGraph, batches: list[dict[str, np.ndarray]],
                      num_classes: int | None) -> list[dict[str, np.ndarray]] | None:
     """The same noise with a different conditioning (next class label / another text embedding), or None if unconditional.
 

@@ -13,14 +13,14 @@ import torch
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import OneStepGenerator
+from cdx.convert.generator import ExportableGraph
 from cdx.errors import ConversionError
 
 OPSET = 18
 _PROTOBUF_LIMIT = 2 * 1024**3
 
 
-def export_onnx(generator: OneStepGenerator, path: Path, exporter: str = "dynamo") -> dict[str, Any]:
+def export_onnx(generator: ExportableGraph, path: Path, exporter: str = "dynamo") -> dict[str, Any]:
     """Export `generator` to `path` (.onnx); returns the manifest's `export` record."""
     inputs = generator.example_inputs()
     input_names = list(inputs)
@@ -147,7 +147,7 @@ def to_ort_format(source: Path, path: Path) -> dict[str, Any]:
             "disabled_optimizers": ["NchwcTransformer"], "onnxruntime": ort.__version__}
 
 
-def export_onnx_variant(generator: OneStepGenerator, path: Path, quant: str, exporter: str = "dynamo",
+def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, exporter: str = "dynamo",
                         calibration: list[dict[str, np.ndarray]] | None = None,
                         cache: dict[str, Any] | None = None) -> Artifact:
     """Export `generator` once to fp32 ONNX (cached per run), then derive the `quant` variant at `path`."""

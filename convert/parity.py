@@ -21,17 +21,31 @@ def min_psnr_for(precision: str) -> float:
     return FLOAT_MIN_PSNR_DB if precision in ("fp32", "fp16") else QUANT_MIN_PSNR_DB
 
 
-def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def psnr_peak(output_spec: dict[str, Any], reference: np.ndarray) -> float:
+    """The PSNR peak of an output: its declared range (images: [0, 1] → 1), else the reference's peak-to-peak.
+
+    Latent outputs (the step graph's `denoised`) have no fixed range; a peak of 1 would make their PSNR meaningless.
+    """
+    if "range" in output_spec:
+        low, high = output_spec["range"]
+        return float(high - low)
+    return float(np.ptp(reference)) or 1.0
+
+
+def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]],
+            output_spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """Max-abs and PSNR of the first output over all samples, plus the worst per-sample PSNR."""
     name = next(iter(reference[0]))
     ref = np.concatenate([r[name] for r in reference])
     out = np.concatenate([a[name] for a in actual])
-    per_sample = [psnr(r[name], a[name]) for r, a in zip(reference, actual, strict=True)]
+    peak = psnr_peak(output_spec or {"range": [0.0, 1.0]}, ref)
+    per_sample = [psnr(r[name], a[name], peak) for r, a in zip(reference, actual, strict=True)]
     return {
         "output": name,
         "samples": len(reference),
         "max_abs": max_abs_diff(ref, out),
-        "psnr_db": _finite(psnr(ref, out)),
+        "psnr_db": _finite(psnr(ref, out, peak)),
+        "psnr_peak": peak,
         "min_sample_psnr_db": _finite(min(per_sample)),
         "finite": bool(np.isfinite(out).all()),
     }
@@ -93,7 +107,7 @@ def parity_gate(folder: Path, manifest: dict[str, Any], model: dict[str, Any], i
         return _spec_gate(folder, model, force)
     runner = open_runner(folder, manifest, model)
     actual = _run_all(runner, inputs)
-    record = {"runtime": runner.runtime, "checked": "numeric", **measure(reference, actual)}
+    record = {"runtime": runner.runtime, "checked": "numeric", **measure(reference, actual, model["outputs"][0])}
     if model["format"] == "mlpackage":
         from cdx.convert.coreml import spec_report
         from cdx.manifest import resolve_inside
@@ -108,7 +122,8 @@ def parity_gate(folder: Path, manifest: dict[str, Any], model: dict[str, Any], i
         problems.append("output has inf/NaN")
     if is_quantized(model["precision"]):
         name = record["output"]
-        record["ssim"] = ssim(np.concatenate([r[name] for r in reference]), np.concatenate([a[name] for a in actual]))
+        record["ssim"] = ssim(np.concatenate([r[name] for r in reference]), np.concatenate([a[name] for a in actual]),
+                              peak=record["psnr_peak"])
         if contrast is not None:
             other_inputs, other_reference = contrast
             other_actual = _run_all(runner, other_inputs)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdx.convert.components import graph_for_role
 from cdx.convert.generator import OneStepGenerator
 from cdx.distill.loading import load_latent_pipeline
 from cdx.errors import ChecksumError
@@ -35,9 +36,10 @@ class EagerRunner(Runner):
                 "(source weights_sha256 mismatch)"
             )
         schedule = dict(manifest["schedule"])
-        schedule["latent_shape"] = next(s["shape"] for s in model["inputs"] if s["name"] == "noise")
+        schedule["latent_shape"] = next(s["shape"] for s in model["inputs"] if s["name"] in ("noise", "latents"))
         schedule["steps"] = schedule["steps"][: model.get("steps", len(schedule["steps"]))]
-        self.module = OneStepGenerator(parts, schedule).eval()
+        generator = OneStepGenerator(parts, schedule).eval()
+        self.module = graph_for_role(generator, model.get("role", "generator"))
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
