@@ -20,4 +20,5 @@ class Artifact:
     export: dict[str, Any]
     quantization: dict[str, Any] | None = None
     numeric: bool = True
+    external_data: list[str] = field(default_factory=list)  # files beside `file` that it loads (ONNX > 2 GB)
     spec_check: dict[str, Any] = field(default_factory=dict)

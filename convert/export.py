@@ -95,6 +95,8 @@ def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact:
     }
     if artifact.quantization:
         entry["quantization"] = artifact.quantization
+    if artifact.external_data:
+        entry["external_data"] = artifact.external_data
     return entry
 
 

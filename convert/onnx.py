@@ -156,7 +156,8 @@ def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, expo
     if quant == "none":
         record = export_onnx(generator, path, exporter=exporter)
         cache[("onnx_fp32", id(generator), exporter)] = (path, record)  # later variants derive from this file
-        return Artifact(file=path.name, format=fmt, precision=precision, export=record)
+        return Artifact(file=path.name, format=fmt, precision=precision, export=record,
+                        external_data=external_data_files(path))
     key = ("onnx_fp32", id(generator), exporter)
     if key not in cache:
         tmp = cache["onnx_tmp"] = cache.get("onnx_tmp") or tempfile.TemporaryDirectory(prefix="cdx-onnx-")
@@ -178,4 +179,16 @@ def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, expo
         raise ConversionError(explain(exc, "onnx")) from None
     if quant != "ort":
         record["graph_optimization_level"] = "ORT_ENABLE_ALL (at load)"
-    return Artifact(file=path.name, format=fmt, precision=precision, export=record, quantization=quantization)
+    return Artifact(file=path.name, format=fmt, precision=precision, export=record, quantization=quantization,
+                    external_data=external_data_files(path))
+
+
+def external_data_files(path: Path) -> list[str]:
+    """Names of the external weight files an .onnx refers to (empty for a self-contained file or an .ort)."""
+    if path.suffix != ".onnx":
+        return []
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return sorted({ExternalDataInfo(t).location for t in proto.graph.initializer if uses_external_data(t)})

@@ -92,3 +92,17 @@ def test_passes_can_be_turned_off_and_then_group_norm_stays_portable(micro: Path
     convert(micro, out, ConvertOptions(target="executorch", quants=("none",), seeds=(0,), passes=()))
     summary = load_manifest(out)["models"][0]["export"]["delegation"]
     assert any("native_group_norm" in op for op in summary["portable_op_names"])
+
+
+def test_coreml_delegated_pte_is_written_and_honestly_not_run_here(micro: Path, tmp_path: Path) -> None:
+    """The Core ML partitioner lowers on Linux, but only an Apple device has the CoreMLBackend to run the .pte."""
+    from cdx.errors import UnsupportedError
+
+    out = tmp_path / "coreml_pte"
+    convert(micro, out, ConvertOptions(target="executorch", quants=("coreml",), seeds=(0,)))
+    model = load_manifest(out)["models"][0]
+    assert model["export"]["delegate"] == "coreml" and model["export"]["delegation"]["delegate_calls"] >= 1
+    assert model["parity"]["checked"] == "none" and "CoreMLBackend" in model["parity"]["reason"]
+    assert (out / model["file"]).stat().st_size > 10_000
+    with pytest.raises(UnsupportedError, match="runs only on Apple devices"):
+        load_runner(out, model["name"])

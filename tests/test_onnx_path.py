@@ -89,3 +89,21 @@ def test_convert_failure_leaves_nothing_behind(tiny_sd: Path, tmp_path: Path, mo
         export_module.convert(tiny_sd, out, export_module.ConvertOptions(target="onnx"))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [], "the staging folder must be removed"
+
+
+def test_weights_past_the_protobuf_limit_go_to_external_data_listed_and_hashed(tiny_sd: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model over ONNX's 2 GB protobuf limit gets external data; the limit is lowered here so a tiny model takes it."""
+    from cdx.convert import onnx as onnx_module
+    from cdx.convert.export import ConvertOptions, convert
+
+    monkeypatch.setattr(onnx_module, "_PROTOBUF_LIMIT", 1000)
+    out = tmp_path / "external"
+    convert(tiny_sd, out, ConvertOptions(target="onnx", seeds=(0,)))
+    data = load_manifest(out)
+    model = data["models"][0]
+    assert model["export"]["external_data"] and model["external_data"]
+    listed = {f["path"] for f in data["files"]}
+    assert set(model["external_data"]) <= listed
+    assert (out / model["file"]).stat().st_size < 1e6 < (out / model["external_data"][0]).stat().st_size
+    assert model["parity"]["passed"] and model["parity"]["max_abs"] <= 1e-4
