@@ -98,6 +98,7 @@ def distill(
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    lr_warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps (LCM's script uses 500).")] = 0,
     solver: Annotated[str, typer.Option(help="Teacher ODE solver: ddim | euler | heun.")] = "ddim",
     num_solver_steps: Annotated[int, typer.Option(help="N of the solver grid; skipping step k = T/N.")] = 50,
     parameterization: Annotated[str, typer.Option(help="Boundary condition: lcm | edm.")] = "lcm",
@@ -129,7 +130,8 @@ def distill(
         raise CdxError(f"unknown --loss {loss!r}; valid: {', '.join(LOSSES)}")
     if parameterization not in ("lcm", "edm"):
         raise CdxError(f"unknown --parameterization {parameterization!r}; valid: lcm, edm")
-    config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, solver=solver,
+    config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
+                           ema_decay=ema_decay, solver=solver,
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,

@@ -37,6 +37,7 @@ class DistillConfig:
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-4
+    lr_warmup_steps: int = 0  # linear warm-up; Adam's first full-size step perturbs a converged teacher copy
     ema_decay: float = 0.95
     solver: str = "ddim"
     num_solver_steps: int = 50  # N; skipping step k = T / N
@@ -194,6 +195,7 @@ class ConsistencyDistiller:
     def train_step(self, batch: dict[str, Any] | None = None) -> float:
         """One optimisation step (on `batch` when given, else a fresh draw); returns the loss."""
         cfg = self.config
+        self._set_lr()
         b = batch or self.sample_batch()
         t, s = b["t"], b["s"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
@@ -212,6 +214,13 @@ class ConsistencyDistiller:
             self.optimizer.zero_grad(set_to_none=True)
         self._update_target()
         return float(loss.detach())
+
+    def _set_lr(self) -> None:
+        """Linear warm-up over `lr_warmup_steps`, a pure function of the step (so resume needs no scheduler state)."""
+        warmup = self.config.lr_warmup_steps
+        lr = self.config.lr * min(1.0, (self.step + 1) / warmup) if warmup > 0 else self.config.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     @torch.no_grad()
     def _update_target(self) -> None:

@@ -211,3 +211,17 @@ def test_embedded_teacher_distills_into_a_loadable_student(tmp_path: Path) -> No
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 32, 32, 1)
     assert (out / "sample_grid.png").is_file()
+
+
+@needs_data
+def test_lr_warmup_ramps_linearly_from_the_step_counter(tiny_sd: Path, tmp_path: Path) -> None:
+    from cdx.distill.data import load_dataset
+
+    distiller = ConsistencyDistiller(load_latent_pipeline(tiny_sd), load_dataset(size=64, limit=16),
+                                     _small_config(lr=1e-4, lr_warmup_steps=4), tmp_path)
+    seen = []
+    for step in range(6):
+        distiller.step = step
+        distiller.train_step()
+        seen.append(distiller.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
