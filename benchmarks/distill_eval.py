@@ -156,3 +156,20 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
                   f"{r['speedup_vs_teacher_full']:.1f}×" if "speedup_vs_teacher_full" in r else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any], evaluate_command: str) -> list[Path]:
+    """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
+    from cdx.distill.loading import read_cdx_info
+    from cdx.distill.model_card import distill_command, teacher_command, write_model_card
+
+    table = render_quality_markdown(result)
+    measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"
+    teacher_info = read_cdx_info(Path(teacher_dir))
+    student_info = read_cdx_info(Path(student_dir))
+    return [
+        write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",
+                         teacher_command(teacher_info.get("recipe", {}), teacher_dir), measured),
+        write_model_card(Path(student_dir), "cdx embedded student: one-step consistency model distilled from the teacher",
+                         distill_command(student_info.get("distill", {}), student_dir), measured),
+    ]

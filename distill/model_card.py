@@ -54,3 +54,44 @@ def write_model_card(folder: Path, title: str, command: str, quality_md: str = "
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+# DistillConfig field -> `cdx distill` flag (guidance_range is split in two flags)
+_DISTILL_FLAGS = {
+    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "lr_warmup_steps": "--lr-warmup-steps",
+    "ema_decay": "--ema-decay", "solver": "--solver", "num_solver_steps": "--num-solver-steps",
+    "parameterization": "--parameterization", "loss": "--loss", "huber_c": "--huber-c",
+    "gradient_accumulation": "--grad-accum", "mixed_precision": "--mixed-precision",
+    "checkpoint_every": "--checkpoint-every", "sample_every": "--sample-every", "seed": "--seed",
+}
+
+
+def distill_command(recipe: dict[str, Any], out: str) -> str:
+    """The `cdx distill` command line that reproduces `recipe` (a saved DistillConfig): only non-default flags."""
+    from cdx.distill.distiller import DistillConfig
+
+    default = DistillConfig().as_dict()
+    parts = ["cdx distill", f"--out {out}"]
+    for field_name, flag in _DISTILL_FLAGS.items():
+        if field_name in recipe and recipe[field_name] != default[field_name]:
+            parts.append(f"{flag} {recipe[field_name]}")
+    low, high = recipe.get("guidance_range", default["guidance_range"])
+    if (low, high) != tuple(default["guidance_range"]):
+        parts += [f"--guidance-min {low}", f"--guidance-max {high}"]
+    return " ".join(parts)
+
+
+def teacher_command(recipe: dict[str, Any], out: str) -> str:
+    """The `cdx teacher train` command line that reproduces `recipe` (a saved TeacherRecipe)."""
+    from cdx.distill.teacher import TeacherRecipe
+
+    default = TeacherRecipe().as_dict()
+    parts = ["cdx teacher train", f"--out {out}"]
+    for field_name in ("vae_steps", "unet_steps", "seed"):
+        if field_name in recipe and recipe[field_name] != default[field_name]:
+            parts.append(f"--{field_name.replace('_', '-')} {recipe[field_name]}")
+    other = [k for k in default if k not in ("vae_steps", "unet_steps", "seed") and recipe.get(k, default[k]) != default[k]
+             and not (isinstance(default[k], tuple) and list(default[k]) == recipe.get(k))]
+    if other:
+        parts.append(f"# with TeacherRecipe({', '.join(f'{k}={recipe[k]!r}' for k in other)}) in Python")
+    return " ".join(parts)

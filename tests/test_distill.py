@@ -225,3 +225,13 @@ def test_lr_warmup_ramps_linearly_from_the_step_counter(tiny_sd: Path, tmp_path:
         distiller.train_step()
         seen.append(distiller.optimizer.param_groups[0]["lr"])
     assert seen == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
+
+
+def test_model_card_command_reproduces_the_saved_recipe() -> None:
+    from cdx.distill.distiller import DistillConfig
+    from cdx.distill.model_card import distill_command
+
+    recipe = DistillConfig(steps=600, lr=2e-4, lr_warmup_steps=50, guidance_range=(2.0, 6.0)).as_dict()
+    assert distill_command(recipe, "out/s") == ("cdx distill --out out/s --steps 600 --lr 0.0002 --lr-warmup-steps 50 "
+                                                "--guidance-min 2.0 --guidance-max 6.0")
+    assert distill_command(DistillConfig().as_dict(), "out/s") == "cdx distill --out out/s"
