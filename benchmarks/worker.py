@@ -31,15 +31,18 @@ def _rss_mb() -> float:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Cold load, first run, warm runs and peak RSS of `spec['model']` on `spec['runtime']`."""
     from cdx.benchmarks.metrics import percentile_stats
-    from cdx.convert.golden import read_golden, unstack
+    from cdx.convert.golden import manifest_inputs, read_golden, unstack
     from cdx.manifest import find_model, load_manifest
     from cdx.runtimes.base import RUNTIMES, open_runner
 
     folder = Path(spec["folder"])
     manifest = load_manifest(folder, verify=True)
     model = find_model(manifest, spec["model"])
-    inputs, _ = read_golden(folder, model)
-    samples = unstack(inputs)
+    if spec.get("seeds"):
+        samples = manifest_inputs(model, manifest, list(spec["seeds"]))
+    else:
+        inputs, _ = read_golden(folder, model)
+        samples = unstack(inputs)
     start = time.perf_counter()
     importlib.import_module(RUNTIMES[spec["runtime"]][0])  # runtime libraries load here, not in the cold load
     import_ms = (time.perf_counter() - start) * 1e3

@@ -33,6 +33,7 @@ class ConsistencyStepGraph(nn.Module):
         self.prediction_type = generator.prediction_type
         self.latent_shape = generator.latent_shape
         self.steps = generator.steps
+        self.default_guidance = generator.default_guidance
         self._conditioning_specs = generator.conditioning_specs()
 
     def contains(self) -> list[str]:
@@ -50,7 +51,7 @@ class ConsistencyStepGraph(nn.Module):
     def output_specs(self) -> list[TensorSpec]:
         return [TensorSpec("denoised", self.latent_shape, "float32", description="consistency estimate of the clean latent")]
 
-    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float = 8.0,
+    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float | None = None,
                        step_index: int = 0) -> dict[str, torch.Tensor]:
         """Seeded noise at the first step's timestep (the state every sampler starts from)."""
         gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,8 @@ class ConsistencyStepGraph(nn.Module):
             if spec.name == "class_label":
                 out[spec.name] = torch.tensor([class_label], dtype=torch.int64)
             elif spec.name == "guidance_scale":
-                out[spec.name] = torch.tensor([guidance_scale], dtype=torch.float32)
+                w = self.default_guidance if guidance_scale is None else guidance_scale
+                out[spec.name] = torch.tensor([w], dtype=torch.float32)
             else:
                 out[spec.name] = torch.randn(spec.shape, generator=gen)
         return out

@@ -109,7 +109,12 @@ def _conditioning_section(parts: LatentPipelineParts) -> dict[str, Any]:
     if parts.conditioning == "text_embedding":
         section["embedding_shape"] = [1, parts.text_sequence_length, parts.cross_attention_dim]
     dim = parts.guidance_embedding_dim
-    section["guidance"] = {"embedded": bool(dim), **({"embedding_dim": dim, "default": 8.0} if dim else {})}
+    guidance: dict[str, Any] = {"embedded": bool(dim)}
+    if dim:
+        guidance.update(embedding_dim=dim, default=parts.default_guidance)
+        if parts.guidance_range:
+            guidance["range"] = list(parts.guidance_range)
+    section["guidance"] = guidance
     return section
 
 
@@ -172,7 +177,7 @@ def _export_one(target: str, generator: Graph, staging: Path, stem: str, quant: 
 def _contrast(generator: Graph, batches: list[dict[str, Any]],
               num_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """The golden inputs with another conditioning, and the float model's outputs on them (None if unconditional)."""
-    other = contrast_batches(generator, batches, num_classes)
+    other = contrast_batches([s.name for s in generator.input_specs()], batches, num_classes)
     return None if other is None else (other, eager_outputs(generator, other))
 
 
@@ -232,7 +237,8 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             batches = seeded_batches(generator, list(options.seeds), parts.num_classes)
             names = [s.name for s in generator.input_specs()]
             calibration = [{n: t.numpy() for n, t in zip(names, b, strict=True)}
-                           for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes)]
+                           for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes,
+                                                       parts.calibration_guidance)]
             cache: dict[Any, Any] = {}
             for job in _graph_jobs(generator, options.mode, batches, calibration, f"{latent_h}x{latent_w}"):
                 models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say)

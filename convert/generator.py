@@ -43,7 +43,8 @@ class ExportableGraph(Protocol):
     def __call__(self, *args: torch.Tensor) -> torch.Tensor: ...
     def input_specs(self) -> list[TensorSpec]: ...
     def output_specs(self) -> list[TensorSpec]: ...
-    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float = 8.0) -> dict[str, torch.Tensor]: ...
+    def example_inputs(self, seed: int = 0, class_label: int = 0,
+                       guidance_scale: float | None = None) -> dict[str, torch.Tensor]: ...
     def contains(self) -> list[str]: ...
 
 
@@ -111,6 +112,7 @@ class OneStepGenerator(nn.Module):
         self.text_shape = (1, parts.text_sequence_length, parts.cross_attention_dim) \
             if parts.conditioning == "text_embedding" else None
         self.num_classes = parts.num_classes
+        self.default_guidance = parts.default_guidance
 
     # ---- the I/O contract -------------------------------------------------------------------------------
     def input_specs(self) -> list[TensorSpec]:
@@ -133,8 +135,9 @@ class OneStepGenerator(nn.Module):
         shape = (1, channels, self.latent_shape[2] * factor, self.latent_shape[3] * factor)
         return [TensorSpec("image", shape, "float32", (0.0, 1.0), "RGB, NCHW")]
 
-    def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float = 8.0) -> dict[str, torch.Tensor]:
-        """Seeded inputs matching `input_specs` (noise from torch's CPU generator)."""
+    def example_inputs(self, seed: int = 0, class_label: int = 0,
+                       guidance_scale: float | None = None) -> dict[str, torch.Tensor]:
+        """Seeded inputs matching `input_specs` (noise from torch's CPU generator; w defaults to the manifest's)."""
         gen = torch.Generator().manual_seed(seed)
         out: dict[str, torch.Tensor] = {}
         for spec in self.input_specs():
@@ -143,7 +146,8 @@ class OneStepGenerator(nn.Module):
             elif spec.name == "class_label":
                 out[spec.name] = torch.tensor([class_label], dtype=torch.int64)
             elif spec.name == "guidance_scale":
-                out[spec.name] = torch.tensor([guidance_scale], dtype=torch.float32)
+                w = self.default_guidance if guidance_scale is None else guidance_scale
+                out[spec.name] = torch.tensor([w], dtype=torch.float32)
         return out
 
     # ---- the computation --------------------------------------------------------------------------------

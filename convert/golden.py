@@ -90,10 +90,10 @@ def save_png_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:
 
 
 CALIBRATION_SEED_BASE = 10_000  # far from the golden seeds, so calibration never sees the parity inputs
-CALIBRATION_GUIDANCE = (2.0, 4.0, 8.0, 12.0)
 
 
-def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int | None) -> list[tuple[torch.Tensor, ...]]:
+def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int | None,
+                       guidance: tuple[float, ...] = (2.0, 4.0, 8.0, 12.0)) -> list[tuple[torch.Tensor, ...]]:
     """Seeded generator inputs for static quantization: fresh noise, every class label, a spread of guidance scales.
 
     The generator's input *is* seeded noise (+ conditioning), so these are the real input distribution.
@@ -102,22 +102,21 @@ def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int 
     for i in range(count):
         label = i % num_classes if num_classes else 0
         tensors = generator.example_inputs(seed=CALIBRATION_SEED_BASE + i, class_label=label,
-                                           guidance_scale=CALIBRATION_GUIDANCE[i % len(CALIBRATION_GUIDANCE)])
+                                           guidance_scale=guidance[i % len(guidance)])
         batches.append(tuple(tensors.values()))
     return batches
 
 
-def contrast_batches(generator: ExportableGraph, batches: list[dict[str, np.ndarray]],
+def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]],
                      num_classes: int | None) -> list[dict[str, np.ndarray]] | None:
     """The same noise with a different conditioning (next class label / another text embedding), or None if unconditional.
 
     The parity gate compares how far outputs move between the two conditionings in the artifact vs the float model,
     so a quantized artifact whose conditional signal collapsed is caught even when its PSNR looks fine.
     """
-    names = [s.name for s in generator.input_specs()]
-    if "class_label" in names and num_classes and num_classes > 1:
+    if "class_label" in input_names and num_classes and num_classes > 1:
         return [{**b, "class_label": (b["class_label"] + 1) % num_classes} for b in batches]
-    if "text_embedding" in names:
+    if "text_embedding" in input_names:
         out = []
         for i, b in enumerate(batches):
             gen = torch.Generator().manual_seed(CALIBRATION_SEED_BASE * 2 + i)
@@ -125,3 +124,31 @@ def contrast_batches(generator: ExportableGraph, batches: list[dict[str, np.ndar
             out.append({**b, "text_embedding": other})
         return out
     return None
+
+
+def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list[int]) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs for a manifest entry, built from the manifest alone (the rule in `manifest["rng"]`).
+
+    Random tensors are drawn from `torch.Generator().manual_seed(seed)` in input order; class labels cycle with the
+    seed's index; w is the manifest's default; step-graph constants are the first schedule step. For the generator
+    this is exactly what `example_inputs` gives, so any runtime (or app) can regenerate the golden inputs.
+    """
+    conditioning = manifest["conditioning"]
+    first_step = manifest["schedule"]["steps"][0]
+    batches = []
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        batch: dict[str, np.ndarray] = {}
+        for spec in model["inputs"]:
+            name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
+            if name == "class_label":
+                value = np.full(shape, i % (conditioning.get("num_classes") or 1))
+            elif name == "guidance_scale":
+                value = np.full(shape, conditioning["guidance"].get("default", 8.0))
+            elif name in first_step:
+                value = np.full(shape, first_step[name])
+            else:
+                value = torch.randn(shape, generator=gen).numpy()
+            batch[name] = value.astype(dtype)
+        batches.append(batch)
+    return batches

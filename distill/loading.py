@@ -33,6 +33,24 @@ class LatentPipelineParts:
     num_classes: int | None = None
     class_names: list[str] = field(default_factory=list)
     weights_sha256: str = ""
+    guidance_range: tuple[float, float] | None = None  # w range a cdx student was distilled on
+
+    @property
+    def default_guidance(self) -> float:
+        """The guidance w golden data and apps use: cdx's evaluation default 3.0 kept inside the distilled range;
+        8.0 (LCM's usual) for students cdx did not distill."""
+        if self.guidance_range is None:
+            return 8.0
+        low, high = self.guidance_range
+        return min(max(3.0, low), high)
+
+    @property
+    def calibration_guidance(self) -> tuple[float, ...]:
+        """A spread of w for int8 calibration: across the distilled range, or LCM's usual 2..12."""
+        if self.guidance_range is None:
+            return (2.0, 4.0, 8.0, 12.0)
+        low, high = self.guidance_range
+        return tuple(low + (high - low) * i / 3 for i in range(4))
 
     @property
     def latent_channels(self) -> int:
@@ -169,4 +187,11 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         num_classes=(len(class_names) if class_names else int(num_classes)) if num_classes else None,
         class_names=class_names,
         weights_sha256=weights_digest(folder),
+        guidance_range=_guidance_range(folder),
     )
+
+
+def _guidance_range(folder: Path) -> tuple[float, float] | None:
+    """The w range a cdx student was distilled on (from its cdx.json), or None for other pipelines."""
+    value = read_cdx_info(folder).get("guidance_range")
+    return (float(value[0]), float(value[1])) if value else None

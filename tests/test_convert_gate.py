@@ -40,7 +40,7 @@ def test_gate_refuses_an_artifact_whose_conditioning_collapsed_even_with_good_ps
     parts = load_latent_pipeline(manifest["source"]["path"])
     generator, _ = build_generator(parts)
     batches = seeded_batches(generator, [0, 1], None)
-    other = contrast_batches(generator, batches, None)
+    other = contrast_batches([s.name for s in generator.input_specs()], batches, None)
     assert other is not None
     contrast = (other, eager_outputs(generator, other))
     with pytest.raises(ParityError, match=r"conditioning sensitivity 0\.00× the float model's \(< 0\.5"):
