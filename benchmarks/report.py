@@ -22,16 +22,31 @@ REPORT_VERSION = "1.0"
 
 
 @cache
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in cdx.benchmarks (report.schema.json, device_results.schema.json)."""
+    return json.loads(resources.files("cdx.benchmarks").joinpath(name).read_text("utf-8"))
+
+
 def report_schema() -> dict[str, Any]:
-    return json.loads(resources.files("cdx.benchmarks").joinpath("report.schema.json").read_text("utf-8"))
+    return load_schema("report.schema.json")
+
+
+def validate_against(schema_name: str, data: Any, where: str) -> None:
+    """Raise one line naming `where`, the JSON path and the first schema violation."""
+    from referencing import Registry, Resource
+
+    device = load_schema("device_results.schema.json")
+    registry = Registry().with_resource(device["$id"], Resource.from_contents(device))
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name), registry=registry)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        path = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        raise ManifestError(f"{where}: schema violation at {path}: {errors[0].message}")
 
 
 def validate_report(report: dict[str, Any], where: str = "report") -> None:
     """Raise with the first schema violation."""
-    errors = sorted(jsonschema.Draft202012Validator(report_schema()).iter_errors(report), key=lambda e: list(e.path))
-    if errors:
-        path = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-        raise ManifestError(f"{where}: schema violation at {path}: {errors[0].message}")
+    validate_against("report.schema.json", report, where)
 
 
 def _pkg(name: str) -> str | None:
@@ -61,59 +76,108 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def new_report(folder: Path, manifest: dict[str, Any], options: Any, results: list[dict[str, Any]],
+def new_report(folders: list[Path], manifest: dict[str, Any], options: Any, results: list[dict[str, Any]],
                machine: dict[str, Any]) -> dict[str, Any]:
-    report = {
+    """The report skeleton around measured rows (validated at write time, once every section is in)."""
+    return {
         "report_version": REPORT_VERSION,
         "created_by": f"cdx {__version__}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "artifact": str(folder),
+        "artifacts": [str(f) for f in folders],
         "source": manifest["source"],
-        "settings": {"runs": options.runs, "warmup": options.warmup, "threads": options.threads},
+        "settings": {"runs": options.runs, "warmup": options.warmup, "threads": options.threads,
+                     "seeds": getattr(options, "seeds", 0)},
         "machine": machine,
         "results": results,
+        "skipped": [],
+        "device_results": [],
     }
-    validate_report(report)
-    return report
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """Tables a person wants to read: latency, load, memory, size, drift."""
+    """Tables a person wants to read: latency and drift per artifact, distillation speed-up, quality, phones."""
     settings, machine = report["settings"], report["machine"]
     lines = [
-        f"# cdx bench — {report['source'].get('name', report['source']['path'])}",
-        "",
+        f"# cdx bench — {report['source'].get('name', report['source']['path'])}", "",
         f"{machine['cpu']}, {settings['threads']} threads, {settings['runs']} timed runs after {settings['warmup']} "
-        f"warm-up; {report['created_at']}.",
-        "",
+        f"warm-up, drift over {settings.get('seeds', '?')} seeded inputs; {report['created_at']}.", "",
+        "## Latency and drift vs the eager float student", "",
         "| model | runtime | precision | median ms | p90 ms | cold load ms | first run ms | peak RSS MB | size MB | "
-        "max-abs vs eager | PSNR dB | speed-up vs eager |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "PSNR dB | SSIM | cond. ratio | × eager | × teacher full |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         drift = r.get("drift_vs_eager") or {}
         size = r.get("file_size_bytes")
-        max_abs = f"{drift['max_abs']:.2e}" if "max_abs" in drift else "—"
-        speedup = f"{r['speedup_vs_eager']:.2f}×" if r.get("speedup_vs_eager") else "—"
+        cond = (drift.get("conditioning_sensitivity") or {}).get("ratio")
         lines.append(
-            f"| {r['name']} | {r['runtime']} | {r['precision']} | {_fmt(r['latency']['median_ms'])} | "
-            f"{_fmt(r['latency']['p90_ms'])} | {_fmt(r['cold_load_ms'])} | {_fmt(r['first_run_ms'])} | "
-            f"{_fmt(r['peak_rss_mb'])} | {_fmt(size / 1e6 if size else None, 2)} | "
-            f"{max_abs} | {_fmt(drift.get('psnr_db'))} | {speedup} |"
+            f"| {r['name']} | {r['runtime']} | {r['precision']} | {_fmt(r['latency']['median_ms'], 2)} | "
+            f"{_fmt(r['latency']['p90_ms'], 2)} | {_fmt(r['cold_load_ms'])} | {_fmt(r['first_run_ms'])} | "
+            f"{_fmt(r['peak_rss_mb'])} | {_fmt(size / 1e6 if size else None, 2)} | {_fmt(drift.get('psnr_db'))} | "
+            f"{_fmt(drift.get('ssim'), 4)} | {_fmt(cond, 2)} | {_ratio(r.get('speedup_vs_eager'))} | "
+            f"{_ratio(r.get('speedup_vs_teacher_full'))} |"
         )
-    lines += ["", "PSNR 999 = identical outputs. Re-run: `cdx bench " + report["artifact"] + "`.", ""]
+    quality = [r for r in report["results"] if "quality" in r]
+    if quality:
+        lines += ["", f"## Distribution quality (Fashion-MNIST classifier features, n = {quality[0]['quality']['samples']} "
+                  "per row, same seeds and labels; compare rows with each other, not with other n)", "",
+                  "| model | FD | class accuracy |", "|---|---:|---:|"]
+        lines += [f"| {r['name']} | {r['quality']['fd_classifier']:.2f} | {r['quality']['accuracy']:.3f} |" for r in quality]
+    if report.get("skipped"):
+        lines += ["", "## Not runnable on this machine (listed, not timed)", "", "| model | target | precision | size MB | why |",
+                  "|---|---|---|---:|---|"]
+        lines += [f"| {s['name']} | {s['target']} | {s['precision']} | {_fmt(s['file_size_bytes'] / 1e6, 2)} | {s['reason']} |"
+                  for s in report["skipped"]]
+    if report.get("device_results"):
+        lines += ["", "## Phones and other devices (`cdx bench ingest`)", "",
+                  "| device | OS | runtime | backend | model | median ms | p90 ms | cold load ms | golden PSNR dB "
+                  "| golden max-abs |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+        for device_file in report["device_results"]:
+            device = device_file["device"]
+            for r in device_file["results"]:
+                golden = r.get("golden", {})
+                lines.append(f"| {device['model']} | {device['os']} {device.get('os_version', '')} | {r['runtime']} | "
+                             f"{r.get('backend', '—')} | {r['model']} | {_fmt(r['latency']['median_ms'], 2)} | "
+                             f"{_fmt(r['latency'].get('p90_ms'), 2)} | {_fmt(r.get('cold_load_ms'))} | "
+                             f"{_fmt(golden.get('psnr_db'))} | {_fmt(golden.get('max_abs'), 6)} |")
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in report["plots"].items()]
+    lines += ["", "PSNR 999 = identical outputs; cond. ratio = how far outputs move when only the conditioning changes, "
+              "artifact vs float (≈ 1 kept, ≈ 0 collapsed). Re-run: `cdx bench " + " ".join(report["artifacts"]) + "`.", ""]
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Validate, then write `report.json` and `report.md` atomically."""
-    validate_report(report)
+def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> tuple[Path, Path]:
+    """Validate, draw the plots, then write `report.json` and `report.md` atomically."""
     out = Path(out_dir)
+    grid = report.pop("_grid", None)
+    if plots:
+        from cdx.benchmarks.plots import draw_plots
+
+        out.mkdir(parents=True, exist_ok=True)
+        report["plots"] = draw_plots(report, grid or {}, out)
+    validate_report(report)
     json_path, md_path = out / "report.json", out / "report.md"
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and validate a report.json (one line naming the file on failure)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read report ({exc})") from None
+    validate_report(report, where=str(path))
+    return report

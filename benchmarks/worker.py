@@ -28,18 +28,36 @@ def _rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+def save_inputs(path: Path, samples: list[dict[str, np.ndarray]], contrast: list[dict[str, np.ndarray]] | None) -> None:
+    """Per-sample input dicts (and their contrast-conditioning twins) in one .npz."""
+    arrays = {f"s{i}.{k}": v for i, sample in enumerate(samples) for k, v in sample.items()}
+    arrays |= {f"c{i}.{k}": v for i, sample in enumerate(contrast or []) for k, v in sample.items()}
+    np.savez(path, **arrays)
+
+
+def load_inputs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Inverse of `save_inputs` (input order as saved)."""
+    groups: dict[str, dict[int, dict[str, np.ndarray]]] = {"s": {}, "c": {}}
+    with np.load(path) as data:
+        for key in data.files:
+            head, name = key.split(".", 1)
+            groups[head[0]].setdefault(int(head[1:]), {})[name] = data[key]
+    return [groups["s"][i] for i in sorted(groups["s"])], [groups["c"][i] for i in sorted(groups["c"])]
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Cold load, first run, warm runs and peak RSS of `spec['model']` on `spec['runtime']`."""
     from cdx.benchmarks.metrics import percentile_stats
-    from cdx.convert.golden import manifest_inputs, read_golden, unstack
+    from cdx.convert.golden_io import read_golden, unstack
     from cdx.manifest import find_model, load_manifest
     from cdx.runtimes.base import RUNTIMES, open_runner
 
     folder = Path(spec["folder"])
     manifest = load_manifest(folder, verify=True)
     model = find_model(manifest, spec["model"])
-    if spec.get("seeds"):
-        samples = manifest_inputs(model, manifest, list(spec["seeds"]))
+    contrast: list[dict[str, np.ndarray]] | None = None
+    if spec.get("inputs_path"):  # built by the parent (torch's RNG), so this process imports only its runtime
+        samples, contrast = load_inputs(spec["inputs_path"])
     else:
         inputs, _ = read_golden(folder, model)
         samples = unstack(inputs)
@@ -67,6 +85,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     name = runner.output_names[0]
     np.save(spec["outputs_path"], np.concatenate([o[name] for o in outputs]))
+    if contrast:
+        np.save(spec["contrast_path"], np.concatenate([runner.run(b)[name] for b in contrast]))
     return {
         **runner.describe(),
         "import_ms": import_ms,
@@ -78,10 +98,46 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's own DDIM sampler (CFG) at `spec['steps']`, batch 1, eager PyTorch; images for the seeds."""
+    import torch
+
+    from cdx.benchmarks.metrics import percentile_stats
+    from cdx.distill.distiller import TeacherConditioning
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.distill.sampling import teacher_sample
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    start = time.perf_counter()
+    parts = load_latent_pipeline(spec["teacher"])
+    cond = TeacherConditioning(parts, parts.class_names)
+    cold_load_ms = (time.perf_counter() - start) * 1e3
+    steps, guidance, classes = spec["steps"], spec["guidance"], parts.num_classes or 1
+
+    def sample(seed: int, index: int) -> torch.Tensor:
+        return teacher_sample(parts, cond, torch.tensor([index % classes]), steps=steps, guidance=guidance, seed=seed)
+
+    start = time.perf_counter()
+    images = [sample(spec["seeds"][0], 0)]
+    first_run_ms = (time.perf_counter() - start) * 1e3
+    images += [sample(seed, i) for i, seed in enumerate(spec["seeds"]) if i > 0]
+    for _ in range(spec["warmup"]):
+        sample(0, 0)
+    timings = []
+    for _ in range(spec["runs"]):
+        start = time.perf_counter()
+        sample(0, 0)
+        timings.append((time.perf_counter() - start) * 1e3)
+    np.save(spec["outputs_path"], torch.cat(images).numpy())
+    return {"runtime": "torch", "threads": spec.get("threads"), "import_ms": 0.0, "cold_load_ms": cold_load_ms,
+            "first_run_ms": first_run_ms, "latency": percentile_stats(timings), "peak_rss_mb": _rss_mb()}
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text("utf-8"))
     try:
-        result = {"ok": True, **measure(spec)}
+        result = {"ok": True, **(measure_teacher(spec) if spec.get("kind") == "teacher" else measure(spec))}
     except Exception as exc:  # reported to the parent as one line
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     Path(spec["result_path"]).write_text(json.dumps(result), "utf-8")

@@ -12,7 +12,7 @@ quiet_third_party()
 import typer  # noqa: E402
 
 from cdx import __version__  # noqa: E402
-from cdx.errors import CdxError, UnsupportedError  # noqa: E402
+from cdx.errors import CdxError, RegressionError, UnsupportedError  # noqa: E402
 
 app = typer.Typer(
     name="cdx",
@@ -161,8 +161,9 @@ def sample(
 
 @app.command()
 def convert(
-    model: Annotated[str, typer.Argument(help="Student: a diffusers folder (or hub id when online).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (artifacts + manifest.json).")] = Path("out/export"),
+    model: Annotated[str | None, typer.Argument(
+        help="Student: a diffusers folder (or hub id when online). Default: the embedded Fashion-MNIST student.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/<target>).")] = None,
     target: Annotated[str, typer.Option(help="onnx | executorch | coreml")] = "onnx",
     quant: Annotated[list[str], typer.Option(
         help="Precision(s), repeat for several. onnx: none, fp16, int8-dynamic, int8-static, ort; "
@@ -191,8 +192,12 @@ def convert(
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
                              passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples)
     options.validate()
+    if model is None:
+        from cdx.defaults import default_student
+
+        model = default_student()
     with stages(f"convert → {target}") as say:
-        manifest = run_convert(model, out, options, progress=say)
+        manifest = run_convert(model, out or Path("out") / target, options, progress=say)
     _print_manifest_summary(manifest)
 
 
@@ -207,28 +212,92 @@ def _print_manifest_summary(manifest_path: Path) -> None:
     console.print(f"wrote {manifest_path}")
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="Folder written by `cdx convert`.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: ARTIFACT/bench).")] = None,
+    artifacts: Annotated[list[str], typer.Argument(
+        help="Folder(s) written by `cdx convert` (or `ingest FILE...`, or `device --local FOLDER`).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: FIRST/bench).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs after warm-up.")] = 20,
     warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 3,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: min(4, cores)).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeded inputs for drift and quality.")] = 64,
+    teacher: Annotated[str | None, typer.Option(help="Teacher to time at full steps and DDIM 8/4/2/1 "
+                                                "(default: the student's own, '' = none).")] = None,
+    plots: Annotated[bool, typer.Option(help="Write the PNG plots.")] = True,
+    compare: Annotated[Path | None, typer.Option(help="An older report.json: print what got slower or drifted.")] = None,
+    max_slowdown: Annotated[float, typer.Option(help="With --compare: fail when a median grows past this ratio.")] = 1.25,
+    max_psnr_drop: Annotated[float, typer.Option(help="With --compare: fail when PSNR vs eager drops more (dB).")] = 1.0,
+    report: Annotated[Path | None, typer.Option(help="ingest: the report.json to merge device results into.")] = None,
+    local: Annotated[bool, typer.Option(help="device: measure on this machine (phones run the apps/native runners).")] = False,
 ) -> None:
-    """Latency and drift of every artifact vs eager PyTorch: writes report.json + report.md."""
+    """Latency and drift of every artifact vs the eager float student (+ the teacher): report.json, report.md, plots.
+
+    `cdx bench ingest FILE... --report REPORT.json` merges phone results; `cdx bench device FOLDER --local -o FILE`
+    writes this machine's results in the phones' format.
+    """
+    from cdx.ui import console
+
+    if artifacts[0] == "ingest":
+        _bench_ingest(artifacts[1:], report)
+        return
+    if artifacts[0] == "device":
+        _bench_device(artifacts[1:], local, out, runs, warmup, threads)
+        return
     from cdx.benchmarks.bench import BenchOptions
     from cdx.benchmarks.bench import bench as run_bench
-    from cdx.benchmarks.report import render_markdown, write_report
-    from cdx.ui import console, stages
+    from cdx.benchmarks.report import load_report, render_markdown, write_report
+    from cdx.ui import stages
 
-    options = BenchOptions(runs=runs, warmup=warmup)
+    options = BenchOptions(runs=runs, warmup=warmup, seeds=seeds, teacher=teacher)
     if threads is not None:
         options.threads = threads
+    old = load_report(compare) if compare else None
     with stages("bench") as say:
-        report = run_bench(artifact, options, progress=say)
-    json_path, md_path = write_report(report, out or artifact / "bench")
-    print(render_markdown(report))
+        result = run_bench(list(artifacts), options, progress=say)
+    json_path, md_path = write_report(result, out or Path(artifacts[0]) / "bench", plots=plots)
+    print(render_markdown(result))
     console.print(f"wrote {json_path} and {md_path}")
+    if old is not None:
+        from cdx.benchmarks.compare import Thresholds, compare_reports
+
+        found = compare_reports(old, result, Thresholds(max_slowdown, max_psnr_drop))
+        for line in found["notes"]:
+            console.print(f"  {line}")
+        for line in found["regressions"]:
+            console.print(f"  [red]REGRESSION[/red] {line}")
+        if found["regressions"]:
+            raise RegressionError(f"{len(found['regressions'])} regression(s) against {compare}")
+        console.print(f"no regression against {compare}")
+
+
+def _bench_ingest(files: list[str], report: Path | None) -> None:
+    from cdx.benchmarks.device import ingest
+    from cdx.ui import console
+
+    if not files:
+        raise CdxError("cdx bench ingest: give one or more device-results files")
+    if report is None:
+        raise CdxError("cdx bench ingest: --report REPORT.json is required (the report to merge into)")
+    merged = ingest(report, [Path(f) for f in files])
+    console.print(f"merged {len(files)} file(s) into {report} ({len(merged['device_results'])} device result file(s))")
+
+
+def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, warmup: int, threads: int | None) -> None:
+    import json
+
+    from cdx.atomic import atomic_write_text
+    from cdx.benchmarks.device import local_device_results
+    from cdx.ui import console
+
+    if not local:
+        raise UnsupportedError("cdx bench device: only `FOLDER --local` runs here; phones run the sample apps or the "
+                               "native runners (issue #6) and write the same file")
+    if len(args) != 1:
+        raise CdxError("cdx bench device: give one artifact folder")
+    document = local_device_results(args[0], runs=runs, warmup=warmup, threads=threads)
+    target = out or Path(args[0]) / "device_results.json"
+    atomic_write_text(target, json.dumps(document, indent=2) + "\n")
+    console.print(f"wrote {target}")
 
 
 @app.command()
@@ -301,16 +370,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors come here too
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except Exception as exc:  # click usage errors (typer vendors click, so matched by its API, not its class)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1) from None
         raise
-
 
 if __name__ == "__main__":
     main()

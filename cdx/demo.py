@@ -1,7 +1,7 @@
-"""`cdx demo`: the main job end to end on the embedded Fashion-MNIST student — convert → bench → report.
+"""`cdx demo`: the main job end to end on the embedded Fashion-MNIST student — convert (3 targets) → bench → report.
 
 No download and no training by default (the teacher and student are committed under `cdx/assets/`);
-`--distill` first re-distills the student from the committed teacher.
+`--distill` first re-distills the student from the committed teacher with its recorded recipe.
 """
 
 from __future__ import annotations
@@ -11,35 +11,49 @@ from pathlib import Path
 
 from cdx.ui import console, stages
 
+# (output folder, target, --quant values): every precision that is quick to make and checkable here
+DEMO_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("onnx", "onnx", ("none", "ort", "fp16", "int8-dynamic")),
+    ("executorch", "executorch", ("none", "int8")),
+    ("coreml", "coreml", ("fp16", "palettize6")),
+)
 
-def run_demo(workdir: Path, runs: int = 20, distill: bool = False, distill_steps: int | None = None) -> Path:
-    """Convert the embedded student (re-distilled first with `distill`), bench every artifact; return report.md."""
+
+def _redistill(workdir: Path, student: str, distill_steps: int | None) -> str:
+    from cdx.defaults import default_teacher
+    from cdx.distill.distiller import DistillConfig, distill_student
+    from cdx.distill.loading import read_cdx_info
+
+    recipe = read_cdx_info(Path(student)).get("distill", {})
+    config = DistillConfig(**{k: v for k, v in recipe.items() if k in DistillConfig.__dataclass_fields__})
+    config.guidance_range = tuple(config.guidance_range)  # type: ignore[assignment]
+    if distill_steps:
+        config.steps = distill_steps
+    student_dir = workdir / "student"
+    distill_student(default_teacher(), student_dir, config, work_dir=workdir / "student.work", overwrite=True,
+                    resume=False)
+    return str(student_dir)
+
+
+def run_demo(workdir: Path, runs: int = 20, distill: bool = False, distill_steps: int | None = None,
+             seeds: int = 64) -> Path:
+    """Convert the embedded student to every target, bench them together with the teacher; return report.md."""
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.report import render_markdown, write_report
     from cdx.convert.export import ConvertOptions, convert
-    from cdx.defaults import default_student, default_teacher
+    from cdx.defaults import default_student
 
     workdir = Path(workdir)
-    export_dir, report_dir = workdir / "onnx", workdir / "report"
-    for path in (export_dir, report_dir):
+    report_dir = workdir / "report"
+    folders = [workdir / name for name, _, _ in DEMO_TARGETS]
+    for path in (*folders, report_dir):
         shutil.rmtree(path, ignore_errors=True)
-    student = default_student()
-    if distill:
-        from cdx.distill.distiller import DistillConfig, distill_student
-        from cdx.distill.loading import read_cdx_info
-
-        recipe = read_cdx_info(Path(student)).get("distill", {})
-        config = DistillConfig(**{k: v for k, v in recipe.items() if k in DistillConfig.__dataclass_fields__})
-        config.guidance_range = tuple(config.guidance_range)  # type: ignore[assignment]
-        if distill_steps:
-            config.steps = distill_steps
-        student_dir = workdir / "student"
-        distill_student(default_teacher(), student_dir, config, work_dir=workdir / "student.work", overwrite=True,
-                        resume=False)
-        student = str(student_dir)
+    student = _redistill(workdir, default_student(), distill_steps) if distill else default_student()
     with stages("demo") as say:
-        convert(student, export_dir, ConvertOptions(target="onnx"), progress=say)
-        report = bench(export_dir, BenchOptions(runs=runs), progress=say)
+        for folder, (_, target, quants) in zip(folders, DEMO_TARGETS, strict=True):
+            say(f"convert → {target} ({', '.join(quants)})")
+            convert(student, folder, ConvertOptions(target=target, quants=quants), progress=say)
+        report = bench(folders, BenchOptions(runs=runs, seeds=seeds), progress=say)
         _, md_path = write_report(report, report_dir)
     print(render_markdown(report))
     console.print(f"wrote {md_path}")

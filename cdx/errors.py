@@ -33,3 +33,9 @@ class UnsupportedError(CdxError):
     """Something that cannot run on this machine or is not built yet."""
 
     exit_code = 2
+
+
+class RegressionError(CdxError):
+    """`cdx bench --compare` found a row slower or drifted past the user's thresholds."""
+
+    exit_code = 3

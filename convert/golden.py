@@ -10,7 +10,8 @@ import torch
 
 from cdx.convert.generator import ExportableGraph
 
-GOLDEN_DIR = "golden"
+# numpy-only helpers live in golden_io (no torch import); re-exported for the callers of this module
+from cdx.convert.golden_io import GOLDEN_DIR, read_golden, stack, unstack  # noqa: F401
 
 
 def seeded_batches(generator: ExportableGraph, seeds: list[int], num_classes: int | None) -> list[dict[str, np.ndarray]]:
@@ -30,17 +31,6 @@ def eager_outputs(generator: ExportableGraph, batches: list[dict[str, np.ndarray
     return [{name: generator(*(torch.from_numpy(v) for v in batch.values())).numpy()} for batch in batches]
 
 
-def stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack per-seed dicts along the batch axis (the golden file layout)."""
-    return {key: np.concatenate([b[key] for b in batches], axis=0) for key in batches[0]}
-
-
-def unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Inverse of `stack`: one batch-1 dict per sample."""
-    count = next(iter(stacked.values())).shape[0]
-    return [{key: value[i : i + 1] for key, value in stacked.items()} for i in range(count)]
-
-
 def write_golden(folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
     """Write `<prefix>.<tensor>.bin` files (little-endian) and PNGs of image outputs; return the manifest entry."""
     base = folder / GOLDEN_DIR
@@ -55,24 +45,6 @@ def write_golden(folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str,
         if array.ndim == 4 and array.shape[1] == 3:
             save_png_grid(array, folder / GOLDEN_DIR / f"{prefix}.{name}.png")
     return entry
-
-
-def read_golden(folder: Path, model: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Read a model's golden inputs and outputs back, shaped as [count, *shape[1:]]."""
-    from cdx.manifest import resolve_inside
-
-    golden = model["golden"]
-    count = len(golden["seeds"])
-
-    def load(specs: list[dict[str, Any]], files: dict[str, str]) -> dict[str, np.ndarray]:
-        out = {}
-        for spec in specs:
-            path = resolve_inside(folder, files[spec["name"]])
-            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
-            out[spec["name"]] = np.fromfile(path, dtype=dtype).reshape(count, *spec["shape"][1:]).astype(spec["dtype"])
-        return out
-
-    return load(model["inputs"], golden["inputs"]), load(model["outputs"], golden["outputs"])
 
 
 def save_png_grid(images: np.ndarray, path: Path, columns: int = 8) -> None:

@@ -93,12 +93,39 @@ def to_fp16(source: Path, path: Path) -> dict[str, Any]:
             "io": "float32"}
 
 
-def quantize_int8_dynamic(source: Path, path: Path) -> dict[str, Any]:
-    """Weights int8, activations quantized on the fly per call (no calibration)."""
+MIXED_PRECISION_MARGIN_DB = 1.5  # the search aims this far above the gate, since it measures other inputs than the gate
+
+
+def _search_target(output_range: tuple[float, float] | None) -> tuple[float, float | None]:
+    """(PSNR target, peak) for the mixed-precision search: the quantized gate + margin, on the output's range."""
+    from cdx.convert.parity import QUANT_MIN_PSNR_DB
+
+    peak = float(output_range[1] - output_range[0]) if output_range else None
+    return QUANT_MIN_PSNR_DB + MIXED_PRECISION_MARGIN_DB, peak
+
+
+def quantize_int8_dynamic(source: Path, path: Path, feeds: list[dict[str, np.ndarray]] | None = None,
+                          output_range: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Weights int8, activations quantized on the fly per call; nodes that break quality stay float (see
+    `mixed_precision`), judged on `feeds`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "activations": "dynamic uint8"}
+    from cdx.convert.mixed_precision import quantizable_nodes, sensitivity_search
+
+    def quantize(excluded: list[str], out: Path) -> None:
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=list(STATIC_OP_TYPES),
+                         nodes_to_exclude=excluded)
+
+    record = {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "activations": "dynamic uint8",
+              "op_types": list(STATIC_OP_TYPES)}
+    excluded: list[str] = []
+    if feeds:
+        target, peak = _search_target(output_range)
+        search = sensitivity_search(quantize, source, quantizable_nodes(source, STATIC_OP_TYPES), feeds, target, peak)
+        record["mixed_precision"] = search
+        excluded = search["kept_float"]
+    quantize(excluded, path)
+    return record
 
 
 class _SeededReader:
@@ -114,22 +141,32 @@ class _SeededReader:
         pass
 
 
-def quantize_int8_static(source: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """QDQ int8 calibrated on `feeds`; `quant_pre_process` first (shape inference + optimisation), Conv/MatMul/Gemm only."""
+def quantize_int8_static(source: Path, path: Path, feeds: list[dict[str, np.ndarray]],
+                         output_range: tuple[float, float] | None = None) -> dict[str, Any]:
+    """QDQ int8 calibrated on `feeds`; `quant_pre_process` first (shape inference + optimisation), Conv/MatMul/Gemm only;
+    nodes that break quality stay float (see `mixed_precision`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from cdx.convert.mixed_precision import quantizable_nodes, sensitivity_search
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(path), _SeededReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+
+        def quantize(excluded: list[str], out: Path) -> None:
+            quantize_static(str(prepared), str(out), _SeededReader(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
+
+        target, peak = _search_target(output_range)
+        search = sensitivity_search(quantize, prepared, quantizable_nodes(prepared, STATIC_OP_TYPES), feeds, target, peak)
+        quantize(search["kept_float"], path)
     return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "pre_process": "quant_pre_process",
             "op_types": list(STATIC_OP_TYPES), "weights": "int8 per-channel", "activations": "int8 per-tensor",
             "calibration_method": "MinMax", "calibration_samples": len(feeds),
-            "calibration": "seeded generator inputs (noise + conditioning)"}
+            "calibration": "seeded generator inputs (noise + conditioning)", "mixed_precision": search}
 
 
 def to_ort_format(source: Path, path: Path) -> dict[str, Any]:
@@ -153,6 +190,7 @@ def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, expo
     """Export `generator` once to fp32 ONNX (cached per run), then derive the `quant` variant at `path`."""
     precision, fmt = QUANTS[quant]
     cache = cache if cache is not None else {}
+    output_range = generator.output_specs()[0].range
     if quant == "none":
         record = export_onnx(generator, path, exporter=exporter)
         cache[("onnx_fp32", id(generator), exporter)] = (path, record)  # later variants derive from this file
@@ -169,9 +207,9 @@ def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, expo
         if quant == "fp16":
             quantization = to_fp16(source, path)
         elif quant == "int8-dynamic":
-            quantization = quantize_int8_dynamic(source, path)
+            quantization = quantize_int8_dynamic(source, path, calibration, output_range)
         elif quant == "int8-static":
-            quantization = quantize_int8_static(source, path, calibration or [])
+            quantization = quantize_int8_static(source, path, calibration or [], output_range)
         else:
             quantization = None
             record.update(to_ort_format(source, path))

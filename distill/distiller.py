@@ -57,6 +57,16 @@ class DistillConfig:
         return asdict(self)
 
 
+def portable_path(path: str) -> str:
+    """The embedded teacher as `cdx/assets/<name>` (the checkout's layout, not this machine's); others as given."""
+    from cdx.defaults import ASSETS
+
+    resolved = Path(path).resolve()
+    if resolved.parent == ASSETS.resolve():
+        return f"cdx/assets/{resolved.name}"
+    return path
+
+
 class TeacherConditioning:
     """Conditioning of a batch for the teacher (cond and null) and the student, per conditioning type."""
 
@@ -292,7 +302,7 @@ class ConsistencyDistiller:
 
         scheduler = LCMScheduler.from_config(self.parts.scheduler_config, timestep_scaling=10.0,
                                              original_inference_steps=self.config.num_solver_steps)
-        info = {"kind": "student", "teacher": self.parts.path, "teacher_weights_sha256": self.parts.weights_sha256,
+        info = {"kind": "student", "teacher": portable_path(self.parts.path), "teacher_weights_sha256": self.parts.weights_sha256,
                 "parameterization": self.config.parameterization, "guidance_range": list(self.config.guidance_range),
                 "distill": self.config.as_dict(), "train_seconds": round(train_seconds, 1), "steps": self.step,
                 "final_loss": self.history[-1] if self.history else None}

@@ -42,3 +42,14 @@ def onnx_export(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("exports") / "onnx"
     convert(tiny_sd, out, ConvertOptions(target="onnx"))
     return out
+
+
+@pytest.fixture(scope="session")
+def embedded_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded Fashion-MNIST student as ONNX fp32 + int8-dynamic (class-conditional, 1×32×32 images)."""
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.defaults import default_student
+
+    out = tmp_path_factory.mktemp("exports") / "embedded_onnx"
+    convert(default_student(), out, ConvertOptions(target="onnx", quants=("none", "int8-dynamic"), seeds=(0, 1)))
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cdx.benchmarks.metrics import max_abs_diff, percentile_stats, psnr
-from cdx.errors import ManifestError
+from cdx.errors import CdxError, ManifestError
 
 
 def test_percentile_stats_on_known_samples() -> None:
@@ -35,7 +35,7 @@ def test_bench_writes_a_valid_report(onnx_export: Path, tmp_path: Path) -> None:
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.report import validate_report, write_report
 
-    report = bench(onnx_export, BenchOptions(runs=5, warmup=1, threads=2))
+    report = bench(onnx_export, BenchOptions(runs=5, warmup=1, threads=2, seeds=6))
     json_path, md_path = write_report(report, tmp_path)
     loaded = json.loads(json_path.read_text())
     validate_report(loaded)
@@ -43,9 +43,14 @@ def test_bench_writes_a_valid_report(onnx_export: Path, tmp_path: Path) -> None:
     assert set(rows) == {"torch", "onnxruntime"}
     ort_row = rows["onnxruntime"]
     assert ort_row["latency"]["runs"] == 5 and ort_row["latency"]["median_ms"] > 0
-    assert ort_row["drift_vs_eager"]["max_abs"] <= 1e-4 and ort_row["drift_vs_eager"]["samples"] == 4
+    drift = ort_row["drift_vs_eager"]
+    assert drift["max_abs"] <= 1e-4 and drift["samples"] == 6 and drift["ssim"] > 0.999
+    assert drift["conditioning_sensitivity"]["ratio"] == pytest.approx(1.0, abs=1e-3)
     assert ort_row["file_size_bytes"] > 1_000_000 and ort_row["peak_rss_mb"] > 10
     assert "| generator_16x16 | onnxruntime | fp32 |" in md_path.read_text()
+    assert set(loaded["plots"]) == {"latency", "drift vs size", "image grid"}
+    for name in loaded["plots"].values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_schema_refuses_malformed() -> None:
@@ -53,3 +58,90 @@ def test_report_schema_refuses_malformed() -> None:
 
     with pytest.raises(ManifestError, match="required property"):
         validate_report({"report_version": "1.0"})
+
+
+def test_bench_times_the_teacher_and_scores_each_artifact(embedded_onnx: Path, tmp_path: Path) -> None:
+    """Distillation speed-up is a ratio from one run; distribution quality is measured per artifact."""
+    from cdx.benchmarks.bench import BenchOptions, bench
+    from cdx.benchmarks.report import write_report
+
+    report = bench(embedded_onnx, BenchOptions(runs=3, warmup=1, threads=2, seeds=10, teacher_steps=(8, 1)))
+    write_report(report, tmp_path)
+    rows = {r["name"]: r for r in report["results"]}
+    assert {"teacher DDIM 8 (full)", "teacher DDIM 1"} <= set(rows)
+    assert rows["teacher DDIM 8 (full)"]["latency"]["median_ms"] > rows["generator_8x8"]["latency"]["median_ms"]
+    assert rows["generator_8x8"]["speedup_vs_teacher_full"] > 1
+    for name in ("generator_8x8", "generator_8x8_int8-dynamic", "teacher DDIM 1", "generator_8x8 (eager)"):
+        quality = rows[name]["quality"]
+        assert quality["samples"] == 10 and 0 <= quality["accuracy"] <= 1 and quality["fd_classifier"] > 0
+    assert rows["generator_8x8_int8-dynamic"]["drift_vs_eager"]["conditioning_sensitivity"]["ratio"] > 0.5
+
+
+def test_coreml_artifacts_are_listed_as_not_runnable_here_not_timed(embedded_onnx: Path, tmp_path: Path) -> None:
+    import sys
+
+    from cdx.benchmarks.bench import BenchOptions, bench
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.defaults import default_student
+
+    if sys.platform == "darwin":
+        pytest.skip("Core ML predicts on macOS")
+    coreml = tmp_path / "coreml"
+    convert(default_student(), coreml, ConvertOptions(target="coreml", quants=("fp16",), seeds=(0,)))
+    report = bench([embedded_onnx, coreml], BenchOptions(runs=2, warmup=0, threads=2, seeds=2, teacher=""))
+    assert [s["name"] for s in report["skipped"]] == ["generator_8x8_fp16"]
+    assert "needs macOS" in report["skipped"][0]["reason"] and report["skipped"][0]["file_size_bytes"] > 0
+    assert all(r["target"] != "coreml" for r in report["results"])
+
+
+def _report(tmp_path: Path, onnx_export: Path) -> Path:
+    from cdx.benchmarks.bench import BenchOptions, bench
+    from cdx.benchmarks.report import write_report
+
+    json_path, _ = write_report(bench(onnx_export, BenchOptions(runs=3, warmup=1, threads=2, seeds=2)), tmp_path,
+                                plots=False)
+    return json_path
+
+
+def test_ingest_merges_device_results_and_refuses_malformed_files(onnx_export: Path, tmp_path: Path) -> None:
+    """The file this machine writes in the phones' format is ingested; a malformed one is refused in one line."""
+    from cdx.benchmarks.device import ingest, local_device_results
+    from cdx.benchmarks.report import load_report
+
+    report_path = _report(tmp_path, onnx_export)
+    device_file = tmp_path / "device.json"
+    document = local_device_results(onnx_export, runs=3, warmup=1)
+    assert document["results"][0]["golden"]["max_abs"] <= 1e-4
+    device_file.write_text(json.dumps(document))
+    ingest(report_path, [device_file])
+    merged = load_report(report_path)
+    assert merged["device_results"][0]["device"]["os"] and "## Phones and other devices" in \
+        (tmp_path / "report.md").read_text()
+    bad = dict(document, results=[{**document["results"][0], "latency": {"median_ms": -1, "runs": 3}}])
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text(json.dumps(bad))
+    with pytest.raises(ManifestError, match=r"bad\.json \(not a cdx-device-results/1 file\): schema violation at "
+                                            r"results/0/latency/median_ms"):
+        ingest(report_path, [bad_file])
+    other = dict(document, bundle={**document["bundle"], "source_weights_sha256": "0" * 64})
+    other_file = tmp_path / "other.json"
+    other_file.write_text(json.dumps(other))
+    with pytest.raises(CdxError, match="measured a bundle of other weights"):
+        ingest(report_path, [other_file])
+    assert len(load_report(report_path)["device_results"]) == 1, "a refused file must not be half-merged"
+
+
+def test_compare_flags_what_got_slower_or_drifted() -> None:
+    from cdx.benchmarks.compare import Thresholds, compare_reports
+
+    def row(name: str, ms: float, psnr_db: float) -> dict:
+        return {"name": name, "runtime": "onnxruntime", "latency": {"median_ms": ms},
+                "drift_vs_eager": {"psnr_db": psnr_db}}
+
+    old = {"results": [row("a", 10.0, 50.0), row("b", 10.0, 50.0), row("gone", 1.0, 40.0)]}
+    new = {"results": [row("a", 13.0, 50.0), row("b", 10.5, 47.0), row("new", 1.0, 40.0)]}
+    found = compare_reports(old, new, Thresholds(max_slowdown=1.25, max_psnr_drop_db=1.0))
+    assert found["regressions"] == [
+        "slower: a on onnxruntime: median 10.00 → 13.00 ms (1.30×) > 1.25×",
+        "drifted: b on onnxruntime: PSNR vs eager 50.0 → 47.0 dB (drop > 1.0 dB)"]
+    assert any("new" in n for n in found["notes"]) and any("gone" in n for n in found["notes"])

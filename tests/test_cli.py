@@ -115,3 +115,9 @@ def test_convert_and_bench_end_to_end(tiny_unet2d: Path, tmp_path: Path) -> None
     assert "| generator_16x16 | onnxruntime | fp32 |" in proc.stdout
     report = json.loads((out / "bench" / "report.json").read_text())
     assert report["settings"]["runs"] == 3
+
+
+def test_usage_errors_print_usage_not_a_traceback() -> None:
+    proc = cdx("bench")  # the artifact folder is missing
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "Missing argument" in proc.stderr

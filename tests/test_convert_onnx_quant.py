@@ -83,3 +83,15 @@ def test_exported_graphs_carry_no_debug_metadata_or_local_paths(onnx_variants: P
             continue
         blob = (onnx_variants / model["file"]).read_bytes()
         assert b"pkg.torch.onnx.stack_trace" not in blob and str(Path.cwd()).encode() not in blob
+
+
+def test_int8_keeps_the_few_sensitive_nodes_float_to_pass_the_gate(embedded_onnx: Path) -> None:
+    """Fully int8, the embedded student misses 30 dB; the sensitivity search keeps a few nodes float and passes."""
+    model = load_manifest(embedded_onnx)["models"][1]
+    search = model["quantization"]["mixed_precision"]
+    assert search["psnr_all_quantized_db"] < 30 <= search["target_psnr_db"] - 1 <= search["psnr_db"]
+    assert 1 <= len(search["kept_float"]) <= 0.25 * search["candidates_ranked"]
+    assert model["parity"]["passed"] and model["parity"]["psnr_db"] >= 30
+    proto = onnx.load(str(embedded_onnx / model["file"]))
+    names = {n.name for n in proto.graph.node}
+    assert set(search["kept_float"]) <= names, "the nodes kept float are still plain float ops in the graph"

@@ -15,8 +15,15 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 if ! command -v npm >/dev/null 2>&1; then
-    echo "web_demo/setup.sh: npm not found (install Debian's nodejs + npm, Node >= 18)" >&2
-    exit 1
+    if [ "$(id -u)" = 0 ]; then
+        echo "web_demo/setup.sh: installing Debian nodejs + npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    else
+        echo "web_demo/setup.sh: npm not found (sudo apt-get install nodejs npm; Node >= 18)" >&2
+        exit 1
+    fi
 fi
 
 lock="$here/package-lock.json"
