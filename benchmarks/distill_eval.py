@@ -160,6 +160,7 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
 
 def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any], evaluate_command: str) -> list[Path]:
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
+    from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
     from cdx.distill.model_card import distill_command, teacher_command, write_model_card
 
@@ -169,7 +170,7 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     student_info = read_cdx_info(Path(student_dir))
     return [
         write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",
-                         teacher_command(teacher_info.get("recipe", {}), teacher_dir), measured),
+                         teacher_command(teacher_info.get("recipe", {}), portable_path(teacher_dir)), measured),
         write_model_card(Path(student_dir), "cdx embedded student: one-step consistency model distilled from the teacher",
-                         distill_command(student_info.get("distill", {}), student_dir), measured),
+                         distill_command(student_info.get("distill", {}), portable_path(student_dir)), measured),
     ]

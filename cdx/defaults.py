@@ -25,3 +25,11 @@ def default_teacher() -> str:
 def default_student() -> str:
     """Path of the committed one-step student pipeline."""
     return _require(STUDENT_DIR, "reproduce it with `cdx distill --out cdx/assets/fashion_student`")
+
+
+def portable_path(path: str) -> str:
+    """The embedded teacher as `cdx/assets/<name>` (the checkout's layout, not this machine's); others as given."""
+    resolved = Path(path).resolve()
+    if resolved.parent == ASSETS.resolve():
+        return f"cdx/assets/{resolved.name}"
+    return path

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from diffusers import LCMScheduler, UNet2DConditionModel
 
+from cdx.defaults import portable_path
 from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
 from cdx.distill.data import ImageDataset
@@ -55,16 +56,6 @@ class DistillConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def portable_path(path: str) -> str:
-    """The embedded teacher as `cdx/assets/<name>` (the checkout's layout, not this machine's); others as given."""
-    from cdx.defaults import ASSETS
-
-    resolved = Path(path).resolve()
-    if resolved.parent == ASSETS.resolve():
-        return f"cdx/assets/{resolved.name}"
-    return path
 
 
 class TeacherConditioning:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cdx.atomic import atomic_write_text
+from cdx.defaults import portable_path
 from cdx.distill.loading import read_cdx_info
 
 
@@ -42,7 +43,7 @@ def write_model_card(folder: Path, title: str, command: str, quality_md: str = "
         "", "## Reproduce", "", "```bash", command, "```", "",
         "Load it with plain diffusers (the pipeline class ships in `pipeline_cdx.py`):", "",
         "```python", "from diffusers import DiffusionPipeline",
-        f'pipe = DiffusionPipeline.from_pretrained("{folder.as_posix()}", trust_remote_code=True)',
+        f'pipe = DiffusionPipeline.from_pretrained("{portable_path(str(folder))}", trust_remote_code=True)',
         f"images = pipe(class_labels=[0, 1, 2], num_inference_steps={1 if info.get('kind') == 'student' else 50}).images",
         "```", "",
     ]
