@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -37,10 +38,6 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """cdx: one-step consistency students for phones."""
-
-
-def _not_built(verb: str, issue: int, what: str) -> None:
-    raise UnsupportedError(f"cdx {verb}: not built yet — {what} is tracked in issue #{issue}")
 
 
 @teacher_app.command("train")
@@ -340,9 +337,26 @@ def evaluate(
 
 
 @app.command()
-def bundle() -> None:
-    """Package artifacts + manifest + golden data for a phone or the web demo."""
-    _not_built("bundle", 6, "on-device bundles")
+def bundle(
+    source: Annotated[Path, typer.Argument(help="A folder written by `cdx convert` (or, with --verify, a bundle).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle folder (default: SOURCE.bundle).")] = None,
+    model: Annotated[list[str], typer.Option(help="Model name(s) to include (default: all).")] = [],  # noqa: B006
+    as_zip: Annotated[bool, typer.Option("--zip", help="Also write OUT.zip.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Only check a bundle (folder or .zip): sha256 + paths.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Package artifacts + manifest + golden data (raw .bin + PNG) for a phone, a native runner or the web demo."""
+    from cdx.bundle import make_bundle, open_bundle
+    from cdx.ui import console
+
+    if verify:
+        with tempfile.TemporaryDirectory(prefix="cdx-bundle-") as tmp:
+            _, manifest = open_bundle(source, tmp)
+        names = ", ".join(m["name"] for m in manifest["models"])
+        console.print(f"ok: {source}: {len(manifest['files'])} files verified (sha256), models: {names}")
+        return
+    written = make_bundle(source, out or source.with_name(f"{source.name}.bundle"), list(model), as_zip, overwrite)
+    console.print(f"wrote {written}")
 
 
 @app.command()

@@ -43,7 +43,7 @@ def validate_manifest(data: dict[str, Any], where: str = "manifest") -> None:
         raise ManifestError(f"{where}: model names must be unique, got {names}")
     listed = {f["path"] for f in data["files"]}
     for model in data["models"]:
-        for rel in _model_paths(model):
+        for rel in model_files(model):
             if not _is_listed(rel, listed):
                 raise ManifestError(f"{where}: model {model['name']!r} refers to {rel!r}, which is not in 'files'")
 
@@ -54,14 +54,15 @@ def _is_listed(rel: str, listed: set[str]) -> bool:
     return rel in listed or any(path.startswith(prefix) for path in listed)
 
 
-def _model_paths(model: dict[str, Any]) -> list[str]:
+def model_files(model: dict[str, Any]) -> list[str]:
     """Every file a model entry refers to: the artifact, its external weight files, its golden data."""
     return [model["file"], *model.get("external_data", []), *_golden_paths(model)]
 
 
 def _golden_paths(model: dict[str, Any]) -> list[str]:
     golden = model.get("golden") or {}
-    return [*golden.get("inputs", {}).values(), *golden.get("outputs", {}).values()]
+    images = [path for paths in golden.get("images", {}).values() for path in paths]
+    return [*golden.get("inputs", {}).values(), *golden.get("outputs", {}).values(), *images]
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
@@ -105,7 +106,7 @@ def write_manifest(folder: str | Path, data: dict[str, Any]) -> Path:
     root = Path(folder)
     referenced: list[str] = []
     for model in data["models"]:
-        referenced += _model_paths(model)
+        referenced += model_files(model)
     data = {**data, "files": file_entries(root, referenced)}
     validate_manifest(data, where=str(root / MANIFEST_NAME))
     path = root / MANIFEST_NAME

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cdx import rng
 from cdx.convert.generator import OneStepGenerator, TensorSpec, unet_forward
 from cdx.distill.consistency import predicted_x0
 
@@ -54,9 +55,9 @@ class ConsistencyStepGraph(nn.Module):
     def example_inputs(self, seed: int = 0, class_label: int = 0, guidance_scale: float | None = None,
                        step_index: int = 0) -> dict[str, torch.Tensor]:
         """Seeded noise at the first step's timestep (the state every sampler starts from)."""
-        gen = torch.Generator().manual_seed(seed)
         step = self.steps[step_index]
-        out = {"latents": torch.randn(self.latent_shape, generator=gen), **step_inputs(step)}
+        out = {"latents": torch.from_numpy(rng.normal(seed, self.latent_shape, 0)), **step_inputs(step)}
+        streams = {spec.name: i for i, spec in enumerate(self.input_specs())}
         for spec in self._conditioning_specs:
             if spec.name == "class_label":
                 out[spec.name] = torch.tensor([class_label], dtype=torch.int64)
@@ -64,7 +65,7 @@ class ConsistencyStepGraph(nn.Module):
                 w = self.default_guidance if guidance_scale is None else guidance_scale
                 out[spec.name] = torch.tensor([w], dtype=torch.float32)
             else:
-                out[spec.name] = torch.randn(spec.shape, generator=gen)
+                out[spec.name] = torch.from_numpy(rng.normal(seed, spec.shape, streams[spec.name]))
         return out
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, alpha_cumprod: torch.Tensor, c_skip: torch.Tensor,
@@ -98,7 +99,7 @@ class DecoderGraph(nn.Module):
         return self._output_specs
 
     def example_inputs(self, seed: int = 0, **_: Any) -> dict[str, torch.Tensor]:
-        return {"latents": torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(seed))}
+        return {"latents": torch.from_numpy(rng.normal(seed, self.latent_shape, 0))}
 
     def decoder_latents(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return tensors["latents"]

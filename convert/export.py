@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdx import rng
 from cdx.atomic import atomic_directory
 from cdx.convert.artifact import Artifact
 from cdx.convert.generator import ExportableGraph as Graph
@@ -254,7 +255,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             },
             conditioning=_conditioning_section(parts),
             schedule=schedule,
-            rng={"name": "torch.Generator(cpu).manual_seed(seed) → randn, inputs in manifest order"},
+            rng=rng.describe(),
             models=models,
         )
         write_manifest(staging, manifest)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from cdx import rng
 from cdx.distill.consistency import guidance_scale_embedding, predicted_x0, step_constants
 from cdx.distill.loading import LatentPipelineParts
 
@@ -137,12 +138,12 @@ class OneStepGenerator(nn.Module):
 
     def example_inputs(self, seed: int = 0, class_label: int = 0,
                        guidance_scale: float | None = None) -> dict[str, torch.Tensor]:
-        """Seeded inputs matching `input_specs` (noise from torch's CPU generator; w defaults to the manifest's)."""
-        gen = torch.Generator().manual_seed(seed)
+        """Seeded inputs matching `input_specs` (random ones from cdx-normal-v1, stream = input index; w defaults to
+        the manifest's)."""
         out: dict[str, torch.Tensor] = {}
-        for spec in self.input_specs():
+        for stream, spec in enumerate(self.input_specs()):
             if spec.name in ("noise", "step_noise", "text_embedding"):
-                out[spec.name] = torch.randn(spec.shape, generator=gen)
+                out[spec.name] = torch.from_numpy(rng.normal(seed, spec.shape, stream))
             elif spec.name == "class_label":
                 out[spec.name] = torch.tensor([class_label], dtype=torch.int64)
             elif spec.name == "guidance_scale":

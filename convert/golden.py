@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdx import rng
 from cdx.convert.generator import ExportableGraph
 
 # numpy-only helpers live in golden_io (no torch import); re-exported for the callers of this module
@@ -91,8 +92,7 @@ def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]
     if "text_embedding" in input_names:
         out = []
         for i, b in enumerate(batches):
-            gen = torch.Generator().manual_seed(CALIBRATION_SEED_BASE * 2 + i)
-            other = torch.randn(b["text_embedding"].shape, generator=gen).numpy()
+            other = rng.normal(CALIBRATION_SEED_BASE * 2 + i, b["text_embedding"].shape, input_names.index("text_embedding"))
             out.append({**b, "text_embedding": other})
         return out
     return None
@@ -101,7 +101,7 @@ def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]
 def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list[int]) -> list[dict[str, np.ndarray]]:
     """Seeded inputs for a manifest entry, built from the manifest alone (the rule in `manifest["rng"]`).
 
-    Random tensors are drawn from `torch.Generator().manual_seed(seed)` in input order; class labels cycle with the
+    Random tensors are drawn from cdx-normal-v1 (`cdx/rng.py`) with stream = input index; class labels cycle with the
     seed's index; w is the manifest's default; step-graph constants are the first schedule step. For the generator
     this is exactly what `example_inputs` gives, so any runtime (or app) can regenerate the golden inputs.
     """
@@ -109,9 +109,8 @@ def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list
     first_step = manifest["schedule"]["steps"][0]
     batches = []
     for i, seed in enumerate(seeds):
-        gen = torch.Generator().manual_seed(seed)
         batch: dict[str, np.ndarray] = {}
-        for spec in model["inputs"]:
+        for stream, spec in enumerate(model["inputs"]):
             name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
             if name == "class_label":
                 value = np.full(shape, i % (conditioning.get("num_classes") or 1))
@@ -120,7 +119,7 @@ def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list
             elif name in first_step:
                 value = np.full(shape, first_step[name])
             else:
-                value = torch.randn(shape, generator=gen).numpy()
+                value = rng.normal(seed, shape, stream)
             batch[name] = value.astype(dtype)
         batches.append(batch)
     return batches

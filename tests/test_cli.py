@@ -32,11 +32,10 @@ def test_help_lists_every_verb_and_version_prints() -> None:
     assert version.returncode == 0 and version.stdout.startswith("cdx ")
 
 
-@pytest.mark.parametrize("verb", [["bundle"]])
-def test_unfinished_verbs_say_so_with_exit_2(verb: list[str]) -> None:
-    proc = cdx(*verb)
+def test_phone_benchmarks_without_local_say_where_they_run() -> None:
+    proc = cdx("bench", "device", "some_folder")
     assert proc.returncode == 2
-    assert "not built yet" in _one_error_line(proc)
+    assert "only `FOLDER --local` runs here" in _one_error_line(proc)
 
 
 @pytest.mark.parametrize(

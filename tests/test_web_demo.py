@@ -1,10 +1,13 @@
 """The browser demo (web_demo/): the embedded student's ONNX bundle run by onnxruntime-web in headless Chromium.
 
-Needs Debian's /usr/bin/chromium, Node and web_demo/node_modules (`bash web_demo/setup.sh` installs them); skipped otherwise.
+Needs Debian's /usr/bin/chromium, Node and web_demo/node_modules (`bash web_demo/setup.sh` installs them);
+skipped otherwise.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -72,6 +75,39 @@ def test_web_demo_matches_golden_in_chromium(student_bundle: Path, tmp_path: Pat
     assert result["crossOriginIsolated"] is True
     assert result["latency"]["firstRunMs"] > 0 and result["latency"]["warmMedianMs"] > 0
     assert result["generate"]["outputDims"] == [1, 1, 32, 32]
+    seed_match = result["seedMatch"]  # Generate with the last golden seed: the browser's own noise == golden noise
+    assert seed_match["seed"] == 1 and seed_match["pass"] is True
+    assert seed_match["inputs"]["noise"] == {"values": 256, "differing": 0}
+    assert all(v["differing"] == 0 for v in seed_match["inputs"].values())
+    assert 0 <= seed_match["outputMaxAbs"] <= 1e-4
     assert result["tampered"]["refused"] is True
     assert "sha256 mismatch" in result["tampered"]["error"]
     assert screenshot.exists() and screenshot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_web_rng_matches_the_shared_vectors_bit_for_bit() -> None:
+    """web_demo/rng.mjs is cdx-normal-v1: node checks it against tests/data/rng_vectors.json (mix32, keys, bits)."""
+    vectors = REPO / "tests" / "data" / "rng_vectors.json"
+    cmd = ["node", str(WEB_DEMO / "test" / "rng.mjs"), str(vectors)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert "0 failure(s)" in proc.stdout
+
+
+def test_web_rng_equals_python_on_a_long_stream() -> None:
+    """A million draws of one (seed, stream) in node have the same float32 bytes as cdx.rng.normal."""
+    import numpy as np
+
+    from cdx import rng
+
+    script = (
+        "import(process.argv[1]).then(({ normal }) => {"
+        " const z = normal(2024, 1000000, 3);"
+        " process.stdout.write(Buffer.from(z.buffer).toString('base64')); });"
+    )
+    proc = subprocess.run(["node", "-e", script, (WEB_DEMO / "rng.mjs").as_uri()], cwd=REPO, capture_output=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    ours = base64.b64decode(proc.stdout)
+    expected = rng.normal(2024, (1_000_000,), 3).astype(np.float32).tobytes()
+    assert hashlib.sha256(ours).hexdigest() == hashlib.sha256(expected).hexdigest()

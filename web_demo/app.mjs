@@ -6,13 +6,17 @@
 //   window.cdxState    = {ready, error, model}
 //   window.cdxGenerate = {model, seed, classIndex, guidance, loadMs, firstRunMs, warmMedianMs, warmRunsMs}
 //   window.cdxGolden   = {maxAbs, count, model, perSeed, seeds, tolerance, pass}
+//   window.cdxLastRun  = {seed, feeds: {inputName: TypedArray}, output: {name, dims, data}}  (the last Generate)
+//
+// Generate's noise is cdx-normal-v1 (rng.mjs) with stream = the input's index in the manifest's input list — the
+// rule `cdx convert` uses for the golden inputs — so seed S here is exactly Python's seed S.
 
 import * as ort from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import {
   BundleError, bundleUrl, decodeTensor, fetchVerified, loadManifest, maxAbsDiff, median, pickModel,
   runnableGenerators, shapeSize,
 } from './bundle.mjs';
-import { SeededRandom } from './rng.mjs';
+import { NAME as RNG_NAME, SeededRandom } from './rng.mjs';
 
 const GOLDEN_TOLERANCE = 1e-4;
 const $ = (id) => document.getElementById(id);
@@ -66,10 +70,10 @@ function addInfo(term, value) {
   $('bundle-info').append(dt, dd);
 }
 
-/** Decides how each model input is filled in "Generate", from the manifest only. */
+/** Decides how each model input is filled in "Generate", from the manifest only. Random inputs use cdx-normal-v1
+ * with stream = the input's index in the manifest's input list (the manifest's `rng.streams` rule). */
 function assignRoles(m, conditioning) {
-  let stream = 0;
-  return m.inputs.map((input) => {
+  return m.inputs.map((input, stream) => {
     const name = input.name;
     if (input.dtype === 'int64') {
       if (conditioning.type === 'class_label' || name.includes('class')) return { input, role: 'class' };
@@ -78,9 +82,9 @@ function assignRoles(m, conditioning) {
     if (input.dtype !== 'float32') throw new BundleError(`input ${name} has dtype ${input.dtype}: this page feeds float32 and int64`);
     if (name.includes('guidance')) return { input, role: 'guidance' };
     if (conditioning.type === 'text_embedding' && (name.includes('text') || name.includes('embed') || name.includes('encoder'))) {
-      return { input, role: 'text', stream: 1000 + stream++ };
+      return { input, role: 'text', stream };
     }
-    return { input, role: name === 'noise' ? 'noise' : 'random', stream: stream++ };
+    return { input, role: name === 'noise' ? 'noise' : 'random', stream };
   });
 }
 
@@ -203,6 +207,11 @@ async function onGenerate() {
     const warmRunsMs = [];
     for (let i = 0; i < warm; i++) warmRunsMs.push((await timedRun(feeds)).ms);
     const out = first.results[imageOutputName()];
+    window.cdxLastRun = {
+      seed,
+      feeds: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, t.data])),
+      output: { name: imageOutputName(), dims: out.dims, data: out.data },
+    };
     drawImage($('canvas'), out.data, out.dims);
     const warmMedianMs = median(warmRunsMs);
     const classRole = roles.find((r) => r.role === 'class');
@@ -356,6 +365,10 @@ async function main() {
   addInfo('inputs', model.inputs.map((i) => `${i.name} ${i.dtype}[${i.shape.join(',')}]`).join('  '));
   addInfo('outputs', model.outputs.map((o) => `${o.name} ${o.dtype}[${o.shape.join(',')}]`).join('  '));
   addInfo('conditioning', conditioning.type + (conditioning.guidance?.embedded ? ' + guidance w input' : ''));
+  const bundleRng = manifest.rng?.name ?? null;
+  addInfo('noise', bundleRng === RNG_NAME
+    ? `${RNG_NAME}, stream = input index: seed S gives Python's noise for seed S`
+    : `${RNG_NAME} (this bundle's manifest names ${bundleRng ?? 'no rng'}: its golden seeds may not match)`);
   if (model.parity) addInfo('parity (Python ORT)', `max-abs ${Number(model.parity.max_abs).toExponential(2)} vs eager PyTorch`);
 
   // Every file this page uses is fetched through fetchVerified: refused unless listed with a matching sha256.

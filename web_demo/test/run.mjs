@@ -7,7 +7,9 @@
 //
 // 1. checks serve.mjs (isolation headers, MIME types, path escapes refused);
 // 2. opens the page on BUNDLE_DIR in Debian's /usr/bin/chromium (playwright-core, never a downloaded browser), clicks
-//    Generate and Check golden, and requires golden max-abs <= 1e-4 over every seed;
+//    Generate and Check golden, and requires golden max-abs <= 1e-4 over every seed; then sets the page's seed and
+//    class to the last golden seed's and clicks Generate again: every input the page fed (noise drawn in the browser
+//    with cdx-normal-v1) must equal that seed's golden input bit for bit, and the image its golden output (<= 1e-4);
 // 3. opens the page on a copy of the bundle with one byte of the model's .onnx changed and requires the page to refuse it;
 // 4. saves a screenshot, writes a JSON result, exits 0 only when everything passed.
 
@@ -17,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { BundleError, checkRelpath, pickModel } from '../bundle.mjs';
+import { BundleError, checkRelpath, decodeTensor, pickModel } from '../bundle.mjs';
 import { SeededRandom } from '../rng.mjs';
 import { DEMO_ROOT, startServer } from '../serve.mjs';
 
@@ -108,6 +110,91 @@ function checkModules(failures) {
       if (!(err instanceof BundleError)) failures.push(`checkRelpath(${JSON.stringify(bad)}) threw ${err}`);
     }
   }
+}
+
+/** A file's bytes as an ArrayBuffer of its own (a Buffer may view a larger pooled one). */
+async function readArrayBuffer(file) {
+  const b = await fs.readFile(file);
+  return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
+}
+
+/** Bit pattern of a float32 (so -0 vs 0 and NaN payloads count as differences). */
+function f32bits(v) {
+  const f = new Float32Array([v]);
+  return new Uint32Array(f.buffer)[0];
+}
+
+/**
+ * Generate in the page with the last golden seed S (and its golden class label): the page's own feeds — noise from
+ * rng.mjs in the browser — must equal the golden inputs of seed S exactly, and the image its golden output.
+ */
+async function checkSeedMatchesGolden(page, bundle, model, manifest, stepMs, failures) {
+  const golden = model.golden;
+  if (!golden?.inputs || !golden?.outputs) return { skipped: 'the model has no golden data' };
+  if (manifest.rng?.name !== 'cdx-normal-v1') return { skipped: `manifest rng is ${manifest.rng?.name ?? 'missing'}` };
+  const goldenInputs = {};
+  for (const input of model.inputs) {
+    goldenInputs[input.name] = decodeTensor(await readArrayBuffer(path.join(bundle, golden.inputs[input.name])),
+      input.dtype, golden.inputs[input.name]);
+  }
+  const first = model.inputs[0];
+  const perSample = first.shape.reduce((a, b) => a * b, 1);
+  const count = goldenInputs[first.name].length / perSample;
+  const index = count - 1;
+  const seed = Array.isArray(golden.seeds) ? golden.seeds[index] : index;
+  const slice = (all) => all.slice((all.length / count) * index, (all.length / count) * (index + 1));
+  const classInput = model.inputs.find((i) => i.name === 'class_label');
+  const classLabel = classInput ? Number(slice(goldenInputs[classInput.name])[0]) : null;
+
+  await page.fill('#seed', String(seed));
+  if (classLabel !== null) await page.selectOption('#class-select', String(classLabel));
+  await page.evaluate(() => { window.cdxGenerate = null; window.cdxLastRun = null; });
+  await page.click('#generate');
+  await waitFor(page, () => window.cdxGenerate || window.cdxState.error, stepMs);
+  const run = await page.evaluate(() => {
+    const r = window.cdxLastRun;
+    if (!r) return null;
+    const feeds = {};
+    for (const [name, data] of Object.entries(r.feeds)) feeds[name] = Array.from(data, Number);
+    return { seed: r.seed, feeds, output: { name: r.output.name, data: Array.from(r.output.data) } };
+  });
+  const out = { seed, classLabel, inputs: {}, outputMaxAbs: null, pass: false };
+  if (!run) {
+    failures.push(`seed ${seed}: Generate left no window.cdxLastRun (${await page.evaluate(() => window.cdxState.error)})`);
+    return out;
+  }
+  if (run.seed !== seed) failures.push(`seed ${seed}: the page generated seed ${run.seed}`);
+  let pass = true;
+  for (const input of model.inputs) {
+    const want = Array.from(slice(goldenInputs[input.name]), Number);
+    const got = run.feeds[input.name] ?? [];
+    let differing = got.length === want.length ? 0 : Math.max(got.length, want.length);
+    if (!differing) {
+      for (let i = 0; i < want.length; i++) {
+        const same = input.dtype === 'float32' ? f32bits(got[i]) === f32bits(want[i]) : got[i] === want[i];
+        if (!same) differing++;
+      }
+    }
+    out.inputs[input.name] = { values: want.length, differing };
+    if (differing) {
+      pass = false;
+      failures.push(`seed ${seed}: the page's ${input.name} differs from the golden input in ${differing} of ${want.length} values`);
+    }
+  }
+  const goldenOut = golden.outputs[run.output.name];
+  if (goldenOut) {
+    const spec = model.outputs.find((o) => o.name === run.output.name);
+    const want = slice(decodeTensor(await readArrayBuffer(path.join(bundle, goldenOut)), spec.dtype, goldenOut));
+    let worst = want.length === run.output.data.length ? 0 : NaN;
+    for (let i = 0; i < want.length && !Number.isNaN(worst); i++) worst = Math.max(worst, Math.abs(want[i] - run.output.data[i]));
+    out.outputMaxAbs = worst;
+    if (!(worst <= TOLERANCE)) {
+      pass = false;
+      failures.push(`seed ${seed}: Generate's ${run.output.name} differs from the golden output by ${worst} (> ${TOLERANCE})`);
+    }
+  }
+  out.pass = pass;
+  return out;
 }
 
 /** A copy of the bundle with one byte of `modelFile` flipped. */
@@ -204,6 +291,8 @@ async function main() {
     const seeds = expectedModel.golden?.seeds;
     if (Array.isArray(seeds) && golden.count !== seeds.length) failures.push(`golden count ${golden.count} != ${seeds.length} seeds`);
     if (!(golden.maxAbs <= TOLERANCE)) failures.push(`golden max-abs ${golden.maxAbs} > ${TOLERANCE}`);
+
+    result.seedMatch = await checkSeedMatchesGolden(page, bundle, expectedModel, manifest, stepMs, failures);
 
     await fs.mkdir(path.dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });

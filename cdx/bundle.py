@@ -1,0 +1,154 @@
+"""`cdx bundle`: one self-checking folder (or zip) per target for a phone, a native runner or the web demo.
+
+A bundle is a `cdx convert` folder cut down to the chosen models: the artifact(s), `manifest.json` (with a `bundle`
+section) and golden data — the seeded inputs and the float model's outputs as raw little-endian `.bin`, plus each
+image output as one PNG per seed — every file listed with its sha256. Opening a bundle verifies every checksum and
+refuses any path (in the manifest or inside a zip) that escapes the bundle.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdx.atomic import atomic_directory, atomic_write_bytes, refuse_existing
+from cdx.errors import InputError, ManifestError
+from cdx.manifest import MANIFEST_NAME, load_manifest, model_files, resolve_inside, write_manifest
+
+
+def _select(manifest: dict[str, Any], names: list[str] | None, source: Path) -> list[dict[str, Any]]:
+    models = manifest["models"]
+    if not names:
+        return list(models)
+    known = {m["name"]: m for m in models}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise InputError(f"{source}: no model {missing[0]!r} in the manifest (have: {', '.join(known)})")
+    return [known[n] for n in names]
+
+
+def _copy(source: Path, staging: Path, rel: str) -> None:
+    src = resolve_inside(source, rel)
+    dst = staging / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _is_image(spec: dict[str, Any]) -> bool:
+    shape, value_range = spec["shape"], spec.get("range")
+    return len(shape) == 4 and shape[1] in (1, 3) and value_range == [0.0, 1.0]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A CHW float image in [0, 1] as PNG bytes (grayscale for one channel)."""
+    from PIL import Image
+
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    array = pixels[0] if pixels.shape[0] == 1 else np.transpose(pixels, (1, 2, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _golden_pngs(staging: Path, model: dict[str, Any]) -> dict[str, list[str]]:
+    """Write one PNG per seed for each image output; return {output name: [relative paths]}."""
+    from cdx.convert.golden_io import read_golden
+
+    if not model.get("golden"):
+        return {}
+    _, outputs = read_golden(staging, model)
+    images: dict[str, list[str]] = {}
+    for spec in model["outputs"]:
+        if not _is_image(spec):
+            continue
+        paths = []
+        for seed, image in zip(model["golden"]["seeds"], outputs[spec["name"]], strict=True):
+            rel = f"golden/{model['name']}.output.{spec['name']}.seed{seed}.png"
+            atomic_write_bytes(staging / rel, png_bytes(image))
+            paths.append(rel)
+        images[spec["name"]] = paths
+    return images
+
+
+def make_bundle(source: str | Path, out: str | Path, models: list[str] | None = None, as_zip: bool = False,
+                overwrite: bool = False) -> Path:
+    """Write the bundle folder `out` (and `out.zip` with `as_zip`) from the convert folder `source`."""
+    source, out = Path(source), Path(out)
+    manifest = load_manifest(source, verify=True)
+    chosen = _select(manifest, models, source)
+    targets = sorted({m["target"] for m in chosen})
+    if len(targets) != 1:
+        raise InputError(f"{source}: a bundle holds one target, the chosen models span {', '.join(targets)}")
+    zip_path = out.with_suffix(".zip")
+    if as_zip:
+        refuse_existing(zip_path, overwrite)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        entries = []
+        for model in chosen:
+            entry = {k: v for k, v in model.items()}
+            entry["golden"] = {k: v for k, v in (model.get("golden") or {}).items() if k != "images"} or None
+            if entry["golden"] is None:
+                del entry["golden"]
+            for rel in model_files(entry):
+                _copy(source, staging, rel)
+            images = _golden_pngs(staging, entry)
+            if images:
+                entry["golden"]["images"] = images
+            entries.append(entry)
+        data = {k: v for k, v in manifest.items() if k != "files"}
+        data["models"] = entries
+        data["bundle"] = {"target": targets[0], "models": [m["name"] for m in entries], "source_folder": source.name}
+        write_manifest(staging, data)
+        load_manifest(staging, verify=True)
+    if as_zip:
+        _write_zip(out, zip_path)
+    return zip_path if as_zip else out
+
+
+def _write_zip(folder: Path, zip_path: Path) -> None:
+    """Zip `folder` to `zip_path` atomically (temp file + rename)."""
+    tmp = Path(tempfile.mkstemp(dir=zip_path.parent, prefix=f".{zip_path.name}.", suffix=".tmp")[1])
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                archive.write(file, file.relative_to(folder).as_posix())
+        tmp.replace(zip_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def extract_zip(zip_path: Path, into: Path) -> Path:
+    """Unpack a bundle zip into `into`, refusing members that escape it (zip slip) or are links."""
+    root = into.resolve()
+    with zipfile.ZipFile(zip_path) as archive:
+        for member in archive.infolist():
+            target = (root / member.filename).resolve()
+            if member.filename.startswith("/") or not target.is_relative_to(root):
+                raise ManifestError(f"{zip_path}: member {member.filename!r} escapes the bundle")
+            if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ManifestError(f"{zip_path}: member {member.filename!r} is a symbolic link")
+        archive.extractall(root)
+    return root
+
+
+def open_bundle(path: str | Path, workdir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(folder, manifest) of a bundle folder or zip, every sha256 verified."""
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        folder = extract_zip(path, Path(workdir or tempfile.mkdtemp(prefix="cdx-bundle-")))
+    elif path.is_dir():
+        folder = path
+    else:
+        raise InputError(f"not a bundle: {path} (expected a folder with {MANIFEST_NAME} or a .zip)")
+    manifest = load_manifest(folder, verify=True)
+    return folder, manifest

@@ -1,0 +1,447 @@
+"""The iOS demo (ios_demo/): what can be checked without a Swift compiler.
+
+- every .swift file parses with tree-sitter-swift (no ERROR / MISSING nodes);
+- the keys the Swift Codable types read/write exist in the manifest / device-results schemas (and are required there
+  when the Swift property is not optional), and a real converted bundle has every key the app needs;
+- the Swift code's dtype table (manifest dtype → MLMultiArray type, int64 → int32) and its input rule (class_label,
+  guidance_scale, stream = input index) match a real `cdx convert --target coreml` .mlpackage spec and golden files;
+- the Swift cdx-normal-v1: its constants and operation order equal cdx/rng.py's, and its integer and Box–Muller
+  functions, evaluated from the Swift parse tree, reproduce tests/data/rng_vectors.json bit for bit.
+
+Swift itself runs only on a Mac (ios_demo/Tests, `swift test`) or an iPhone; see ios_demo/README.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ts = pytest.importorskip("tree_sitter")
+tree_sitter_swift = pytest.importorskip("tree_sitter_swift")
+
+REPO = Path(__file__).resolve().parents[1]
+IOS = REPO / "ios_demo"
+KIT = IOS / "Sources" / "CDXKit"
+VECTORS = json.loads((REPO / "tests" / "data" / "rng_vectors.json").read_text())
+MASK = 0xFFFFFFFF
+BINARY = {"infix_expression", "bitwise_operation", "multiplicative_expression", "additive_expression"}
+
+
+# ---- parsing helpers ---------------------------------------------------------------------------------------------
+def parse(path: Path) -> Any:
+    parser = ts.Parser(ts.Language(tree_sitter_swift.language()))
+    return parser.parse(path.read_bytes()).root_node
+
+
+def walk(node: Any):
+    yield node
+    for child in node.children:
+        yield from walk(child)
+
+
+def text(node: Any) -> str:
+    return node.text.decode()
+
+
+def named(node: Any, kind: str) -> list[Any]:
+    return [c for c in node.children if c.type == kind]
+
+
+def type_declarations(root: Any) -> dict[str, Any]:
+    """Every struct/enum/class declaration by name (nested ones included) → its body node."""
+    found = {}
+    for node in walk(root):
+        if node.type == "class_declaration":
+            name = next(c for c in node.children if c.type == "type_identifier")
+            body = next(c for c in node.children if c.type in ("class_body", "enum_class_body"))
+            found.setdefault(text(name), body)
+    return found
+
+
+def stored_properties(body: Any) -> dict[str, bool]:
+    """Instance stored properties of a struct body → optional?"""
+    props = {}
+    for decl in named(body, "property_declaration"):
+        modifiers = " ".join(text(m) for m in named(decl, "modifiers"))
+        if "static" in modifiers or named(decl, "computed_property"):
+            continue
+        name = text(named(decl, "pattern")[0])
+        annotation = named(decl, "type_annotation")
+        props[name] = bool(annotation) and any(c.type == "optional_type" for c in annotation[0].children)
+    return props
+
+
+def json_keys(bodies: dict[str, Any], struct: str) -> dict[str, bool]:
+    """JSON key → optional?, for one Codable struct: CodingKeys raw values when present, else property names."""
+    body = bodies[struct]
+    props = stored_properties(body)
+    keys_enum = next((c for c in named(body, "class_declaration")
+                      if text(next(x for x in c.children if x.type == "type_identifier")) == "CodingKeys"), None)
+    if keys_enum is None:
+        return props
+    out, cases = {}, set()
+    for entry in named(next(c for c in keys_enum.children if c.type == "enum_class_body"), "enum_entry"):
+        case = text(named(entry, "simple_identifier")[0])
+        raw = named(entry, "line_string_literal")
+        out[text(raw[0]).strip('"') if raw else case] = props[case]
+        cases.add(case)
+    assert set(props) == cases, f"{struct}: stored properties {set(props)} vs CodingKeys {cases}"
+    return out
+
+
+def swift_functions(root: Any) -> dict[str, Any]:
+    return {text(named(f, "simple_identifier")[0]): f for f in walk(root) if f.type == "function_declaration"}
+
+
+def string_constant(root: Any, name: str) -> str:
+    for decl in walk(root):
+        if decl.type == "property_declaration" and text(named(decl, "pattern")[0]) == name:
+            return text(named(decl, "line_string_literal")[0]).strip('"')
+    raise AssertionError(f"no constant {name}")
+
+
+def all_swift_files() -> list[Path]:
+    return sorted(IOS.rglob("*.swift"))
+
+
+# ---- 1. syntax -----------------------------------------------------------------------------------------------------
+def test_every_swift_file_parses_without_errors() -> None:
+    files = all_swift_files()
+    assert len(files) >= 10, files
+    for path in files:
+        root = parse(path)
+        bad = [n for n in walk(root) if n.type == "ERROR" or n.is_missing]
+        where = [f"{path.relative_to(REPO)}:{n.start_point[0] + 1}: {n.type} {text(n)[:60]!r}" for n in bad]
+        assert not root.has_error and not bad, "\n".join(where) or f"{path}: has_error"
+
+
+# ---- 2. the JSON contracts -----------------------------------------------------------------------------------------
+MANIFEST_STRUCTS = {  # Swift struct → where it sits in cdx/schemas/manifest.schema.json
+    "Manifest": (), "Source": ("properties", "source"), "Conditioning": ("properties", "conditioning"),
+    "Guidance": ("properties", "conditioning", "properties", "guidance"), "RNGInfo": ("properties", "rng"),
+    "TensorSpec": ("$defs", "tensor"), "Golden": ("$defs", "model", "properties", "golden"),
+    "ModelEntry": ("$defs", "model"), "FileEntry": ("properties", "files", "items"),
+}
+RESULTS_STRUCTS = {  # Swift struct → where it sits in benchmarks/device_results.schema.json
+    "DeviceResults": (), "Device": ("properties", "device"), "App": ("properties", "app"),
+    "BundleInfo": ("properties", "bundle"), "Result": ("properties", "results", "items"),
+    "Latency": ("properties", "results", "items", "properties", "latency"),
+    "GoldenCheck": ("properties", "results", "items", "properties", "golden"),
+}
+
+
+def schema_at(schema: dict, where: tuple[str, ...]) -> dict:
+    node = schema
+    for key in where:
+        node = node[key]
+    return node
+
+
+def test_manifest_keys_the_app_decodes_are_schema_keys() -> None:
+    """Every key Manifest.swift decodes is in the schema; every non-optional one is required there (else a valid
+    manifest could fail to decode on the phone)."""
+    schema = json.loads((REPO / "cdx" / "schemas" / "manifest.schema.json").read_text())
+    bodies = type_declarations(parse(KIT / "Manifest.swift"))
+    for struct, where in MANIFEST_STRUCTS.items():
+        node = schema_at(schema, where)
+        for key, optional in json_keys(bodies, struct).items():
+            assert key in node["properties"], f"{struct}.{key} is not in the manifest schema at {where}"
+            if not optional:
+                assert key in node.get("required", []), f"{struct}.{key}: not optional in Swift, optional in the schema"
+
+
+def test_device_results_keys_the_app_writes_match_the_schema() -> None:
+    """Every key DeviceResults.swift encodes is a schema property; every schema-required key is always written."""
+    schema = json.loads((REPO / "benchmarks" / "device_results.schema.json").read_text())
+    bodies = type_declarations(parse(KIT / "DeviceResults.swift"))
+    for struct, where in RESULTS_STRUCTS.items():
+        node = schema_at(schema, where)
+        keys = json_keys(bodies, struct)
+        for key in keys:
+            assert key in node["properties"], f"{struct}.{key} is not in device_results.schema.json at {where}"
+        for key in node.get("required", []):
+            assert key in keys and not keys[key], f"{struct} does not always write the required key {key}"
+    assert string_constant(parse(KIT / "DeviceResults.swift"), "schema") == schema["properties"]["schema"]["const"]
+    runtime = string_constant(parse(KIT / "DeviceResults.swift"), "runtime")
+    assert runtime in schema["properties"]["results"]["items"]["properties"]["runtime"]["enum"]
+
+
+# ---- 3. a real converted .mlpackage --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def coreml_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded Fashion-MNIST student converted to Core ML fp16 with golden seeds 0, 1, 2."""
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.defaults import default_student
+
+    out = tmp_path_factory.mktemp("ios") / "coreml"
+    convert(default_student(), out, ConvertOptions(target="coreml", quants=("fp16",), seeds=(0, 1, 2)))
+    return out
+
+
+SPEC_TYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32", "DOUBLE": "double"}
+
+
+def swift_dtype_table() -> dict[str, str]:
+    root = parse(KIT / "CoreMLGenerator.swift")
+    decl = next(d for d in walk(root) if d.type == "property_declaration"
+                and text(named(d, "pattern")[0]) == "coreMLArrayTypeForManifestDType")
+    literal = named(decl, "dictionary_literal")[0]
+    keys = [text(k).strip('"') for k in named(literal, "line_string_literal")]
+    values = [text(v).lstrip(".") for v in named(literal, "prefix_expression")]
+    assert len(keys) == len(values) == 4
+    return dict(zip(keys, values, strict=True))
+
+
+def test_swift_dtype_table_and_io_match_the_converted_mlpackage(coreml_bundle: Path) -> None:
+    """The app checks the loaded model against the manifest with this table and builds MLMultiArrays of these types:
+    names, shapes and types must be what coremltools really wrote (int64 class_label → INT32)."""
+    import coremltools as ct
+
+    from cdx.manifest import load_manifest
+
+    def array_type_name(value: int) -> str:
+        return ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(value)
+
+    table = swift_dtype_table()
+    assert table["int64"] == "int32" and table["float32"] == "float32"
+    manifest = load_manifest(coreml_bundle)
+    generators = [m for m in manifest["models"] if m["role"] == "generator" and m["format"] == "mlpackage"]
+    assert generators, "the app would find no Core ML generator in this bundle"
+    for model in generators:
+        spec = ct.models.MLModel(str(coreml_bundle / model["file"]), skip_model_load=True).get_spec()
+        features = {f.name: f for f in spec.description.input}
+        assert [f.name for f in spec.description.input] == [i["name"] for i in model["inputs"]]
+        for entry in model["inputs"]:
+            array = features[entry["name"]].type.multiArrayType
+            assert list(array.shape) == entry["shape"], entry["name"]
+            kind = SPEC_TYPES[array_type_name(array.dataType)]
+            assert kind == table[entry["dtype"]], f"{entry['name']}: spec {kind}, Swift feeds {table[entry['dtype']]}"
+        class_input = next(i for i in model["inputs"] if i["name"] == "class_label")
+        assert class_input["dtype"] == "int64"  # the manifest keeps int64; the Swift table turns it into int32
+        outputs = {f.name: f.type.multiArrayType for f in spec.description.output}
+        for entry in model["outputs"]:
+            assert list(outputs[entry["name"]].shape) == entry["shape"]
+            kind = SPEC_TYPES[array_type_name(outputs[entry["name"]].dataType)]
+            assert kind == "float32"  # CoreMLGenerator.floats reads float32 directly (others via NSNumber)
+        assert "image" in outputs and len(model["outputs"][0]["shape"]) == 4  # ImageRendering takes NCHW
+
+
+def test_swift_input_rule_regenerates_the_golden_inputs(coreml_bundle: Path) -> None:
+    """InputRole in Swift: class_label ← picker, guidance_scale ← manifest default, others ← cdx-normal-v1(seed,
+    stream = input index). Applied to the real manifest it must give exactly the golden inputs of every seed."""
+    from cdx import rng
+    from cdx.manifest import load_manifest
+
+    root = parse(KIT / "CoreMLGenerator.swift")
+    class_name, guidance_name = string_constant(root, "classInputName"), string_constant(root, "guidanceInputName")
+    roles_fn = text(swift_functions(root)["roles"])
+    assert "model.inputs.enumerated()" in roles_fn and ".random(stream: index)" in roles_fn
+    manifest = load_manifest(coreml_bundle)
+    assert manifest["rng"]["name"] == string_constant(parse(KIT / "CDXNormal.swift"), "name")
+    for model in manifest["models"]:
+        golden = model["golden"]
+        seeds = golden["seeds"]
+        assert seeds == [0, 1, 2]
+        for index, spec in enumerate(model["inputs"]):
+            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+            data = np.fromfile(coreml_bundle / golden["inputs"][spec["name"]], dtype=dtype)
+            per = math.prod(spec["shape"])
+            assert data.size == per * len(seeds)  # decodeRaw + sample(i, of: n) split on axis 0
+            for i, seed in enumerate(seeds):
+                sample = data[i * per:(i + 1) * per]
+                if spec["name"] == class_name:
+                    assert sample.tolist() == [i % manifest["conditioning"]["num_classes"]] * per
+                elif spec["name"] == guidance_name:
+                    assert sample.tolist() == [manifest["conditioning"]["guidance"]["default"]] * per
+                else:
+                    ours = rng.normal(seed, (per,), index)
+                    assert np.array_equal(ours.view(np.uint32), sample.view(np.uint32)), f"{spec['name']} seed {seed}"
+        assert all(f["path"].startswith(model["file"] + "/") or not f["path"].endswith(".mlmodel")
+                   for f in manifest["files"] if model["file"] in f["path"])
+        assert any(f["path"].startswith(model["file"] + "/") for f in manifest["files"])  # verifyPackage has files
+
+
+def test_compute_unit_choices() -> None:
+    bodies = type_declarations(parse(KIT / "CoreMLGenerator.swift"))
+    cases = [text(named(e, "simple_identifier")[0]) for e in named(bodies["ComputeUnitsChoice"], "enum_entry")]
+    assert cases == ["all", "cpuAndNeuralEngine", "cpuAndGPU", "cpuOnly"]
+
+
+# ---- 4. cdx-normal-v1 in Swift -------------------------------------------------------------------------------------
+def python_mix32_steps() -> list[tuple[str, int]]:
+    """cdx/rng.py mix32 as (xorshift k | mul C) steps, read from its AST."""
+    tree = ast.parse((REPO / "cdx" / "rng.py").read_text())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "mix32")
+    steps = []
+    for stmt in fn.body[2:]:  # docstring, v = asarray(x) & MASK
+        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.BitXor):
+            assert isinstance(stmt.value, ast.BinOp) and isinstance(stmt.value.op, ast.RShift)
+            steps.append(("xorshift", stmt.value.right.args[0].value))
+        elif isinstance(stmt, ast.Assign):
+            product = stmt.value.left
+            assert isinstance(stmt.value.op, ast.BitAnd) and isinstance(product.op, ast.Mult)
+            steps.append(("mul", product.right.args[0].value))
+    return steps
+
+
+def swift_mix32_steps(fn: Any) -> list[tuple[str, int]]:
+    steps = []
+    body = next(n for n in walk(fn) if n.type == "statements")
+    for stmt in body.children:
+        if stmt.type == "infix_expression" and text(stmt.children[1]) == "^=":
+            shift = next(n for n in walk(stmt.children[2]) if n.type == "bitwise_operation")
+            assert text(shift.children[1]) == ">>"
+            steps.append(("xorshift", int(text(shift.children[2]), 0)))
+        elif stmt.type == "assignment":
+            product = stmt.children[2]
+            assert text(product.children[1]) == "&*", "mix32 must use the wrapping multiply &*"
+            steps.append(("mul", int(text(product.children[2]), 0)))
+    return steps
+
+
+def test_swift_constants_and_operation_order_equal_the_python_spec() -> None:
+    root = parse(KIT / "CDXNormal.swift")
+    functions = swift_functions(root)
+    assert swift_mix32_steps(functions["mix32"]) == python_mix32_steps()
+    py = (REPO / "cdx" / "rng.py").read_text()
+    swift_hex = {int(text(n), 16) for n in walk(root) if n.type == "hex_literal"}
+    python_hex = {int(h, 16) for h in re.findall(r"0x[0-9A-Fa-f]+", py.split('"""', 2)[2])} - {MASK}
+    assert swift_hex == python_hex == {0x7FEB352D, 0x846CA68B, 0x9E3779B9, 0x632BE5AB}
+    for name in ("mix32", "streamKey", "draws"):  # UInt32 in and out: wrapping arithmetic mod 2^32
+        fn = functions[name]
+        types = [text(t) for t in fn.children if t.type in ("user_type", "tuple_type")]
+        assert all(t in ("UInt32", "(a: UInt32, b: UInt32)") for t in types), types
+        ops = {text(n) for n in walk(fn) if n.type in ("custom_operator", "+", "*", "-")}
+        assert ops <= {"&*", "&+", "^="}, f"{name} uses non-wrapping integer operators {ops}"
+    # Box–Muller in the spec's order (float rounding can differ when regrouped, too rarely for the vectors to show)
+    lets = {text(named(d, "pattern")[0]): " ".join(text(d.children[-1]).split())
+            for d in walk(functions["gaussian"]) if d.type == "property_declaration"}
+    assert lets == {"u1": "(Double(a) + 1.0) / 4294967296.0", "u2": "Double(b) / 4294967296.0", "logU1": "log(u1)",
+                    "radius": "(-2.0 * logU1).squareRoot()", "angle": "(2.0 * Double.pi) * u2", "cosine": "cos(angle)"}
+    assert "return Float(radius * cosine)" in text(functions["gaussian"])
+    assert math.pi == 3.141592653589793  # Swift's Double.pi is the same double
+
+
+class SwiftEval:
+    """Evaluates the RNG's straight-line Swift functions from the parse tree, with Swift's semantics: UInt32 values
+    wrap only through &* / &+, Double math is IEEE double, Float(x) rounds to float32. Mixed binary operators must be
+    parenthesised (so tree-sitter's operator precedence, which differs from Swift's, never matters)."""
+
+    def __init__(self, functions: dict[str, Any]) -> None:
+        self.functions = functions
+
+    def call(self, name: str, *args: tuple) -> tuple:
+        """The tagged result ("u32" | "f64" | "f32" | "tuple", value) of Swift function `name`."""
+        fn = self.functions[name]
+        params = [named(p, "simple_identifier")[-1] for p in named(fn, "parameter")]
+        env = {text(p): a for p, a in zip(params, args, strict=True)}
+        for stmt in next(c for c in fn.children if c.type == "function_body").children[1].children:
+            result = self.statement(stmt, env)
+            if result is not None:
+                return result[1]  # ("return", tagged value)
+        raise AssertionError(f"{name} did not return")
+
+    def statement(self, node: Any, env: dict) -> tuple | None:
+        kind = node.type
+        if kind == "property_declaration":
+            env[text(named(node, "pattern")[0])] = self.expr(node.children[-1], env)
+        elif kind == "assignment":
+            env[text(node.children[0])] = self.expr(node.children[2], env)
+        elif kind == "infix_expression" and text(node.children[1]) == "^=":
+            target = text(node.children[0])
+            env[target] = self.binary("^", env[target], self.expr(node.children[2], env))
+        elif kind == "control_transfer_statement":
+            return ("return", self.expr(node.children[1], env))
+        else:
+            raise AssertionError(f"unsupported statement {kind}: {text(node)}")
+        return None
+
+    def binary(self, op: str, a: tuple, b: tuple) -> tuple:
+        ints = {"u32", "lit"}
+        if op in ("&*", "&+", "^", ">>"):
+            assert a[0] in ints and b[0] in ints, f"{op} on {a[0]}, {b[0]}"
+            x, y = a[1], b[1]
+            value = {"&*": x * y, "&+": x + y, "^": x ^ y, ">>": x >> y}[op] & MASK
+            return ("lit" if a[0] == b[0] == "lit" else "u32", value)
+        assert op in "+-*/" and "u32" not in (a[0], b[0]), f"plain {op} on UInt32 would trap on overflow in Swift"
+        x, y = float(a[1]), float(b[1])
+        return ("f64", {"+": x + y, "-": x - y, "*": x * y, "/": x / y}[op])
+
+    def expr(self, node: Any, env: dict) -> tuple:
+        kind = node.type
+        if kind in ("integer_literal", "hex_literal"):
+            return ("lit", int(text(node), 0))
+        if kind == "real_literal":
+            return ("f64", float(text(node)))
+        if kind == "simple_identifier":
+            return env[text(node)]
+        if kind == "tuple_expression":
+            items = [c for c in node.children if c.type not in ("(", ")", ",")]
+            if len(items) == 1:
+                return self.expr(items[0], env)
+            return ("tuple", tuple(self.expr(i, env)[1] for i in items))
+        if kind in BINARY:
+            lhs, op, rhs = node.children
+            assert lhs.type not in BINARY and rhs.type not in BINARY, f"unparenthesised mixed operators: {text(node)}"
+            return self.binary(text(op), self.expr(lhs, env), self.expr(rhs, env))
+        if kind == "prefix_expression":
+            op, operand = node.children
+            assert text(op) == "-"
+            if operand.type in BINARY:  # `-2.0 * x`: Swift binds the prefix minus to the literal
+                lhs, bop, rhs = operand.children
+                return self.binary(text(bop), self.negate(self.expr(lhs, env)), self.expr(rhs, env))
+            return self.negate(self.expr(operand, env))
+        if kind == "navigation_expression":
+            assert text(node) == "Double.pi", text(node)
+            return ("f64", math.pi)
+        if kind == "call_expression":
+            callee, suffix = node.children
+            args = [self.expr(a.children[-1], env) for a in walk(suffix) if a.type == "value_argument"
+                    and a.parent.parent == suffix]
+            if callee.type == "navigation_expression":
+                assert text(callee.children[1]) == ".squareRoot" and not args
+                return ("f64", math.sqrt(self.expr(callee.children[0], env)[1]))
+            assert callee.type == "simple_identifier", f"call of {callee.type}: {text(node)}"
+            name = text(callee)
+            builtins = {"Double": lambda v: ("f64", float(v[1])), "Float": lambda v: ("f32", np.float32(v[1])),
+                        "log": lambda v: ("f64", math.log(v[1])), "cos": lambda v: ("f64", math.cos(v[1])),
+                        "UInt32": lambda v: ("u32", v[1] & MASK)}
+            if name in builtins:
+                return builtins[name](*args)
+            return self.call(name, *args)
+        raise AssertionError(f"unsupported expression {kind}: {text(node)}")
+
+    @staticmethod
+    def negate(value: tuple) -> tuple:
+        assert value[0] == "f64", "negating an integer"
+        return ("f64", -value[1])
+
+
+def test_swift_rng_evaluated_from_its_parse_tree_matches_the_vectors_bit_for_bit() -> None:
+    swift = SwiftEval(swift_functions(parse(KIT / "CDXNormal.swift")))
+    for x, expected in VECTORS["mix32"]:
+        assert swift.call("mix32", ("u32", x)) == ("u32", expected)
+    for case in VECTORS["cases"]:
+        key = swift.call("streamKey", ("u32", case["seed"] & MASK), ("u32", case["stream"]))
+        assert key == ("u32", case["key"])
+        for i, (a, b) in enumerate(zip(case["a"], case["b"], strict=True)):
+            assert swift.call("draws", key, ("u32", i)) == ("tuple", (a, b))
+        for i, bits in enumerate(case["float32_bits"]):
+            _, (a, b) = swift.call("draws", key, ("u32", i))
+            kind, z = swift.call("gaussian", ("u32", a), ("u32", b))
+            assert kind == "f32" and isinstance(z, np.float32), (case["seed"], i)
+            assert int(np.array(z).view(np.uint32)) == bits, (case["seed"], i)
+
+
+def test_swift_xctest_uses_the_shared_vectors_file() -> None:
+    source = (IOS / "Tests" / "CDXKitTests" / "RNGVectorTests.swift").read_text()
+    assert "tests/data/rng_vectors.json" in source and "float32_bits" in source and "bitPattern" in source
+    # the relative walk from the test file to the repository root: Tests/CDXKitTests/<file> → ios_demo → repo
+    assert source.count("deletingLastPathComponent()") == 4
