@@ -134,7 +134,8 @@ class OneStepGenerator(nn.Module):
         channels = int(self.vae.config.out_channels)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         shape = (1, channels, self.latent_shape[2] * factor, self.latent_shape[3] * factor)
-        return [TensorSpec("image", shape, "float32", (0.0, 1.0), "RGB, NCHW")]
+        layout = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
+        return [TensorSpec("image", shape, "float32", (0.0, 1.0), f"{layout}, NCHW")]
 
     def example_inputs(self, seed: int = 0, class_label: int = 0,
                        guidance_scale: float | None = None) -> dict[str, torch.Tensor]:
