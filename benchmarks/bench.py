@@ -183,7 +183,7 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     grid: dict[str, np.ndarray] = {}
-    quality_outputs: dict[str, np.ndarray] = {}
+    quality_outputs: dict[int, np.ndarray] = {}  # index in `results` → that row's images
     with tempfile.TemporaryDirectory(prefix="cdx-bench-") as tmp:
         scratch = Path(tmp)
         eager_cache: dict[tuple, Measured] = {}
@@ -212,7 +212,7 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                     eager_row = _row(model, eager_cache[key].record, None, str(root), eager=True)
                     results.append(eager_row)
                     grid[eager_row["name"]] = eager_cache[key].outputs[:GRID_SAMPLES]
-                    quality_outputs[eager_row["name"]] = eager_cache[key].outputs
+                    quality_outputs[len(results) - 1] = eager_cache[key].outputs
                 runtime = runtime_for(model, None)
                 say(f"{model['name']} on {runtime}")
                 measured = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"], "runtime": runtime,
@@ -223,8 +223,8 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                     row["drift_vs_eager"] = _drift(eager, measured, psnr_peak(model["outputs"][0], eager.outputs))
                     row["speedup_vs_eager"] = eager.record["latency"]["median_ms"] / row["latency"]["median_ms"]
                 results.append(row)
-                grid[row["name"]] = measured.outputs[:GRID_SAMPLES]
-                quality_outputs[row["name"]] = measured.outputs
+                grid[f"{row['name']} ({row['runtime']})"] = measured.outputs[:GRID_SAMPLES]
+                quality_outputs[len(results) - 1] = measured.outputs
         first = next(iter(manifests.values()))
         teacher = find_teacher(first, options.teacher)
         if teacher:
@@ -239,7 +239,7 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                                 "target": "teacher", "format": "eager", "teacher_steps": steps})
                 if steps == options.teacher_steps[0]:
                     grid[name] = measured.outputs[:GRID_SAMPLES]
-                quality_outputs[name] = measured.outputs
+                quality_outputs[len(results) - 1] = measured.outputs
     report = new_report(roots, first, options, results, machine_info())
     report["skipped"] = skipped
     _add_distillation_speedup(report)
@@ -258,9 +258,9 @@ def _add_distillation_speedup(report: dict[str, Any]) -> None:
             row["speedup_vs_teacher_full"] = full["latency"]["median_ms"] / row["latency"]["median_ms"]
 
 
-def _add_quality(report: dict[str, Any], outputs: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+def _add_quality(report: dict[str, Any], outputs: dict[int, np.ndarray], manifest: dict[str, Any]) -> None:
     """Distribution-level quality under the Fashion-MNIST classifier, for every row whose images it can read."""
-    images = {name: out for name, out in outputs.items() if _images_for_quality(out)}
+    images = {index: out for index, out in outputs.items() if _images_for_quality(out)}
     if not images:
         return
     count = min(len(out) for out in images.values())
@@ -270,6 +270,6 @@ def _add_quality(report: dict[str, Any], outputs: dict[str, np.ndarray], manifes
         return
     num_classes = manifest["conditioning"].get("num_classes") or 1
     labels = np.arange(count) % num_classes
-    for row in report["results"]:
-        if row["name"] in images:
-            row["quality"] = _quality(images[row["name"]][:count], labels, real)
+    for index, row in enumerate(report["results"]):
+        if index in images:
+            row["quality"] = _quality(images[index][:count], labels, real)

@@ -46,10 +46,13 @@ def drift_vs_size(report: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
+    rows.sort(key=lambda r: (r["drift_vs_eager"]["psnr_db"], r["file_size_bytes"]))
+    for i, r in enumerate(rows):
         x, y = r["file_size_bytes"] / 1e6, min(r["drift_vs_eager"]["psnr_db"], 120.0)
         ax.scatter(x, y, s=30)
-        ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        # neighbours in PSNR get labels staggered up/down so close points stay readable
+        ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=7, xytext=(5, 8 - 12 * (i % 2)),
+                    textcoords="offset points")
     ax.axhline(35, color="#c44e52", lw=0.8, ls="--", label="35 dB (float/fp16 gate)")
     ax.axhline(30, color="#dd8452", lw=0.8, ls=":", label="30 dB (quantized gate)")
     ax.set_xlabel("artifact size (MB)")

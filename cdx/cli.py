@@ -226,6 +226,10 @@ def bench(
     max_psnr_drop: Annotated[float, typer.Option(help="With --compare: fail when PSNR vs eager drops more (dB).")] = 1.0,
     report: Annotated[Path | None, typer.Option(help="ingest: the report.json to merge device results into.")] = None,
     local: Annotated[bool, typer.Option(help="device: measure on this machine (phones run the apps/native runners).")] = False,
+    adb: Annotated[bool, typer.Option(help="device: push BUNDLE + --runner to a connected Android phone, run, pull.")] = False,
+    runner: Annotated[Path | None, typer.Option(help="device --adb: the native runner built with the Android NDK.")] = None,
+    lib: Annotated[list[Path], typer.Option(help="device --adb: shared libraries the runner needs (repeat).")] = [],  # noqa: B006
+    serial: Annotated[str | None, typer.Option(help="device --adb: the phone's serial (adb -s).")] = None,
 ) -> None:
     """Latency and drift of every artifact vs the eager float student (+ the teacher): report.json, report.md, plots.
 
@@ -238,7 +242,10 @@ def bench(
         _bench_ingest(artifacts[1:], report)
         return
     if artifacts[0] == "device":
-        _bench_device(artifacts[1:], local, out, runs, warmup, threads)
+        if adb:
+            _bench_adb(artifacts[1:], runner, lib, serial, out, runs, warmup)
+        else:
+            _bench_device(artifacts[1:], local, out, runs, warmup, threads)
         return
     from cdx.benchmarks.bench import BenchOptions
     from cdx.benchmarks.bench import bench as run_bench
@@ -279,6 +286,22 @@ def _bench_ingest(files: list[str], report: Path | None) -> None:
     console.print(f"merged {len(files)} file(s) into {report} ({len(merged['device_results'])} device result file(s))")
 
 
+def _bench_adb(args: list[str], runner: Path | None, libs: list[Path], serial: str | None, out: Path | None,
+               runs: int, warmup: int) -> None:
+    import json
+
+    from cdx.atomic import atomic_write_text
+    from cdx.benchmarks.adb import adb_device_results
+    from cdx.ui import console
+
+    if len(args) != 1 or runner is None:
+        raise CdxError("cdx bench device --adb: give one bundle folder and --runner PATH")
+    document = adb_device_results(args[0], runner, list(libs), serial, runs=runs, warmup=warmup)
+    target = out or Path(args[0]) / "device_results.json"
+    atomic_write_text(target, json.dumps(document, indent=2) + "\n")
+    console.print(f"wrote {target}")
+
+
 def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, warmup: int, threads: int | None) -> None:
     import json
 
@@ -287,8 +310,8 @@ def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, war
     from cdx.ui import console
 
     if not local:
-        raise UnsupportedError("cdx bench device: only `FOLDER --local` runs here; phones run the sample apps or the "
-                               "native runners (issue #6) and write the same file")
+        raise UnsupportedError("cdx bench device: give --local (this machine) or --adb --runner RUNNER (a connected "
+                               "Android phone); iPhones run ios_demo's benchmark mode and write the same file")
     if len(args) != 1:
         raise CdxError("cdx bench device: give one artifact folder")
     document = local_device_results(args[0], runs=runs, warmup=warmup, threads=threads)

@@ -35,7 +35,13 @@ def test_help_lists_every_verb_and_version_prints() -> None:
 def test_phone_benchmarks_without_local_say_where_they_run() -> None:
     proc = cdx("bench", "device", "some_folder")
     assert proc.returncode == 2
-    assert "only `FOLDER --local` runs here" in _one_error_line(proc)
+    assert "give --local (this machine) or --adb" in _one_error_line(proc)
+
+
+def test_adb_without_a_runner_or_phone_fails_in_one_line(tmp_path: Path) -> None:
+    proc = cdx("bench", "device", str(tmp_path), "--adb", "--runner", str(tmp_path / "missing_runner"))
+    assert proc.returncode != 0
+    assert "runner not found" in _one_error_line(proc)
 
 
 @pytest.mark.parametrize(
