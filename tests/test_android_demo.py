@@ -1,0 +1,119 @@
+"""The Android sample app (android_demo/): what can be checked without the Android SDK or a phone.
+
+- `check.sh --typecheck`: kotlinc type-checks every Kotlin source of the app (activity, ONNX Runtime and ExecuTorch
+  wrappers, core) against android.jar (API 23) and the two runtimes' Java classes;
+- `check.sh --test`: the app's pure-Kotlin core runs on the JVM on a real `cdx convert` bundle (manifest, sha256,
+  tamper / path-escape refusal, cdx-normal-v1 bit for bit, seeded inputs = golden inputs, image mapping) and drives the
+  app's benchmark loop with a replay runner that returns the outputs cdx's Python onnxruntime gave on the golden inputs;
+- the results file it writes is a valid cdx-device-results/1 document, labelled as a JVM replay, and
+  `cdx bench ingest` merges it into a report.
+
+No inference runs in Kotlin here, and no latency in that file is a model's: phones do that (android_demo/README.md).
+The tools come from `bash android_demo/check.sh --setup` (CI runs it first); without them this module is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "android_demo"
+CHECK = DEMO / "check.sh"
+TOOLS = DEMO / ".tools"
+NEEDED = ("kotlinc/bin/kotlinc", "android-23/android.jar", "onnxruntime/classes.jar", "executorch/classes.jar")
+
+missing = [p for p in NEEDED if not (TOOLS / p).exists()]
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"android_demo/.tools lacks {', '.join(missing)}: "
+                                "run `bash android_demo/check.sh --setup` first")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CDX_PYTHON": sys.executable}
+
+
+def _check(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["bash", str(CHECK), *args], cwd=REPO, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Type-check (in the background) while converting; JVM check while benchmarking the bundle for a report."""
+    from cdx.benchmarks.bench import BenchOptions, bench
+    from cdx.benchmarks.report import write_report
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.defaults import default_student
+
+    tmp = tmp_path_factory.mktemp("android_demo")
+    start = time.perf_counter()
+    typecheck = _check("--typecheck")
+    try:
+        bundle = tmp / "bundle"
+        convert(default_student(), bundle, ConvertOptions(target="onnx", quants=("none", "ort"), seeds=(0, 1)))
+        results = tmp / "device_results.json"
+        jvm = _check("--test", str(bundle), str(results))
+        try:
+            report, _ = write_report(bench(bundle, BenchOptions(runs=3, warmup=1, threads=2, seeds=2, teacher="")),
+                                     tmp / "report", plots=False)
+            typecheck_out = _finish(typecheck, timeout=240)
+            jvm_out = _finish(jvm, timeout=240)
+        finally:
+            jvm.kill()
+    finally:
+        typecheck.kill()
+    return {"bundle": bundle, "results": results, "report": report, "typecheck": typecheck_out, "jvm": jvm_out,
+            "seconds": time.perf_counter() - start}
+
+
+def test_every_kotlin_source_type_checks_against_android_and_the_runtimes(run: dict[str, Any]) -> None:
+    sources = sorted(p.relative_to(DEMO).as_posix() for p in (DEMO / "app/src/main/java").rglob("*.kt"))
+    assert "app/src/main/java/org/cdx/androiddemo/ui/MainActivity.kt" in sources
+    assert {"OrtRunner.kt", "ExecuTorchRunner.kt", "Runners.kt"} <= {Path(s).name for s in sources}
+    assert "type-check passed" in run["typecheck"] or "unchanged sources, passed before" in run["typecheck"]
+
+
+def test_jvm_core_check_passes_on_a_real_bundle(run: dict[str, Any]) -> None:
+    out = run["jvm"]
+    assert "ALL PASSED" in out and "\nFAIL " not in out, out[-4000:]
+    for line in ("sha256 + size of all", "tampered golden file refused", "symlink escaping the bundle refused",
+                 "reproduce the golden inputs bit for bit", "normal seed=123456789 stream=0 bit-for-bit",
+                 "generator_8x8_ort: benchmark loop on replayed onnxruntime outputs"):
+        assert f"PASS {line}" in out or any(ln.startswith("PASS") and line in ln for ln in out.splitlines()), line
+
+
+def test_results_file_is_valid_labelled_as_a_replay_and_ingests(run: dict[str, Any]) -> None:
+    import jsonschema
+
+    from cdx.benchmarks.report import load_report
+
+    document = json.loads(run["results"].read_text())
+    schema = json.loads((REPO / "benchmarks" / "device_results.schema.json").read_text())
+    jsonschema.validate(document, schema)
+    assert "NOT a device run" in document["device"]["model"] and "JVM replay" in document["app"]["name"]
+    manifest = json.loads((run["bundle"] / "manifest.json").read_text())
+    assert document["bundle"]["source_weights_sha256"] == manifest["source"]["weights_sha256"]
+    assert [r["model"] for r in document["results"]] == [m["name"] for m in manifest["models"]]
+    for row in document["results"]:
+        assert row["runtime"] == "onnxruntime" and row["backend"] == "jvm-replay" and row["latency"]["runs"] == 10
+        assert row["golden"]["samples"] == 2 and row["golden"]["max_abs"] <= 1e-4 and row["golden"]["psnr_db"] > 60
+
+    proc = subprocess.run([sys.executable, "-m", "cdx.cli", "bench", "ingest", str(run["results"]),
+                           "--report", str(run["report"])], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    merged = load_report(run["report"])
+    assert merged["device_results"][-1]["device"]["model"] == document["device"]["model"]
+
