@@ -36,7 +36,7 @@ else
     # onnxruntime-node (not a dependency today, but it downloads at postinstall if it ever comes in) stays off;
     # playwright-core has no install step and never fetches a browser.
     (cd "$here" && ONNXRUNTIME_NODE_INSTALL=skip PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
-        npm ci --no-audit --no-fund --loglevel=error)
+        npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
     echo "$want" >"$stamp"
 fi
 

@@ -51,7 +51,7 @@ else
   say "npm pack $ORT_NPM@$ORT_NPM_VERSION (~150 MB) -> $ORT_ROOT"
   rm -rf "$ORT_ROOT" "$THIRD/npm"
   mkdir -p "$THIRD/npm" "$ORT_ROOT/include" "$ORT_ROOT/lib/linux-x64" "$ORT_ROOT/android"
-  (cd "$THIRD/npm" && npm pack --silent "$ORT_NPM@$ORT_NPM_VERSION" >/dev/null)
+  (cd "$THIRD/npm" && npm pack --prefer-offline --silent "$ORT_NPM@$ORT_NPM_VERSION" >/dev/null)
   TGZ="$(ls "$THIRD"/npm/*.tgz)"
   HEADERS='package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers'
   tar -xzf "$TGZ" -C "$THIRD/npm" --wildcards "$HEADERS/*" 'package/Plugins/Linux/x64/*.so' \
