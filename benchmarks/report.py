@@ -129,8 +129,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if quality:
         lines += ["", f"## Distribution quality (Fashion-MNIST classifier features, n = {quality[0]['quality']['samples']} "
                   "per row, same seeds and labels; compare rows with each other, not with other n)", "",
-                  "| model | FD | class accuracy |", "|---|---:|---:|"]
-        lines += [f"| {r['name']} | {r['quality']['fd_classifier']:.2f} | {r['quality']['accuracy']:.3f} |" for r in quality]
+                  "| model | runtime | precision | FD | class accuracy |", "|---|---|---|---:|---:|"]
+        lines += [f"| {r['name']} | {r['runtime']} | {r['precision']} | {r['quality']['fd_classifier']:.2f} | "
+                  f"{r['quality']['accuracy']:.3f} |" for r in quality]
     if report.get("skipped"):
         lines += ["", "## Not runnable on this machine (listed, not timed)", "", "| model | target | precision | size MB | why |",
                   "|---|---|---|---:|---|"]
