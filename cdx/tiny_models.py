@@ -137,11 +137,11 @@ def build_tiny_sd(folder: str | Path, seed: int = 0, guidance_embedding: bool = 
     return folder
 
 
-def build_tiny_unet2d(folder: str | Path, seed: int = 0) -> Path:
-    """Save an unconditional UNet2DModel + AutoencoderKL + LCMScheduler as diffusers subfolders."""
+def _save_latent_pipeline(folder: str | Path, unet: UNet2DModel, vae: AutoencoderKL) -> Path:
+    """Save a UNet2DModel + AutoencoderKL + LCMScheduler as diffusers subfolders with a model_index.json."""
     folder = Path(folder)
-    tiny_unet2d(seed).save_pretrained(folder / "unet", safe_serialization=True)
-    tiny_vae(seed).save_pretrained(folder / "vae", safe_serialization=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
     tiny_scheduler().save_pretrained(folder / "scheduler")
     index = {
         "_class_name": "ConsistencyLatentPipeline",
@@ -152,3 +152,23 @@ def build_tiny_unet2d(folder: str | Path, seed: int = 0) -> Path:
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
     return folder
+
+
+def build_tiny_unet2d(folder: str | Path, seed: int = 0) -> Path:
+    """Save an unconditional UNet2DModel + AutoencoderKL + LCMScheduler as diffusers subfolders."""
+    return _save_latent_pipeline(folder, tiny_unet2d(seed), tiny_vae(seed))
+
+
+def build_tiny_class_pipeline(folder: str | Path, seed: int = 0, channels: int = 16, vae_levels: int = 2,
+                              attention: bool = True) -> Path:
+    """The smallest real class-conditional latent pipeline (4 classes): a 1-level UNet2DModel (8×8 latents) and an
+    AutoencoderKL with `vae_levels` levels. ExecuTorch lowering time grows with the graph, so its tests use this."""
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D",),
+                       up_block_types=("UpBlock2D",), block_out_channels=(channels,), layers_per_block=1,
+                       norm_num_groups=4, num_class_embeds=4, add_attention=attention)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_levels,
+                        up_block_types=("UpDecoderBlock2D",) * vae_levels, block_out_channels=(8,) * vae_levels,
+                        layers_per_block=0, latent_channels=4, norm_num_groups=4, sample_size=8 * 2 ** (vae_levels - 1),
+                        mid_block_add_attention=attention)
+    return _save_latent_pipeline(folder, unet, vae)

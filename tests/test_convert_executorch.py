@@ -7,7 +7,6 @@ attention, nearest upsample): every pass and the whole driver run on it in secon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +16,13 @@ from cdx.convert.export import ConvertOptions, convert
 from cdx.convert.golden import read_golden, unstack
 from cdx.manifest import load_manifest
 from cdx.runtimes import load_runner
-
-
-def build_micro_class_pipeline(folder: Path, seed: int = 0) -> Path:
-    """Smallest real latent pipeline with a class label: 1-level UNet2DModel (mid attention), 2-level AutoencoderKL."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DModel
-
-    from cdx.tiny_models import tiny_scheduler
-
-    torch.manual_seed(seed)
-    UNet2DModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D",),
-                up_block_types=("UpBlock2D",), block_out_channels=(16,), layers_per_block=1, norm_num_groups=4,
-                num_class_embeds=4).save_pretrained(folder / "unet")  # mid block keeps one attention
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=0,
-                  latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(folder / "vae")
-    tiny_scheduler().save_pretrained(folder / "scheduler")
-    index = {"_class_name": "ConsistencyLatentPipeline", "unet": ["diffusers", "UNet2DModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "LCMScheduler"]}
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
+from cdx.tiny_models import build_tiny_class_pipeline
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_micro_class_pipeline(tmp_path_factory.mktemp("models") / "micro")
+    """1-level UNet2DModel (16 channels, mid attention) + 2-level AutoencoderKL."""
+    return build_tiny_class_pipeline(tmp_path_factory.mktemp("models") / "micro")
 
 
 @pytest.fixture(scope="module")

@@ -36,30 +36,12 @@ def needs(binary: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not binary.is_file(), reason=f"{binary.relative_to(REPO)} not built (run `{SETUP}`)")
 
 
-def build_nano_class_pipeline(folder: Path, seed: int = 0) -> Path:
-    """A real latent pipeline, as small as diffusers allows: 1-level UNet2DModel (4 classes) + 1-level AutoencoderKL."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DModel
-
-    from cdx.tiny_models import tiny_scheduler
-
-    torch.manual_seed(seed)
-    UNet2DModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D",),
-                up_block_types=("UpBlock2D",), block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
-                num_class_embeds=4, add_attention=False).save_pretrained(folder / "unet")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,), layers_per_block=0, latent_channels=4,
-                  norm_num_groups=4, sample_size=8, mid_block_add_attention=False).save_pretrained(folder / "vae")
-    tiny_scheduler().save_pretrained(folder / "scheduler")
-    index = {"_class_name": "ConsistencyLatentPipeline", "unet": ["diffusers", "UNet2DModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "LCMScheduler"]}
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def nano(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_nano_class_pipeline(tmp_path_factory.mktemp("models") / "nano")
+    """As small as diffusers allows: 8-channel 1-level UNet2DModel and 1-level AutoencoderKL, no attention."""
+    from cdx.tiny_models import build_tiny_class_pipeline
+
+    return build_tiny_class_pipeline(tmp_path_factory.mktemp("models") / "nano", channels=8, vae_levels=1, attention=False)
 
 
 @pytest.fixture(scope="module")
