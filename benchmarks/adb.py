@@ -9,7 +9,6 @@ so this path has only been exercised up to its "no phone connected" error.
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -59,8 +58,3 @@ def adb_device_results(bundle: str | Path, runner: str | Path, libs: list[str | 
         local = Path(tmp) / "device_results.json"
         _adb(serial, "pull", results, str(local))
         return load_device_results(local)
-
-
-def adb_available() -> bool:
-    """Whether an `adb` binary is on PATH."""
-    return shutil.which("adb") is not None

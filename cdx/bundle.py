@@ -94,10 +94,9 @@ def make_bundle(source: str | Path, out: str | Path, models: list[str] | None = 
     with atomic_directory(out, overwrite=overwrite) as staging:
         entries = []
         for model in chosen:
-            entry = {k: v for k, v in model.items()}
-            entry["golden"] = {k: v for k, v in (model.get("golden") or {}).items() if k != "images"} or None
-            if entry["golden"] is None:
-                del entry["golden"]
+            entry = {k: v for k, v in model.items() if k != "golden"}
+            if model.get("golden"):  # PNGs of an earlier bundle are rewritten, not copied
+                entry["golden"] = {k: v for k, v in model["golden"].items() if k != "images"}
             for rel in model_files(entry):
                 _copy(source, staging, rel)
             images = _golden_pngs(staging, entry)

@@ -286,38 +286,36 @@ def _bench_ingest(files: list[str], report: Path | None) -> None:
     console.print(f"merged {len(files)} file(s) into {report} ({len(merged['device_results'])} device result file(s))")
 
 
-def _bench_adb(args: list[str], runner: Path | None, libs: list[Path], serial: str | None, out: Path | None,
-               runs: int, warmup: int) -> None:
+def _write_device_results(document: dict, folder: str, out: Path | None) -> None:
+    """Write a `cdx-device-results/1` document atomically to `out` (default: FOLDER/device_results.json)."""
     import json
 
     from cdx.atomic import atomic_write_text
-    from cdx.benchmarks.adb import adb_device_results
     from cdx.ui import console
 
-    if len(args) != 1 or runner is None:
-        raise CdxError("cdx bench device --adb: give one bundle folder and --runner PATH")
-    document = adb_device_results(args[0], runner, list(libs), serial, runs=runs, warmup=warmup)
-    target = out or Path(args[0]) / "device_results.json"
+    target = out or Path(folder) / "device_results.json"
     atomic_write_text(target, json.dumps(document, indent=2) + "\n")
     console.print(f"wrote {target}")
 
 
-def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, warmup: int, threads: int | None) -> None:
-    import json
+def _bench_adb(args: list[str], runner: Path | None, libs: list[Path], serial: str | None, out: Path | None,
+               runs: int, warmup: int) -> None:
+    from cdx.benchmarks.adb import adb_device_results
 
-    from cdx.atomic import atomic_write_text
+    if len(args) != 1 or runner is None:
+        raise CdxError("cdx bench device --adb: give one bundle folder and --runner PATH")
+    _write_device_results(adb_device_results(args[0], runner, list(libs), serial, runs=runs, warmup=warmup), args[0], out)
+
+
+def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, warmup: int, threads: int | None) -> None:
     from cdx.benchmarks.device import local_device_results
-    from cdx.ui import console
 
     if not local:
         raise UnsupportedError("cdx bench device: give --local (this machine) or --adb --runner RUNNER (a connected "
                                "Android phone); iPhones run ios_demo's benchmark mode and write the same file")
     if len(args) != 1:
         raise CdxError("cdx bench device: give one artifact folder")
-    document = local_device_results(args[0], runs=runs, warmup=warmup, threads=threads)
-    target = out or Path(args[0]) / "device_results.json"
-    atomic_write_text(target, json.dumps(document, indent=2) + "\n")
-    console.print(f"wrote {target}")
+    _write_device_results(local_device_results(args[0], runs=runs, warmup=warmup, threads=threads), args[0], out)
 
 
 @app.command()

@@ -118,23 +118,27 @@ def int8_with_mixed_precision(module: nn.Module, args: tuple[torch.Tensor, ...],
                               ) -> tuple[nn.Module, dict[str, Any]]:
     """`quantize_int8`, keeping the fewest Conv/Linear modules float that bring the calibration PSNR to the target."""
     from cdx.benchmarks.metrics import psnr
-    from cdx.convert.mixed_precision import keep_float_search
-    from cdx.convert.onnx import _search_target
+    from cdx.convert.mixed_precision import keep_float_search, search_target
 
     exported = export_program(module, args).module()
     with torch.no_grad():
         reference = torch.cat([module(*b) for b in calibration]).numpy()
-    target, peak = _search_target(output_range)
+    target, peak = search_target(output_range)
     peak = peak or float(np.ptp(reference)) or 1.0
+    latest: dict[tuple[str, ...], nn.Module] = {}  # the last trial only: it is the kept set the search reports
 
     def score(kept: list[str]) -> float:
         quantized = quantize_int8(module, args, calibration, kept, exported)
+        latest.clear()
+        latest[tuple(kept)] = quantized
         with torch.no_grad():
             return psnr(reference, torch.cat([quantized(*b) for b in calibration]).numpy(), peak)
 
     candidates = block_candidates(module, exported)
     record = {**keep_float_search(score, candidates, target), "measured_on": f"{len(calibration)} calibration inputs"}
-    return quantize_int8(module, args, calibration, record["kept_float"], exported), record
+    chosen = tuple(record["kept_float"])
+    quantized = latest[chosen] if chosen in latest else quantize_int8(module, args, calibration, list(chosen), exported)
+    return quantized, record
 
 
 def _partitioner(delegate: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Sensitivity-guided mixed precision for ONNX Runtime's int8 quantizers: keep the few nodes that break quality in float.
+"""Sensitivity-guided mixed precision for int8 (ONNX Runtime's quantizers, ExecuTorch PT2E): keep the few nodes or
+blocks that break quality in float.
 
 Post-training int8 of a small diffusion UNet can lose a few dB spread over a handful of convolutions (on the embedded
 Fashion-MNIST student: 26.9 dB with every Conv/MatMul quantized, 31.3 dB with the 4 most sensitive convs kept float).
@@ -35,6 +36,17 @@ def quantizable_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
     import onnx
 
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in op_types and n.name]
+
+
+MIXED_PRECISION_MARGIN_DB = 1.5  # the search aims this far above the gate, since it measures other inputs than the gate
+
+
+def search_target(output_range: tuple[float, float] | None) -> tuple[float, float | None]:
+    """(PSNR target, peak) for the mixed-precision search: the quantized gate + margin, on the output's range."""
+    from cdx.convert.parity import QUANT_MIN_PSNR_DB
+
+    peak = float(output_range[1] - output_range[0]) if output_range else None
+    return QUANT_MIN_PSNR_DB + MIXED_PRECISION_MARGIN_DB, peak
 
 
 def keep_float_search(score: Callable[[list[str]], float], candidates: list[str], target_db: float,

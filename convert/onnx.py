@@ -93,24 +93,13 @@ def to_fp16(source: Path, path: Path) -> dict[str, Any]:
             "io": "float32"}
 
 
-MIXED_PRECISION_MARGIN_DB = 1.5  # the search aims this far above the gate, since it measures other inputs than the gate
-
-
-def _search_target(output_range: tuple[float, float] | None) -> tuple[float, float | None]:
-    """(PSNR target, peak) for the mixed-precision search: the quantized gate + margin, on the output's range."""
-    from cdx.convert.parity import QUANT_MIN_PSNR_DB
-
-    peak = float(output_range[1] - output_range[0]) if output_range else None
-    return QUANT_MIN_PSNR_DB + MIXED_PRECISION_MARGIN_DB, peak
-
-
 def quantize_int8_dynamic(source: Path, path: Path, feeds: list[dict[str, np.ndarray]] | None = None,
                           output_range: tuple[float, float] | None = None) -> dict[str, Any]:
     """Weights int8, activations quantized on the fly per call; nodes that break quality stay float (see
     `mixed_precision`), judged on `feeds`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from cdx.convert.mixed_precision import quantizable_nodes, sensitivity_search
+    from cdx.convert.mixed_precision import quantizable_nodes, search_target, sensitivity_search
 
     def quantize(excluded: list[str], out: Path) -> None:
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=list(STATIC_OP_TYPES),
@@ -120,7 +109,7 @@ def quantize_int8_dynamic(source: Path, path: Path, feeds: list[dict[str, np.nda
               "op_types": list(STATIC_OP_TYPES)}
     excluded: list[str] = []
     if feeds:
-        target, peak = _search_target(output_range)
+        target, peak = search_target(output_range)
         search = sensitivity_search(quantize, source, quantizable_nodes(source, STATIC_OP_TYPES), feeds, target, peak)
         record["mixed_precision"] = search
         excluded = search["kept_float"]
@@ -148,7 +137,7 @@ def quantize_int8_static(source: Path, path: Path, feeds: list[dict[str, np.ndar
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from cdx.convert.mixed_precision import quantizable_nodes, sensitivity_search
+    from cdx.convert.mixed_precision import quantizable_nodes, search_target, sensitivity_search
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -160,7 +149,7 @@ def quantize_int8_static(source: Path, path: Path, feeds: list[dict[str, np.ndar
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
 
-        target, peak = _search_target(output_range)
+        target, peak = search_target(output_range)
         search = sensitivity_search(quantize, prepared, quantizable_nodes(prepared, STATIC_OP_TYPES), feeds, target, peak)
         quantize(search["kept_float"], path)
     return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "pre_process": "quant_pre_process",
