@@ -86,8 +86,8 @@ def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: 
                           inception: bool = False, specs: tuple[SamplerSpec, ...] = DEFAULT_SPECS,
                           batch: int = 250, progress=None) -> dict[str, Any]:
     """Run every sampler spec on the same seeds/labels and write quality.json / quality.md / grid PNG."""
+    from cdx.distill.conditioning import TeacherConditioning
     from cdx.distill.data import load_fashion_mnist
-    from cdx.distill.distiller import TeacherConditioning
     from cdx.distill.loading import load_latent_pipeline, read_cdx_info
     from cdx.distill.sampling import save_image_grid
 

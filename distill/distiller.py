@@ -22,6 +22,7 @@ from diffusers import LCMScheduler, UNet2DConditionModel
 
 from cdx.defaults import portable_path
 from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cdx.distill.conditioning import TeacherConditioning
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
 from cdx.distill.data import ImageDataset
 from cdx.distill.loading import LatentPipelineParts
@@ -56,42 +57,6 @@ class DistillConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class TeacherConditioning:
-    """Conditioning of a batch for the teacher (cond and null) and the student, per conditioning type."""
-
-    def __init__(self, parts: LatentPipelineParts, class_names: list[str]):
-        self.kind = parts.conditioning
-        self.null_class = None
-        self.embeddings = self.null_embedding = None
-        if self.kind == "class_label":
-            self.null_class = int(parts.unet.config.num_class_embeds) - 1
-        elif self.kind == "text_embedding":
-            if parts.text_encoder is None or parts.tokenizer is None:
-                raise InputError(f"{parts.path}: a text-conditioned teacher needs text_encoder/ and tokenizer/")
-            self.embeddings = _encode_prompts(parts, class_names)
-            self.null_embedding = _encode_prompts(parts, [""])
-
-    @property
-    def guided(self) -> bool:
-        return self.kind != "none"
-
-    def kwargs(self, labels: torch.Tensor, null: bool = False) -> dict[str, Any]:
-        if self.kind == "class_label":
-            y = torch.full_like(labels, self.null_class) if null else labels
-            return {"class_labels": y, "encoder_hidden_states": None}
-        if self.kind == "text_embedding":
-            emb = self.null_embedding.expand(len(labels), -1, -1) if null else self.embeddings[labels]
-            return {"encoder_hidden_states": emb}
-        return {}
-
-
-@torch.no_grad()
-def _encode_prompts(parts: LatentPipelineParts, prompts: list[str]) -> torch.Tensor:
-    tokens = parts.tokenizer(prompts, padding="max_length", max_length=parts.text_sequence_length, truncation=True,
-                             return_tensors="pt")
-    return parts.text_encoder(tokens.input_ids)[0]
 
 
 def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int) -> torch.nn.Module:

@@ -84,7 +84,7 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 8) -> Path:
 def sample_grid(model: str | Path, out: Path, steps: int = 1, per_class: int = 8, guidance: float = 3.0,
                 seed: int = 0) -> Path:
     """A grid with one row per class: consistency sampling for students, DDIM + CFG for teachers."""
-    from cdx.distill.distiller import TeacherConditioning
+    from cdx.distill.conditioning import TeacherConditioning
     from cdx.distill.loading import load_latent_pipeline, read_cdx_info
 
     parts = load_latent_pipeline(model)
