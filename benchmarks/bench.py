@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from cdx.benchmarks.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
 from cdx.errors import CdxError, InputError
 from cdx.manifest import load_manifest
+from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
 from cdx.runtimes.base import runtime_for
 
 Progress = Callable[[str], None]

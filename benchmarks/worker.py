@@ -47,9 +47,9 @@ def load_inputs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], list[dic
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Cold load, first run, warm runs and peak RSS of `spec['model']` on `spec['runtime']`."""
-    from cdx.benchmarks.metrics import percentile_stats
     from cdx.convert.golden_io import read_golden, unstack
     from cdx.manifest import find_model, load_manifest
+    from cdx.metrics import percentile_stats
     from cdx.runtimes.base import RUNTIMES, open_runner
 
     folder = Path(spec["folder"])
@@ -102,10 +102,10 @@ def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
     """The teacher's own DDIM sampler (CFG) at `spec['steps']`, batch 1, eager PyTorch; images for the seeds."""
     import torch
 
-    from cdx.benchmarks.metrics import percentile_stats
-    from cdx.distill.distiller import TeacherConditioning
+    from cdx.distill.conditioning import TeacherConditioning
     from cdx.distill.loading import load_latent_pipeline
     from cdx.distill.sampling import teacher_sample
+    from cdx.metrics import percentile_stats
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

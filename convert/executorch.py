@@ -117,8 +117,8 @@ def int8_with_mixed_precision(module: nn.Module, args: tuple[torch.Tensor, ...],
                               calibration: list[tuple[torch.Tensor, ...]], output_range: tuple[float, float] | None,
                               ) -> tuple[nn.Module, dict[str, Any]]:
     """`quantize_int8`, keeping the fewest Conv/Linear modules float that bring the calibration PSNR to the target."""
-    from cdx.benchmarks.metrics import psnr
     from cdx.convert.mixed_precision import keep_float_search, search_target
+    from cdx.metrics import psnr
 
     exported = export_program(module, args).module()
     with torch.no_grad():

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cdx.benchmarks.metrics import psnr
+from cdx.metrics import psnr
 
 Quantize = Callable[[list[str], Path], None]  # (nodes kept float, output path) -> writes the quantized model
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cdx.benchmarks.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
 from cdx.errors import ParityError
+from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
 
 FLOAT_MIN_PSNR_DB = 35.0  # apple/ml-stable-diffusion's ABSOLUTE_MIN_PSNR
 QUANT_MIN_PSNR_DB = 30.0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cdx.benchmarks.metrics import max_abs_diff, percentile_stats, psnr
 from cdx.errors import CdxError, ManifestError
+from cdx.metrics import max_abs_diff, percentile_stats, psnr
 
 
 def test_percentile_stats_on_known_samples() -> None:
