@@ -163,15 +163,13 @@ class ConsistencyDistiller:
         cfg = self.config
         self._set_lr()
         b = batch or self.sample_batch()
-        t, s = b["t"], b["s"]
+        t = b["t"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
-        cond, uncond = self.cond.kwargs(b["labels"]), self.cond.kwargs(b["labels"], null=True)
+        cond = self.cond.kwargs(b["labels"])
         with self.accelerator.accumulate(self.student):
             prediction = self._f(self.student, x_t, t, cond, b["w_emb"])
-            with torch.no_grad():
-                x_s = self.solve(self._teacher_eps(cond, uncond, b["g"]), x_t, t, s, self.acp)
-                target = self._f(self.target, x_s, s, cond, b["w_emb"])
+            target = self.consistency_target(b)
             loss = consistency_loss(prediction, target, cfg.loss, cfg.huber_c)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
@@ -180,6 +178,19 @@ class ConsistencyDistiller:
             self.optimizer.zero_grad(set_to_none=True)
         self._update_target()
         return float(loss.detach())
+
+    @torch.no_grad()
+    def consistency_target(self, b: dict[str, Any]) -> torch.Tensor:
+        """The stop-gradient target of batch `b` (pinned by tests/test_cd_target.py): the EMA target network at s
+        applied to the teacher's CFG solver step x_t → x_s (or to the x_s a rollout cache stored with the batch)."""
+        t, s = b["t"], b["s"]
+        a_t = self.acp[t].reshape(-1, 1, 1, 1)
+        cond = self.cond.kwargs(b["labels"])
+        x_s = b.get("x_s")
+        if x_s is None:
+            x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
+            x_s = self.solve(self._teacher_eps(cond, self.cond.kwargs(b["labels"], null=True), b["g"]), x_t, t, s, self.acp)
+        return self._f(self.target, x_s, s, cond, b["w_emb"])
 
     def _set_lr(self) -> None:
         """Linear warm-up over `lr_warmup_steps`, a pure function of the step (so resume needs no scheduler state)."""

@@ -1,0 +1,117 @@
+"""The consistency-distillation target, computed independently of the distiller and compared with what train_step uses.
+
+Independent = written here from diffusers' own pieces (DDIMScheduler's ᾱ, LCMScheduler's boundary scalings, the LCM
+pipeline's guidance embedding), not from cdx.distill: the EMA target network at s = t_n applied to one DDIM step from
+t = t_{n+k} of the teacher with classifier-free guidance at w (ε_u + w(ε_c − ε_u)). Online student, EMA target and
+teacher are made three different networks, so using the online network, evaluating at t instead of s, or dropping
+CFG each moves the target far outside the tolerance (checked by planting each bug).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdx.defaults import default_teacher
+from cdx.distill.data import FASHION_MNIST_CLASSES, ImageDataset
+from cdx.distill.distiller import ConsistencyDistiller, DistillConfig
+from cdx.distill.loading import load_latent_pipeline
+
+
+def _perturb(module: torch.nn.Module, scale: float, seed: int) -> None:
+    """Relative noise on every weight (and a non-zero w projection, which the student starts with at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            size = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.05
+            p.add_(scale * size * torch.randn(p.shape, generator=gen))
+            if "cond_proj" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.fixture(scope="module")
+def distiller(tmp_path_factory: pytest.TempPathFactory) -> ConsistencyDistiller:
+    parts = load_latent_pipeline(default_teacher())
+    gen = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.rand(8, 1, 32, 32, generator=gen) * 2 - 1, torch.arange(8) % 10, list(FASHION_MNIST_CLASSES))
+    config = DistillConfig(steps=1, batch_size=4, guidance_range=(2.0, 5.0), sample_every=0, ema_decay=0.95, seed=3)
+    d = ConsistencyDistiller(parts, data, config, tmp_path_factory.mktemp("cd_target"))
+    _perturb(d.target, 0.05, seed=1)
+    _perturb(d.accelerator.unwrap_model(d.student), 0.05, seed=2)
+    return d
+
+
+def _batch(d: ConsistencyDistiller) -> dict:
+    b = d.sample_batch()
+    b["t"] = torch.tensor([19, 259, 619, 999])  # t=19 → s=0, where c_skip(s)=1: the boundary is in the case
+    b["s"] = (b["t"] - d.skip).clamp(min=0)
+    return b
+
+
+@torch.no_grad()
+def independent_target(folder: str, ema: torch.nn.Module, teacher: torch.nn.Module, b: dict, null_class: int) -> torch.Tensor:
+    from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler
+
+    ddim = DDIMScheduler.from_pretrained(Path(folder) / "scheduler")
+    lcm = LCMScheduler.from_config(ddim.config, timestep_scaling=10.0)
+    acp = ddim.alphas_cumprod.to(torch.float32)
+    t, s, w, y = b["t"], b["s"], b["g"], b["labels"]
+
+    def col(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(-1, 1, 1, 1)
+
+    a_t, a_s = col(acp[t]), col(acp[s])
+    x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
+    e_c = teacher(x_t, t, encoder_hidden_states=None, class_labels=y).sample
+    e_u = teacher(x_t, t, encoder_hidden_states=None, class_labels=torch.full_like(y, null_class)).sample
+    eps = e_u + col(w) * (e_c - e_u)
+    x0_hat = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    x_s = a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps  # DDIM (η = 0) from t to s
+    w_emb = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1.0, ema.config.time_cond_proj_dim)
+    out = ema(x_s, s, encoder_hidden_states=None, class_labels=y, timestep_cond=w_emb).sample
+    x0_ema = (x_s - (1 - a_s).sqrt() * out) / a_s.sqrt()
+    scalings = [lcm.get_scalings_for_boundary_condition_discrete(int(v)) for v in s]
+    c_skip = col(torch.tensor([c[0] for c in scalings], dtype=torch.float32))
+    c_out = col(torch.tensor([c[1] for c in scalings], dtype=torch.float32))
+    return c_skip * x_s + c_out * x0_ema
+
+
+def test_cd_target_is_the_ema_network_at_s_on_the_cfg_ddim_step(distiller: ConsistencyDistiller) -> None:
+    d = distiller
+    b = _batch(d)
+    expected = independent_target(default_teacher(), d.target, d.teacher, b, null_class=10)
+    torch.testing.assert_close(d.consistency_target(b), expected, atol=2e-5, rtol=1e-4)
+    assert float((expected[0] - b["x0"][0]).abs().max()) > 0  # sanity: the s=0 row is the DDIM step itself, not x0
+
+
+def test_train_step_optimises_toward_that_target(distiller: ConsistencyDistiller, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdx.distill import distiller as module
+
+    d = distiller
+    b = _batch(d)
+    expected = independent_target(default_teacher(), d.target, d.teacher, b, null_class=10)
+    seen: list[torch.Tensor] = []
+    real = module.consistency_loss
+
+    def recording(prediction: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        seen.append(target.detach().clone())
+        return real(prediction, target, *args, **kwargs)
+
+    monkeypatch.setattr(module, "consistency_loss", recording)
+    d.train_step(b)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], expected, atol=2e-5, rtol=1e-4)
+
+
+def test_the_three_networks_differ_enough_to_tell_the_bugs_apart(distiller: ConsistencyDistiller) -> None:
+    """Guards the test's own power: each planted bug moves the target by far more than the tolerance."""
+    d = distiller
+    b = _batch(d)
+    right = independent_target(default_teacher(), d.target, d.teacher, b, null_class=10)
+    online = independent_target(default_teacher(), d.accelerator.unwrap_model(d.student), d.teacher, b, null_class=10)
+    at_t = independent_target(default_teacher(), d.target, d.teacher, {**b, "s": b["t"]}, null_class=10)
+    no_cfg = independent_target(default_teacher(), d.target, d.teacher, {**b, "g": torch.ones(4)}, null_class=10)
+    for wrong in (online, at_t, no_cfg):
+        assert float((wrong - right).abs().max()) > 100 * 2e-5
