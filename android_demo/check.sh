@@ -49,8 +49,9 @@ apt_updated=0
 apt_install() {
     [ "$(id -u)" = 0 ] || die "need root to apt-get install $* (or install it yourself)"
     export DEBIAN_FRONTEND=noninteractive
-    if [ "$apt_updated" = 0 ]; then apt-get update -qq || die "apt-get update failed"; apt_updated=1; fi
-    apt-get install -y -qq --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
+    local lock=(-o DPkg::Lock::Timeout=600)  # wait for another apt/dpkg instead of failing on its lock
+    if [ "$apt_updated" = 0 ]; then apt-get "${lock[@]}" update -qq || die "apt-get update failed"; apt_updated=1; fi
+    apt-get "${lock[@]}" install -y -qq --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
 }
 
 # npm_fetch SPEC: download the package tarball only (npm pack: no dependencies, no install scripts) into a fresh

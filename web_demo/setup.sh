@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup for the web demo's browser test on Debian bookworm (run as root, e.g. from .ci/run):
+# Idempotent setup for the web demo's browser test on Debian bookworm (run as root, e.g. from .ci/setup.sh, which `make test` runs):
 #   - Debian's chromium, only when /usr/bin/chromium is missing (playwright never downloads a browser here);
 #   - the pinned npm packages from package-lock.json (npm ci), with onnxruntime-node's download disabled.
 # Safe to run again: it skips whatever is already in place.
@@ -7,19 +7,24 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
+# apt waits for another apt/dpkg instead of failing on its lock
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+
 if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "web_demo/setup.sh: /usr/bin/chromium missing (sudo apt-get install chromium fonts-dejavu-core)" >&2
+        exit 1
+    fi
     echo "web_demo/setup.sh: installing Debian chromium"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
 if ! command -v npm >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
         echo "web_demo/setup.sh: installing Debian nodejs + npm"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        apt_get update -qq
+        apt_get install -y -qq --no-install-recommends nodejs npm >/dev/null
     else
         echo "web_demo/setup.sh: npm not found (sudo apt-get install nodejs npm; Node >= 18)" >&2
         exit 1

@@ -35,9 +35,10 @@ if [[ "${CDX_SKIP_APT:-0}" != 1 ]]; then
   done
   if ((${#missing[@]})); then
     say "apt-get install ${missing[*]}"
+    [[ "$(id -u)" == 0 ]] || { echo "cdx native: missing ${missing[*]}: sudo apt-get install ${missing[*]}" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
   else
     say "toolchain present: cmake $(cmake --version | head -1 | cut -d' ' -f3), g++ $(g++ -dumpfullversion), make, nlohmann-json3-dev, npm $(npm --version 2>/dev/null)"
   fi
