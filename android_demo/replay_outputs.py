@@ -18,7 +18,7 @@ import numpy as np
 
 def main(bundle: Path, out: Path) -> int:
     from cdx.benchmarks.bench import why_not_runnable
-    from cdx.convert.golden_io import read_golden, unstack
+    from cdx.golden_io import read_golden, unstack
     from cdx.manifest import load_manifest
     from cdx.runtimes.base import open_runner
 

@@ -57,10 +57,9 @@ def ingest(report_path: str | Path, files: list[str | Path]) -> dict[str, Any]:
 def local_device_results(folder: str | Path, runs: int = 20, warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
     """Run every model of an artifact folder that runs here on its golden inputs; return a device-results document."""
     from cdx.benchmarks.bench import why_not_runnable
-    from cdx.convert.golden_io import read_golden, unstack
-    from cdx.convert.parity import psnr_peak
+    from cdx.golden_io import read_golden, unstack
     from cdx.manifest import MANIFEST_NAME, load_manifest
-    from cdx.metrics import max_abs_diff, percentile_stats, psnr
+    from cdx.metrics import max_abs_diff, percentile_stats, psnr, psnr_peak
     from cdx.runtimes.base import open_runner, runtime_for
 
     folder = Path(folder)

@@ -47,7 +47,7 @@ def load_inputs(path: str | Path) -> tuple[list[dict[str, np.ndarray]], list[dic
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Cold load, first run, warm runs and peak RSS of `spec['model']` on `spec['runtime']`."""
-    from cdx.convert.golden_io import read_golden, unstack
+    from cdx.golden_io import read_golden, unstack
     from cdx.manifest import find_model, load_manifest
     from cdx.metrics import percentile_stats
     from cdx.runtimes.base import RUNTIMES, open_runner

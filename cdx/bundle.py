@@ -61,7 +61,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def _golden_pngs(staging: Path, model: dict[str, Any]) -> dict[str, list[str]]:
     """Write one PNG per seed for each image output; return {output name: [relative paths]}."""
-    from cdx.convert.golden_io import read_golden
+    from cdx.golden_io import read_golden
 
     if not model.get("golden"):
         return {}

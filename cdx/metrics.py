@@ -5,6 +5,7 @@ distances between feature sets (Fréchet distance, KID)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,17 @@ def psnr(reference: np.ndarray, test: np.ndarray, peak: float = 1.0) -> float:
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(peak**2 / mse)
+
+
+def psnr_peak(output_spec: dict[str, Any], reference: np.ndarray) -> float:
+    """The PSNR peak of an output: its declared range (images: [0, 1] → 1), else the reference's peak-to-peak.
+
+    Latent outputs (the step graph's `denoised`) have no fixed range; a peak of 1 would make their PSNR meaningless.
+    """
+    if "range" in output_spec:
+        low, high = output_spec["range"]
+        return float(high - low)
+    return float(np.ptp(reference)) or 1.0
 
 
 def percentile_stats(samples_ms: list[float]) -> dict[str, float]:

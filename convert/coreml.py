@@ -24,7 +24,7 @@ from torch import nn
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import ExportableGraph
+from cdx.distill.generator import ExportableGraph
 from cdx.errors import ConversionError, InputError
 
 FP16_MAX = 65504.0

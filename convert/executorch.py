@@ -20,8 +20,8 @@ from torch import nn
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import ExportableGraph
 from cdx.convert.passes import apply_passes, resolve_passes
+from cdx.distill.generator import ExportableGraph
 from cdx.errors import ConversionError
 
 # --quant value -> (precision, delegate)

@@ -16,10 +16,10 @@ import torch
 from cdx import rng
 from cdx.atomic import atomic_directory
 from cdx.convert.artifact import Artifact
-from cdx.convert.generator import ExportableGraph as Graph
-from cdx.convert.generator import OneStepGenerator, build_generator
 from cdx.convert.golden import calibration_inputs, contrast_batches, eager_outputs, seeded_batches, stack, write_golden
 from cdx.convert.parity import parity_gate
+from cdx.distill.generator import ExportableGraph as Graph
+from cdx.distill.generator import OneStepGenerator, build_generator
 from cdx.distill.loading import LatentPipelineParts, load_latent_pipeline
 from cdx.errors import InputError, UnsupportedError
 from cdx.manifest import new_manifest, write_manifest
@@ -139,7 +139,7 @@ def _graph_jobs(generator: OneStepGenerator, mode: str, batches: list[dict[str, 
     """The generator alone, or its step and decoder graphs with inputs taken along the eager sampler's trajectory."""
     if mode == "generator":
         return [GraphJob(f"generator_{prefix}", generator, batches, _as_tuples(generator, calibration))]
-    from cdx.convert.components import build_components, component_batches
+    from cdx.distill.graphs import build_components, component_batches
 
     step, decoder = build_components(generator)
     step_inputs, decoder_inputs = component_batches(generator, batches)

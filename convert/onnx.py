@@ -13,7 +13,7 @@ import torch
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.generator import ExportableGraph
+from cdx.distill.generator import ExportableGraph
 from cdx.errors import ConversionError
 
 OPSET = 18

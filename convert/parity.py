@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from cdx.errors import ParityError
-from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
+from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, psnr_peak, ssim
 
 FLOAT_MIN_PSNR_DB = 35.0  # apple/ml-stable-diffusion's ABSOLUTE_MIN_PSNR
 QUANT_MIN_PSNR_DB = 30.0
@@ -19,17 +19,6 @@ MIN_CONDITIONING_RATIO = 0.5  # artifact's conditional change / float model's, s
 def min_psnr_for(precision: str) -> float:
     """Refusal threshold: 35 dB for float/fp16 artifacts, 30 dB for quantized ones."""
     return FLOAT_MIN_PSNR_DB if precision in ("fp32", "fp16") else QUANT_MIN_PSNR_DB
-
-
-def psnr_peak(output_spec: dict[str, Any], reference: np.ndarray) -> float:
-    """The PSNR peak of an output: its declared range (images: [0, 1] → 1), else the reference's peak-to-peak.
-
-    Latent outputs (the step graph's `denoised`) have no fixed range; a peak of 1 would make their PSNR meaningless.
-    """
-    if "range" in output_spec:
-        low, high = output_spec["range"]
-        return float(high - low)
-    return float(np.ptp(reference)) or 1.0
 
 
 def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]],

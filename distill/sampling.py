@@ -1,84 +1,178 @@
-"""Sampling for evaluation and grids: the student's multi-step consistency sampler and the teacher's DDIM + CFG."""
+"""Sampling, written once for every stage: the multistep consistency loop, the teacher's DDIM loop, the classifier-free
+guidance combination and the decode to an image in [0, 1].
+
+The loops take a step function and work on torch tensors and numpy arrays alike, so the eager student, the exported
+generator graph, the app-style loop over a runtime's step graph (`graphs.run_components`) and the bench's teacher on
+ONNX Runtime / ExecuTorch all run the same code with the same constants (a schedule: a list of dicts).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
 from cdx.distill.consistency import guidance_scale_embedding, predicted_x0, step_constants
 from cdx.distill.loading import LatentPipelineParts
+from cdx.images import save_image_grid  # the one grid writer (core); callers may import it from here too
+
+Array = TypeVar("Array")  # torch.Tensor or np.ndarray
+Step = dict[str, Any]
+
+
+# ---- the consistency sampler -------------------------------------------------------------------------------------
+def renoise(denoised: Array, noise: Array, alpha_cumprod: float) -> Array:
+    """Bring a clean estimate back to the noise level ᾱ of the next step: √ᾱ·x̂₀ + √(1-ᾱ)·ε."""
+    return alpha_cumprod**0.5 * denoised + (1 - alpha_cumprod) ** 0.5 * noise
+
+
+def consistency_output(model_output: Any, latents: Any, alpha_cumprod: Any, c_skip: Any, c_out: Any,
+                       prediction_type: str) -> Any:
+    """f(x, t) = c_skip·x + c_out·x̂₀(x, t): the consistency function's value from one UNet output."""
+    return c_skip * latents + c_out * predicted_x0(model_output, latents, alpha_cumprod, prediction_type)
+
+
+def consistency_loop(denoise: Callable[[Array, Step], Array], noise: Array, steps: Sequence[Step],
+                     step_noise: Sequence[Array] = (), trace: list[Array] | None = None) -> Array:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): denoise, re-noise to the next step's ᾱ, repeat.
+
+    `denoise(latents, step)` is one consistency step (a UNet call, or a runtime running the step graph); `steps` are
+    schedule entries (timestep, alpha_cumprod, c_skip, c_out); `step_noise[i - 1]` re-noises before step i. `trace`,
+    when given, receives the latents each step sees (the step graph's inputs along the trajectory).
+    """
+    latents = denoised = noise
+    for i, step in enumerate(steps):
+        if i > 0:
+            latents = renoise(denoised, step_noise[i - 1], step["alpha_cumprod"])
+        if trace is not None:
+            trace.append(latents)
+        denoised = denoise(latents, step)
+    return denoised
+
+
+# ---- classifier-free guidance and the teacher's DDIM sampler ----------------------------------------------------------
+def classifier_free_guidance(uncond: Any, cond: Any, guidance: Any) -> Any:
+    """ε_u + w·(ε_c - ε_u); a per-sample w (shape [batch]) broadcasts over the other dimensions."""
+    if getattr(guidance, "ndim", 0):
+        guidance = guidance.reshape(-1, *([1] * (cond.ndim - 1)))
+    return uncond + guidance * (cond - uncond)
+
+
+def guided_output(unet: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, Any],
+                  null: dict[str, Any] | None, guidance: Any) -> torch.Tensor:
+    """The teacher's CFG prediction from one UNet call on the batch [conditional; unconditional] (as SD pipelines
+    do; the exported teacher step graph runs exactly this). `null` None: an unguided teacher, one plain call."""
+    if null is None:
+        return unet(latents, timestep, **cond).sample
+    both = {k: None if v is None else torch.cat([v, null[k]]) for k, v in cond.items()}
+    out = unet(torch.cat([latents, latents]), torch.cat([timestep, timestep]), **both).sample
+    e_c, e_u = out.chunk(2)
+    return classifier_free_guidance(e_u, e_c, guidance)
+
+
+def ddim_schedule(scheduler_config: dict[str, Any], num_steps: int) -> list[Step]:
+    """The teacher's DDIM (η = 0) steps from its scheduler config: timestep, ᾱ_t and the ᾱ it steps to.
+
+    Same settings as distillation's solver (trailing spacing, no clipping, final ᾱ = ᾱ_0); the constants are read
+    from diffusers' DDIMScheduler, never re-typed.
+    """
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(scheduler_config, clip_sample=False, set_alpha_to_one=False,
+                                          steps_offset=1, timestep_spacing="trailing")
+    scheduler.set_timesteps(num_steps)
+    acp = scheduler.alphas_cumprod
+    stride = scheduler.config.num_train_timesteps // num_steps  # DDIMScheduler.step's previous timestep
+    steps = []
+    for t in (int(t) for t in scheduler.timesteps):
+        prev = t - stride
+        steps.append({"timestep": t, "alpha_cumprod": float(acp[t]),
+                      "alpha_cumprod_prev": float(acp[prev] if prev >= 0 else scheduler.final_alpha_cumprod)})
+    return steps
+
+
+def ddim_loop(predict: Callable[[Array, Step], Array], latents: Array, steps: Sequence[Step],
+              prediction_type: str = "epsilon") -> Array:
+    """Deterministic DDIM: x_prev = √ᾱ_prev·x̂₀ + √(1-ᾱ_prev)·ε̂, with x̂₀, ε̂ from `predict(latents, step)`."""
+    for step in steps:
+        out = predict(latents, step)
+        a, a_prev = step["alpha_cumprod"], step["alpha_cumprod_prev"]
+        if prediction_type == "epsilon":
+            x0, eps = (latents - (1 - a) ** 0.5 * out) / a**0.5, out
+        elif prediction_type == "v_prediction":
+            x0, eps = a**0.5 * latents - (1 - a) ** 0.5 * out, a**0.5 * out + (1 - a) ** 0.5 * latents
+        elif prediction_type == "sample":
+            x0, eps = out, (latents - a**0.5 * out) / (1 - a) ** 0.5
+        else:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        latents = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    return latents
+
+
+# ---- latents → image ---------------------------------------------------------------------------------------------
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, scaling_factor: float,
+                   shift_factor: float | None = None) -> torch.Tensor:
+    """Undo the latent scaling (and shift), run the VAE decoder, map [-1, 1] to an image in [0, 1]."""
+    image = vae.decode(latents / scaling_factor + (shift_factor or 0.0)).sample
+    return (image / 2 + 0.5).clamp(0.0, 1.0)
 
 
 def _decode(parts: LatentPipelineParts, latents: torch.Tensor) -> torch.Tensor:
-    shift = parts.latent_shift_factor or 0.0
-    image = parts.vae.decode(latents / parts.latent_scaling_factor + shift).sample
-    return (image / 2 + 0.5).clamp(0, 1)
+    return decode_latents(parts.vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor)
 
 
-def _noise(parts: LatentPipelineParts, batch: int, seed: int) -> torch.Tensor:
+def _noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
     size = int(parts.unet.config.sample_size)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((batch, parts.latent_channels, size, size), generator=gen), gen
 
 
+# ---- whole samplers on a loaded pipeline (evaluation, grids, distillation previews) ---------------------------------
 @torch.no_grad()
 def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 1,
                        guidance: float = 3.0, parameterization: str = "lcm", seed: int = 0,
-                       embedding_dim: int | None = None) -> torch.Tensor:
-    """Multistep consistency sampling (LCMScheduler's timesteps) → images in [0, 1]."""
-    latents, gen = _noise(parts, len(labels), seed)
+                       embedding_dim: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (LCMScheduler's timesteps) → images in [0, 1].
+
+    `noise` gives the initial latents (e.g. cdx-normal-v1, as the artifacts draw them); otherwise they and the
+    re-noising draws come from a torch generator seeded with `seed`.
+    """
+    drawn, gen = _noise(parts, len(labels), seed)
+    latents = drawn if noise is None else noise
+    schedule = [s.as_dict() for s in step_constants(parts.scheduler_config, steps, parameterization)]  # type: ignore[arg-type]
+    step_noise = [torch.randn(latents.shape, generator=gen) for _ in schedule[1:]]
     kwargs = dict(cond.kwargs(labels))
     dim = embedding_dim or getattr(unet.config, "time_cond_proj_dim", None)
     if dim:
         kwargs["timestep_cond"] = guidance_scale_embedding(torch.full((len(labels),), guidance - 1.0), dim)
-    denoised = latents
-    for i, step in enumerate(step_constants(parts.scheduler_config, steps, parameterization)):  # type: ignore[arg-type]
-        if i > 0:
-            a = step.alpha_cumprod
-            latents = a**0.5 * denoised + (1 - a) ** 0.5 * torch.randn(denoised.shape, generator=gen)
-        t = torch.full((len(labels),), step.timestep, dtype=torch.int64)
-        out = unet(latents, t, **kwargs).sample
-        denoised = step.c_skip * latents + step.c_out * predicted_x0(out, latents, step.alpha_cumprod, "epsilon")
-    return _decode(parts, denoised)
+
+    def denoise(x: torch.Tensor, step: Step) -> torch.Tensor:
+        t = torch.full((len(labels),), step["timestep"], dtype=torch.int64)
+        return consistency_output(unet(x, t, **kwargs).sample, x, step["alpha_cumprod"], step["c_skip"], step["c_out"],
+                                  "epsilon")
+
+    return _decode(parts, consistency_loop(denoise, latents, schedule, step_noise))
 
 
 @torch.no_grad()
 def teacher_sample(parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 50, guidance: float = 3.0,
-                   seed: int = 0) -> torch.Tensor:
-    """The teacher's own DDIM sampler (η = 0) with classifier-free guidance → images in [0, 1]."""
-    from diffusers import DDIMScheduler
+                   seed: int = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The teacher's own DDIM sampler (η = 0) with classifier-free guidance → images in [0, 1].
 
-    scheduler = DDIMScheduler.from_config(parts.scheduler_config, clip_sample=False, set_alpha_to_one=False,
-                                          steps_offset=1, timestep_spacing="trailing")
-    scheduler.set_timesteps(steps)
-    latents, _ = _noise(parts, len(labels), seed)
-    c, u = cond.kwargs(labels), cond.kwargs(labels, null=True)
-    for t in scheduler.timesteps:
-        tt = torch.full((len(labels),), int(t), dtype=torch.int64)
-        e_c = parts.unet(latents, tt, **c).sample
-        eps = e_c if not cond.guided else (lambda e_u: e_u + guidance * (e_c - e_u))(parts.unet(latents, tt, **u).sample)
-        latents = scheduler.step(eps, t, latents).prev_sample
-    return _decode(parts, latents)
+    `noise` gives the initial latents; otherwise they come from a torch generator seeded with `seed`.
+    """
+    latents = _noise(parts, len(labels), seed)[0] if noise is None else noise
+    c = cond.kwargs(labels)
+    u = cond.kwargs(labels, null=True) if cond.guided else None
+    prediction_type = str(parts.scheduler_config.get("prediction_type", "epsilon"))
 
+    def predict(x: torch.Tensor, step: Step) -> torch.Tensor:
+        t = torch.full((len(labels),), step["timestep"], dtype=torch.int64)
+        return guided_output(parts.unet, x, t, c, u, guidance)
 
-def save_image_grid(images: torch.Tensor, path: Path, columns: int = 8) -> Path:
-    """NCHW images in [0, 1] (1 or 3 channels) → one PNG grid."""
-    from PIL import Image
-
-    arr = images.detach().cpu().float().numpy()
-    n, c, h, w = arr.shape
-    cols = min(columns, n)
-    rows = (n + cols - 1) // cols
-    grid = np.ones((rows * h, cols * w, c), dtype=np.float32)
-    for i in range(n):
-        r, col = divmod(i, cols)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = arr[i].transpose(1, 2, 0)
-    pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
-    return path
+    return _decode(parts, ddim_loop(predict, latents, ddim_schedule(parts.scheduler_config, steps), prediction_type))
 
 
 def sample_grid(model: str | Path, out: Path, steps: int = 1, per_class: int = 8, guidance: float = 3.0,

@@ -1,4 +1,5 @@
-"""Eager PyTorch runner: rebuilds the float generator from the manifest's source model and schedule.
+"""Eager PyTorch runner: rebuilds the float graph (generator, step, decoder, teacher step) from the manifest's source
+model and schedule, with the same modules convert exports (`cdx.distill.generator` / `cdx.distill.graphs`).
 
 It is the reference every other runtime is measured against, so it refuses a source whose weights
 differ from the ones the artifact was exported from.
@@ -12,8 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdx.convert.components import graph_for_role
-from cdx.convert.generator import OneStepGenerator
+from cdx.distill.graphs import graph_for_role
 from cdx.distill.loading import load_latent_pipeline
 from cdx.errors import ChecksumError
 from cdx.runtimes.base import Runner
@@ -38,8 +38,7 @@ class EagerRunner(Runner):
         schedule = dict(manifest["schedule"])
         schedule["latent_shape"] = next(s["shape"] for s in model["inputs"] if s["name"] in ("noise", "latents"))
         schedule["steps"] = schedule["steps"][: model.get("steps", len(schedule["steps"]))]
-        generator = OneStepGenerator(parts, schedule).eval()
-        self.module = graph_for_role(generator, model.get("role", "generator"))
+        self.module = graph_for_role(parts, schedule, model.get("role", "generator"))
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from cdx.bundle import make_bundle, open_bundle
-from cdx.convert.golden_io import read_golden
 from cdx.errors import ChecksumError, InputError, ManifestError
+from cdx.golden_io import read_golden
 from cdx.manifest import load_manifest
 
 

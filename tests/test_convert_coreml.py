@@ -73,8 +73,8 @@ def test_fp16_keeps_overflowing_vae_blocks_in_fp32(tiny_sd: Path, tmp_path: Path
     import torch
 
     from cdx.convert.coreml import export_coreml, fp16_overflow_report
-    from cdx.convert.generator import build_generator
     from cdx.convert.golden import seeded_batches
+    from cdx.distill.generator import build_generator
     from cdx.distill.loading import load_latent_pipeline
 
     generator, _ = build_generator(load_latent_pipeline(tiny_sd))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cdx.convert.export import QUANTS, ConvertOptions, convert
-from cdx.convert.generator import build_generator
 from cdx.convert.golden import contrast_batches, eager_outputs, seeded_batches
 from cdx.convert.parity import parity_gate
+from cdx.distill.generator import build_generator
 from cdx.distill.loading import load_latent_pipeline
 from cdx.errors import CdxError, InputError, ParityError, UnsupportedError
 from cdx.manifest import load_manifest

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdx.convert.generator import build_generator
 from cdx.distill.consistency import boundary_scalings, guidance_scale_embedding, step_constants
+from cdx.distill.generator import build_generator
 from cdx.distill.loading import load_latent_pipeline
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from cdx.benchmarks.report import validate_against
 from cdx.convert.golden import manifest_inputs
-from cdx.convert.golden_io import read_golden
+from cdx.golden_io import read_golden
 from cdx.manifest import load_manifest
 from cdx.runtimes.base import open_runner
 

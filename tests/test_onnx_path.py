@@ -54,7 +54,7 @@ def test_parity_gate_refuses_a_broken_artifact(onnx_export: Path, tmp_path: Path
     import onnx
     from onnx import numpy_helper
 
-    from cdx.convert.generator import build_generator
+    from cdx.distill.generator import build_generator
     from cdx.distill.loading import load_latent_pipeline
 
     folder = tmp_path / "broken"

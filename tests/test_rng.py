@@ -38,7 +38,7 @@ def test_draws_are_standard_normal_and_streams_independent() -> None:
 def test_generator_inputs_come_from_the_manifest_rule(tmp_path: Path) -> None:
     """Golden noise written by convert is exactly cdx-normal-v1(seed, stream 0) — what an app regenerates."""
     from cdx.convert.export import ConvertOptions, convert
-    from cdx.convert.golden_io import read_golden, unstack
+    from cdx.golden_io import read_golden, unstack
     from cdx.manifest import load_manifest
     from cdx.tiny_models import build_tiny_unet2d
 

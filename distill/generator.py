@@ -1,7 +1,8 @@
 """The one-step generator: noise latent (+ conditioning) → consistency step(s) → VAE decode → image in [0, 1].
 
-This is the module every target exports, so the sampler ships inside the artifact and no app re-implements it.
-Its constants (timesteps, ᾱ, c_skip, c_out, latent scaling) come from the manifest's `schedule` section.
+This is the module every target exports (convert) and the eager reference runs (runtimes), so the sampler ships
+inside the artifact and no app re-implements it; it lives in distill, below both. Its constants (timesteps, ᾱ,
+c_skip, c_out, latent scaling) come from the manifest's `schedule` section; the loop is `sampling.consistency_loop`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 from cdx import rng
-from cdx.distill.consistency import guidance_scale_embedding, predicted_x0, step_constants
+from cdx.distill.consistency import guidance_scale_embedding, step_constants
 from cdx.distill.loading import LatentPipelineParts
+from cdx.distill.sampling import consistency_loop, consistency_output, decode_latents
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ def _default_latent_hw(parts: LatentPipelineParts) -> tuple[int, int]:
     return int(size), int(size)
 
 
+def image_spec(vae: nn.Module, latent_shape: tuple[int, ...]) -> TensorSpec:
+    """The decoded image's spec for a latent shape (the VAE's channels and upsampling factor)."""
+    channels = int(vae.config.out_channels)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (1, channels, latent_shape[2] * factor, latent_shape[3] * factor)
+    layout = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
+    return TensorSpec("image", shape, "float32", (0.0, 1.0), f"{layout}, NCHW")
+
+
 def unet_forward(unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor],
                  conditioning: str, guidance_dim: int | None) -> torch.Tensor:
     """One student UNet call with the conditioning the manifest declares (class label | text embedding, guidance w)."""
@@ -131,11 +142,7 @@ class OneStepGenerator(nn.Module):
         return specs
 
     def output_specs(self) -> list[TensorSpec]:
-        channels = int(self.vae.config.out_channels)
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shape = (1, channels, self.latent_shape[2] * factor, self.latent_shape[3] * factor)
-        layout = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
-        return [TensorSpec("image", shape, "float32", (0.0, 1.0), f"{layout}, NCHW")]
+        return [image_spec(self.vae, self.latent_shape)]
 
     def example_inputs(self, seed: int = 0, class_label: int = 0,
                        guidance_scale: float | None = None) -> dict[str, torch.Tensor]:
@@ -163,19 +170,14 @@ class OneStepGenerator(nn.Module):
 
         `trace`, when given, receives the latents each step's UNet call sees (the on-device step graph's inputs).
         """
-        latents = noise
-        denoised = noise
-        for i, step in enumerate(self.steps):
-            if i > 0:  # re-noise the previous estimate to this step's level (multistep consistency sampling)
-                assert step_noise is not None
-                a = step["alpha_cumprod"]
-                latents = a**0.5 * denoised + (1 - a) ** 0.5 * step_noise[i - 1 : i]
-            if trace is not None:
-                trace.append(latents)
-            out = self._unet(latents, step["timestep"], cond)
-            x0 = predicted_x0(out, latents, step["alpha_cumprod"], self.prediction_type)
-            denoised = step["c_skip"] * latents + step["c_out"] * x0
-        return denoised
+        extra = [] if step_noise is None else [step_noise[i : i + 1] for i in range(len(self.steps) - 1)]
+
+        def step(latents: torch.Tensor, constants: dict[str, Any]) -> torch.Tensor:
+            out = self._unet(latents, constants["timestep"], cond)
+            return consistency_output(out, latents, constants["alpha_cumprod"], constants["c_skip"], constants["c_out"],
+                                      self.prediction_type)
+
+        return consistency_loop(step, noise, self.steps, extra, trace)
 
     def contains(self) -> list[str]:
         """The manifest's `contains`: what this graph computes."""
@@ -191,8 +193,7 @@ class OneStepGenerator(nn.Module):
         return self.denoise(tensors.pop("noise"), tensors.pop("step_noise", None), **tensors)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
-        return (image / 2 + 0.5).clamp(0.0, 1.0)
+        return decode_latents(self.vae, latents, self.scaling_factor, self.shift_factor)
 
     def forward(self, noise: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         names = [s.name for s in self.input_specs()][1:]
