@@ -24,6 +24,7 @@ from cdx.defaults import portable_path
 from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cdx.distill.conditioning import TeacherConditioning
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
+from cdx.distill.consistency_training import make_method
 from cdx.distill.data import ImageDataset
 from cdx.distill.loading import LatentPipelineParts
 from cdx.distill.losses import consistency_loss
@@ -53,6 +54,8 @@ class DistillConfig:
     checkpoint_every: int = 250
     sample_every: int = 250
     seed: int = 0
+    method: str = "cd"  # cd (teacher) | ct | ect | bootstrap (teacher-free: distill/consistency_training.py)
+    variance_reduction: bool = False  # teacher-free methods: batch posterior-weighted x̂₀ in the target
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class ConsistencyDistiller:
         self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32)
         self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32)
         self.solve = solver_step(config.solver)
+        self.method = make_method(config)  # None = CD with the teacher
         self.step = 0
         self.history: list[float] = []
 
@@ -158,11 +162,18 @@ class ConsistencyDistiller:
         return {"x0": self.latents[idx], "labels": self.labels[idx], "t": t, "s": (t - self.skip).clamp(min=0),
                 "noise": noise, "g": g, "w_emb": w_emb}
 
+    def draw_batch(self) -> dict[str, Any]:
+        """`sample_batch`, with (t, s, weight) redrawn by a teacher-free method's schedule when one is configured."""
+        b = self.sample_batch()
+        if self.method is not None:
+            b.update(self.method.pairs(self.acp, len(b["t"]), self.step, self.config.steps, self.rng))
+        return b
+
     def train_step(self, batch: dict[str, Any] | None = None) -> float:
         """One optimisation step (on `batch` when given, else a fresh draw); returns the loss."""
         cfg = self.config
         self._set_lr()
-        b = batch or self.sample_batch()
+        b = batch or self.draw_batch()
         t = b["t"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
@@ -170,7 +181,8 @@ class ConsistencyDistiller:
         with self.accelerator.accumulate(self.student):
             prediction = self._f(self.student, x_t, t, cond, b["w_emb"])
             target = self.consistency_target(b)
-            loss = consistency_loss(prediction, target, cfg.loss, cfg.huber_c)
+            loss = (consistency_loss(prediction, target, cfg.loss, cfg.huber_c) if self.method is None
+                    else self.method.loss(prediction, target, b))
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(self.student.parameters(), 1.0)
@@ -183,9 +195,11 @@ class ConsistencyDistiller:
     def consistency_target(self, b: dict[str, Any]) -> torch.Tensor:
         """The stop-gradient target of batch `b` (pinned by tests/test_cd_target.py): the EMA target network at s
         applied to the teacher's CFG solver step x_t → x_s (or to the x_s a rollout cache stored with the batch)."""
+        cond = self.cond.kwargs(b["labels"])
+        if self.method is not None:  # teacher-free: the online network, gradients stopped
+            return self.method.target(lambda x, s: self._f(self.student, x, s, cond, b["w_emb"]), self.acp, b)
         t, s = b["t"], b["s"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
-        cond = self.cond.kwargs(b["labels"])
         x_s = b.get("x_s")
         if x_s is None:
             x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
