@@ -43,7 +43,7 @@ def export_onnx(generator: ExportableGraph, path: Path, exporter: str = "dynamo"
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(_explain(exc, "onnx")) from None
+        raise ConversionError(explain(exc, "onnx")) from None
     strip_debug_metadata(path)
     return {"exporter": f"torch.onnx ({exporter})", "opset": OPSET, "torch": torch.__version__,
             "external_data": external, "graph_optimization_level": "ORT_ENABLE_ALL (at load)"}
@@ -61,11 +61,6 @@ def strip_debug_metadata(path: Path) -> None:
     for node in proto.graph.node:
         del node.metadata_props[:]
     onnx.save(proto, str(path))
-
-
-def _explain(exc: Exception, target: str) -> str:
-    """Kept for callers of the foundation API; see `cdx.convert.explain.explain`."""
-    return explain(exc, target)
 
 
 # ---- precisions and the ORT-format file, each derived from the fp32 .onnx -------------------------------------------
