@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,15 +22,18 @@ import torch
 from diffusers import LCMScheduler, UNet2DConditionModel
 
 from cdx.defaults import portable_path
+from cdx.distill.batches import BatchStream, DataOptions
 from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cdx.distill.conditioning import TeacherConditioning
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
 from cdx.distill.consistency_training import make_method
 from cdx.distill.data import ImageDataset
+from cdx.distill.latent_cache import encode_latents
 from cdx.distill.loading import LatentPipelineParts
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.solvers import skipping_timesteps, solver_step
+from cdx.distill.sources import DataSource, as_source
 from cdx.errors import CdxError, InputError
 
 
@@ -54,6 +58,8 @@ class DistillConfig:
     checkpoint_every: int = 250
     sample_every: int = 250
     seed: int = 0
+    caption_dropout: float = 0.0  # text teachers: a caption becomes "" with this probability (LCM scripts)
+    resolution: int | None = None  # training image side; None = the teacher's (UNet sample_size × VAE factor)
     method: str = "cd"  # cd (teacher) | ct | ect | bootstrap (teacher-free: distill/consistency_training.py)
     variance_reduction: bool = False  # teacher-free methods: batch posterior-weighted x̂₀ in the target
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,26 +81,16 @@ def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int
     return student.train().requires_grad_(True)
 
 
-@torch.no_grad()
-def encode_dataset(parts: LatentPipelineParts, data: ImageDataset, batch: int = 256) -> torch.Tensor:
-    """Scaled VAE latents (posterior mean) of every image; grey images are repeated to the VAE's channels."""
-    images = data.images
-    channels = int(parts.vae.config.in_channels)
-    if images.shape[1] != channels:
-        images = images.repeat(1, channels // images.shape[1], 1, 1)
-    size = int(parts.unet.config.sample_size) * parts.vae_scale_factor
-    if images.shape[-1] != size:
-        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-    shift = parts.latent_shift_factor or 0.0
-    out = [(parts.vae.encode(images[i : i + batch]).latent_dist.mean - shift) * parts.latent_scaling_factor
-           for i in range(0, len(images), batch)]
-    return torch.cat(out)
+def teacher_resolution(parts: LatentPipelineParts) -> int:
+    """The image side the teacher was made for: its UNet's latent sample_size times the VAE's spatial factor."""
+    return int(parts.unet.config.sample_size) * parts.vae_scale_factor
 
 
 class ConsistencyDistiller:
     """Holds teacher, student and target, and runs/resumes the loop."""
 
-    def __init__(self, parts: LatentPipelineParts, data: ImageDataset, config: DistillConfig, work_dir: Path):
+    def __init__(self, parts: LatentPipelineParts, data: ImageDataset | DataSource, config: DistillConfig, work_dir: Path,
+                 data_options: DataOptions | None = None):
         from accelerate import Accelerator
 
         if parts.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
@@ -104,9 +100,10 @@ class ConsistencyDistiller:
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation)
         torch.manual_seed(config.seed)
-        self.cond = TeacherConditioning(parts, data.class_names)
-        self.labels = data.labels
-        self.latents = encode_dataset(parts, data)
+        self.batches = self._open_data(data, data_options or DataOptions())
+        source = self.batches.source  # grid rows: example captions for text teachers, else the class names
+        self.grid_prompts = source.example_prompts() if parts.conditioning == "text_embedding" else list(source.class_names)
+        self.cond = TeacherConditioning(parts, self.grid_prompts or ["an image"])
         self.teacher = parts.unet.eval().requires_grad_(False)
         self.student = make_student(self.teacher, self.cond.guided, config.guidance_embedding_dim)
         self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
@@ -125,6 +122,33 @@ class ConsistencyDistiller:
         self.method = make_method(config)  # None = CD with the teacher
         self.step = 0
         self.history: list[float] = []
+
+    def _open_data(self, data: ImageDataset | DataSource, options: DataOptions) -> BatchStream:
+        """This process's batches: the data at the run's resolution and the VAE's channels, via the latent cache."""
+        from cdx.distill.latent_cache import LatentCacheSource, build_latent_cache, expected_index
+
+        parts, cfg, acc = self.parts, self.config, self.accelerator
+        size = cfg.resolution or teacher_resolution(parts)
+        if size <= 0 or size % parts.vae_scale_factor:
+            raise InputError(f"--resolution {size}: must be a positive multiple of the VAE factor {parts.vae_scale_factor}")
+        source = as_source(data, size, int(parts.vae.config.in_channels))
+        if parts.conditioning == "class_label":
+            known = int(parts.unet.config.num_class_embeds) - 1  # the last class embedding is the CFG null class
+            if source.captioned and not source.class_names:
+                raise InputError("a class-conditional teacher needs class labels: pass class subfolders (this data has "
+                                 "captions, no classes)")
+            if len(source.class_names) > known:
+                raise InputError(f"the data has {len(source.class_names)} classes; the teacher knows {known}")
+        if cfg.caption_dropout and parts.conditioning != "text_embedding":
+            raise InputError("--caption-dropout applies to text-conditioned teachers only")
+        if options.cache_latents:
+            expected = expected_index(source, parts, size)
+            if acc.is_main_process:
+                build_latent_cache(Path(options.cache_latents), source, parts, expected, strict=options.strict)
+            acc.wait_for_everyone()
+            source = LatentCacheSource(Path(options.cache_latents), expected)
+        return BatchStream(source, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, cfg.caption_dropout,
+                           options.strict)
 
     # ---- one optimisation step ----------------------------------------------------------------------------
     def _w(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,15 +176,20 @@ class ConsistencyDistiller:
         return eps
 
     def sample_batch(self) -> dict[str, Any]:
-        """Draw x₀, labels, t_{n+k}, t_n, noise and w from the run's generator (checkpointed, so resume is exact)."""
+        """Batch `self.step` of the data (a pure function of seed, step and rank), with t_{n+k}, t_n, noise and w from the
+        run's generator (checkpointed, so resume is exact); text teachers get the embeddings of the batch's captions."""
         cfg = self.config
-        idx = torch.randint(0, len(self.latents), (cfg.batch_size,), generator=self.rng)
+        data = self.batches.batch(self.step)
+        x0 = data["latents"] if "latents" in data else encode_latents(self.parts, data["images"])
         n = torch.randint(0, len(self.grid), (cfg.batch_size,), generator=self.rng)
         t = self.grid[n]
-        noise = torch.randn(self.latents[idx].shape, generator=self.rng)
+        noise = torch.randn(x0.shape, generator=self.rng)
         g, w_emb = self._w(cfg.batch_size)
-        return {"x0": self.latents[idx], "labels": self.labels[idx], "t": t, "s": (t - self.skip).clamp(min=0),
-                "noise": noise, "g": g, "w_emb": w_emb}
+        b = {"x0": x0, "labels": data["labels"], "captions": data["captions"], "t": t, "s": (t - self.skip).clamp(min=0),
+             "noise": noise, "g": g, "w_emb": w_emb}
+        if self.cond.kind == "text_embedding":
+            b["prompt_embeds"] = self.cond.encode(data["captions"])
+        return b
 
     def draw_batch(self) -> dict[str, Any]:
         """`sample_batch`, with (t, s, weight) redrawn by a teacher-free method's schedule when one is configured."""
@@ -177,7 +206,7 @@ class ConsistencyDistiller:
         t = b["t"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
-        cond = self.cond.kwargs(b["labels"])
+        cond = self.cond.batch_kwargs(b)
         with self.accelerator.accumulate(self.student):
             prediction = self._f(self.student, x_t, t, cond, b["w_emb"])
             target = self.consistency_target(b)
@@ -195,7 +224,7 @@ class ConsistencyDistiller:
     def consistency_target(self, b: dict[str, Any]) -> torch.Tensor:
         """The stop-gradient target of batch `b` (pinned by tests/test_cd_target.py): the EMA target network at s
         applied to the teacher's CFG solver step x_t → x_s (or to the x_s a rollout cache stored with the batch)."""
-        cond = self.cond.kwargs(b["labels"])
+        cond = self.cond.batch_kwargs(b)
         if self.method is not None:  # teacher-free: the online network, gradients stopped
             return self.method.target(lambda x, s: self._f(self.student, x, s, cond, b["w_emb"]), self.acp, b)
         t, s = b["t"], b["s"]
@@ -203,7 +232,7 @@ class ConsistencyDistiller:
         x_s = b.get("x_s")
         if x_s is None:
             x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
-            x_s = self.solve(self._teacher_eps(cond, self.cond.kwargs(b["labels"], null=True), b["g"]), x_t, t, s, self.acp)
+            x_s = self.solve(self._teacher_eps(cond, self.cond.batch_kwargs(b, null=True), b["g"]), x_t, t, s, self.acp)
         return self._f(self.target, x_s, s, cond, b["w_emb"])
 
     def _set_lr(self) -> None:
@@ -269,7 +298,7 @@ class ConsistencyDistiller:
         """One-step samples of the target network, one row per class (up to 10 classes)."""
         from cdx.distill.sampling import consistency_sample, save_image_grid
 
-        classes = min(10, int(self.labels.max()) + 1)
+        classes = min(10, len(self.grid_prompts) or 1)
         labels = torch.arange(classes).repeat_interleave(per_class)
         images = consistency_sample(self.target, self.parts, self.cond, labels, steps=1,
                                     guidance=guidance or sum(self.config.guidance_range) / 2,
@@ -304,32 +333,35 @@ class ConsistencyDistiller:
 
 def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data: str | Path | None = None,
                     work_dir: Path | None = None, resume: bool = True, overwrite: bool = False,
-                    limit: int | None = None, show: bool = True) -> dict[str, Any]:
+                    limit: int | None = None, show: bool = True, data_options: DataOptions | None = None) -> dict[str, Any]:
     """Distill `teacher` into a student pipeline at `out`; checkpoints and sample grids go to `work_dir`."""
     from cdx.atomic import atomic_directory, refuse_existing
-    from cdx.distill.data import load_dataset
     from cdx.distill.loading import load_latent_pipeline
+    from cdx.distill.sources import open_source
 
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)
     if parts.conditioning == "none":
         config.guidance_range = (1.0, 1.0)
-    image_size = int(parts.unet.config.sample_size) * parts.vae_scale_factor
-    dataset = load_dataset(data, "train", image_size, limit)
+    options = data_options or DataOptions()
     work = Path(work_dir) if work_dir else Path(str(out) + ".work")
     if not resume and work.exists():
         import shutil
 
         shutil.rmtree(work)
-    distiller = ConsistencyDistiller(parts, dataset, config, work)
+    dataset = open_source(data, config.resolution or teacher_resolution(parts), int(parts.vae.config.in_channels),
+                          limit, cache_dir=work / "hf-datasets", shuffle_buffer=options.shuffle_buffer)
+    distiller = ConsistencyDistiller(parts, dataset, config, work, data_options=options)
     start_step = distiller.resume() if resume else 0
     if start_step and show:
         print(f"resumed from step {start_step} ({latest_checkpoint(distiller.checkpoint_dir)})", flush=True)
     started = time.perf_counter()
     distiller.run(show=show)
     seconds = time.perf_counter() - started
+    if distiller.batches.summary():
+        print(distiller.batches.summary(), file=sys.stderr, flush=True)
     with atomic_directory(out, overwrite=overwrite) as staging:
-        distiller.save_student(staging, seconds, dataset.class_names)
+        distiller.save_student(staging, seconds, distiller.grid_prompts)
         distiller.sample_grid(staging / "sample_grid.png")
     return {"steps": distiller.step, "resumed_from": start_step, "seconds": seconds,
-            "final_loss": distiller.history[-1] if distiller.history else None}
+            "final_loss": distiller.history[-1] if distiller.history else None, "skipped": len(distiller.batches.skipped)}
