@@ -13,7 +13,7 @@ $(BIN)/cdx: pyproject.toml
 install: $(BIN)/cdx
 
 demo: $(BIN)/cdx
-	$(BIN)/cdx demo
+	$(BIN)/cdx demo --overwrite  # out/demo is this target's own folder: a rerun replaces its outputs
 
 # Everything the suite needs beyond the venv (data, Inception weights, Chromium + npm, native runners, Android tools),
 # idempotent; under CI=true a failed step fails here (see .ci/setup.sh).

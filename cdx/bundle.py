@@ -8,10 +8,12 @@ refuses any path (in the manifest or inside a zip) that escapes the bundle.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,28 +128,85 @@ def _write_zip(folder: Path, zip_path: Path) -> None:
         raise
 
 
+# Bounds on what a bundle zip may unpack to (a zip bomb is refused before a byte is written). The largest real bundle
+# (SD-1.5 fp32 ONNX with golden data) is ~4 GB in a few dozen files, and weights deflate by ~1.1×.
+MAX_UNPACKED_BYTES = 64 * 2**30
+MAX_MEMBERS = 10_000
+MAX_RATIO = 100.0  # uncompressed / compressed, per member above RATIO_MIN_BYTES and for the whole archive
+RATIO_MIN_BYTES = 2**20
+
+
+def _check_members(zip_path: Path, root: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse members that escape `root` (zip slip), links, and archives past the size, count or ratio bounds.
+
+    The declared sizes are what zipfile extracts (it stops at `file_size` and checks the CRC), so bounding them
+    bounds what lands on disk."""
+    if len(members) > MAX_MEMBERS:
+        raise ManifestError(f"{zip_path}: {len(members)} members (more than {MAX_MEMBERS}): not a cdx bundle")
+    total = packed = 0
+    for member in members:
+        target = (root / member.filename).resolve()
+        if member.filename.startswith("/") or not target.is_relative_to(root):
+            raise ManifestError(f"{zip_path}: member {member.filename!r} escapes the bundle")
+        if (member.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ManifestError(f"{zip_path}: member {member.filename!r} is a symbolic link")
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > RATIO_MIN_BYTES and ratio > MAX_RATIO:
+            raise ManifestError(f"{zip_path}: member {member.filename!r} unpacks {ratio:.0f}× its packed size "
+                                f"(limit {MAX_RATIO:g}×): refused as a zip bomb")
+        total += member.file_size
+        packed += member.compress_size
+    if total > MAX_UNPACKED_BYTES:
+        raise ManifestError(f"{zip_path}: unpacks to {total / 2**30:.1f} GiB (limit {MAX_UNPACKED_BYTES / 2**30:g} GiB)")
+    if total > RATIO_MIN_BYTES and total / max(packed, 1) > MAX_RATIO:
+        raise ManifestError(f"{zip_path}: unpacks {total / max(packed, 1):.0f}× its packed size (limit {MAX_RATIO:g}×): "
+                            "refused as a zip bomb")
+
+
 def extract_zip(zip_path: Path, into: Path) -> Path:
-    """Unpack a bundle zip into `into`, refusing members that escape it (zip slip) or are links."""
-    root = into.resolve()
-    with zipfile.ZipFile(zip_path) as archive:
-        for member in archive.infolist():
-            target = (root / member.filename).resolve()
-            if member.filename.startswith("/") or not target.is_relative_to(root):
-                raise ManifestError(f"{zip_path}: member {member.filename!r} escapes the bundle")
-            if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ManifestError(f"{zip_path}: member {member.filename!r} is a symbolic link")
-        archive.extractall(root)
-    return root
+    """Unpack a bundle zip into the folder `into` (which must not exist yet), within the bounds above; on any
+    failure nothing of it is left."""
+    if into.exists() or into.is_symlink():
+        raise InputError(f"{into}: already exists (a bundle is unpacked into a new folder)")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ManifestError(f"{zip_path}: not a readable zip ({exc})") from None
+    with archive:
+        members = archive.infolist()
+        _check_members(zip_path, into.resolve(), members)
+        into.mkdir(parents=True)
+        try:
+            archive.extractall(into)
+        except BaseException as exc:
+            shutil.rmtree(into, ignore_errors=True)  # a folder this function just made (never a link: checked above)
+            if isinstance(exc, zipfile.BadZipFile | OSError):
+                raise ManifestError(f"{zip_path}: cannot unpack ({exc})") from None
+            raise
+    return into.resolve()
 
 
-def open_bundle(path: str | Path, workdir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """(folder, manifest) of a bundle folder or zip, every sha256 verified."""
+@contextlib.contextmanager
+def open_bundle(path: str | Path, workdir: str | Path | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """`with open_bundle(p) as (folder, manifest)`: a bundle folder or zip, every sha256 verified.
+
+    A zip is unpacked into `workdir` (a new folder, kept for the caller) or else into a temporary folder that is
+    removed when the block ends, however it ends. A workdir is removed again when verification fails."""
     path = Path(path)
-    if path.is_file() and zipfile.is_zipfile(path):
-        folder = extract_zip(path, Path(workdir or tempfile.mkdtemp(prefix="cdx-bundle-")))
-    elif path.is_dir():
-        folder = path
-    else:
+    if path.is_dir():
+        yield path, load_manifest(path, verify=True)
+        return
+    if not (path.is_file() and zipfile.is_zipfile(path)):
         raise InputError(f"not a bundle: {path} (expected a folder with {MANIFEST_NAME} or a .zip)")
-    manifest = load_manifest(folder, verify=True)
-    return folder, manifest
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="cdx-bundle-") as tmp:
+            folder = extract_zip(path, Path(tmp) / (path.stem or "bundle"))
+            yield folder, load_manifest(folder, verify=True)
+        return
+    folder = extract_zip(path, Path(workdir))
+    try:
+        manifest = load_manifest(folder, verify=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # made by extract_zip just now
+        raise
+    yield folder, manifest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -91,7 +90,18 @@ def teacher_tiny(
 def distill(
     teacher: Annotated[str, typer.Option(help="Teacher diffusers folder (or hub id when online).")] = "",
     out: Annotated[Path, typer.Option("--out", "-o", help="Student pipeline folder to write.")] = Path("out/student"),
-    data: Annotated[Path | None, typer.Option(help="Training images: Fashion-MNIST IDX folder or class subfolders.")] = None,
+    data: Annotated[str | None, typer.Option(help="Training images: an imagefolder with metadata.jsonl (file_name, text), "
+                                             "WebDataset .tar shards (a .tar, a folder of them, a glob or {000..009} "
+                                             "range), class subfolders, a Fashion-MNIST IDX folder (the default), or "
+                                             "hf:org/name (a Hub dataset; needs the network).")] = None,
+    cache_latents: Annotated[Path | None, typer.Option(help="Encode the data once with the teacher's VAE into this "
+                                                       "folder; later runs read the latents from it.")] = None,
+    caption_dropout: Annotated[float, typer.Option(help="Text teachers: replace a caption by the empty prompt with this "
+                                                   "probability.")] = 0.0,
+    strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image (default: skip it, count at the end).")] = (
+        False),
+    resolution: Annotated[int | None, typer.Option(help="Training image side (default: the teacher's).")] = None,
+    shuffle_buffer: Annotated[int, typer.Option(help="WebDataset shuffle buffer (samples held in memory).")] = 1000,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
@@ -116,6 +126,7 @@ def distill(
 ) -> None:
     """Consistency-distill a one-step student from a teacher (LCM-style, guidance distilled)."""
     from cdx.defaults import default_teacher
+    from cdx.distill.batches import DataOptions
     from cdx.distill.distiller import DistillConfig, distill_student
     from cdx.distill.losses import LOSSES
     from cdx.distill.solvers import SOLVERS
@@ -132,9 +143,10 @@ def distill(
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                           seed=seed)
+                           seed=seed, caption_dropout=caption_dropout, resolution=resolution)
     result = distill_student(teacher or default_teacher(), out, config, data=data, work_dir=work_dir, resume=resume,
-                             overwrite=overwrite, limit=limit)
+                             overwrite=overwrite, limit=limit,
+                             data_options=DataOptions(cache_latents, strict, shuffle_buffer))
     console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")
 
 
@@ -371,8 +383,8 @@ def bundle(
     from cdx.ui import console
 
     if verify:
-        with tempfile.TemporaryDirectory(prefix="cdx-bundle-") as tmp:
-            _, manifest = open_bundle(source, tmp)
+        with open_bundle(source) as (_, manifest):  # a zip is unpacked to a temporary folder, removed on exit
+            pass
         names = ", ".join(m["name"] for m in manifest["models"])
         console.print(f"ok: {source}: {len(manifest['files'])} files verified (sha256), models: {names}")
         return
@@ -386,11 +398,13 @@ def demo(
     runs: Annotated[int, typer.Option(help="Timed runs per runtime.")] = 20,
     distill: Annotated[bool, typer.Option("--distill", help="Re-distill the student from the committed teacher first.")] = False,
     distill_steps: Annotated[int | None, typer.Option(help="With --distill: override the recipe's step count.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Use a non-empty --workdir, replacing the demo's own folders in it.")] = (
+        False),
 ) -> None:
     """The main job on the embedded Fashion-MNIST student: convert → bench → report (no download, no training)."""
     from cdx.demo import run_demo
 
-    run_demo(workdir, runs=runs, distill=distill, distill_steps=distill_steps)
+    run_demo(workdir, runs=runs, distill=distill, distill_steps=distill_steps, overwrite=overwrite)
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ No download and no training by default (the teacher and student are committed un
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from cdx.errors import InputError
 from cdx.ui import console, stages
 
 # (output folder, target, --quant values): every precision that is quick to make and checkable here
@@ -17,6 +17,21 @@ DEMO_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("executorch", "executorch", ("none", "int8")),
     ("coreml", "coreml", ("fp16", "palettize6")),
 )
+DEMO_FOLDERS = (*(name for name, _, _ in DEMO_TARGETS), "report", "student", "student.work")
+
+
+def check_workdir(workdir: Path, overwrite: bool) -> None:
+    """Refuse a work dir that holds anything unless `overwrite`; even then only the demo's own folders are replaced
+    (each atomically, by the stage that writes it) and nothing else in it is touched."""
+    if workdir.is_symlink() or (workdir.exists() and not workdir.is_dir()):
+        raise InputError(f"--workdir {workdir}: not a folder")
+    if overwrite or not workdir.is_dir():
+        return
+    entries = sorted(p.name for p in workdir.iterdir())
+    if entries:
+        shown = ", ".join(entries[:4]) + (", …" if len(entries) > 4 else "")
+        raise InputError(f"--workdir {workdir} is not empty ({shown}): pass --overwrite to replace the demo's "
+                         f"folders in it ({', '.join(DEMO_FOLDERS)}), or choose an empty --workdir")
 
 
 def _redistill(workdir: Path, student: str, distill_steps: int | None) -> str:
@@ -36,23 +51,24 @@ def _redistill(workdir: Path, student: str, distill_steps: int | None) -> str:
 
 
 def run_demo(workdir: Path, runs: int = 20, distill: bool = False, distill_steps: int | None = None,
-             seeds: int = 64) -> Path:
-    """Convert the embedded student to every target, bench them together with the teacher; return report.md."""
+             seeds: int = 64, overwrite: bool = False) -> Path:
+    """Convert the embedded student to every target, bench them together with the teacher; return report.md.
+
+    A non-empty `workdir` is refused unless `overwrite` (see `check_workdir`)."""
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.report import render_markdown, write_report
     from cdx.convert.export import ConvertOptions, convert
     from cdx.defaults import default_student
 
     workdir = Path(workdir)
+    check_workdir(workdir, overwrite)
     report_dir = workdir / "report"
     folders = [workdir / name for name, _, _ in DEMO_TARGETS]
-    for path in (*folders, report_dir):
-        shutil.rmtree(path, ignore_errors=True)
     student = _redistill(workdir, default_student(), distill_steps) if distill else default_student()
     with stages("demo") as say:
         for folder, (_, target, quants) in zip(folders, DEMO_TARGETS, strict=True):
             say(f"convert → {target} ({', '.join(quants)})")
-            convert(student, folder, ConvertOptions(target=target, quants=quants), progress=say)
+            convert(student, folder, ConvertOptions(target=target, quants=quants, overwrite=overwrite), progress=say)
         report = bench(folders, BenchOptions(runs=runs, seeds=seeds), progress=say)
         _, md_path = write_report(report, report_dir)
     print(render_markdown(report))

@@ -11,6 +11,7 @@ from executorch.runtime import Runtime  # the bindings load with the module (ben
 
 from cdx.errors import UnsupportedError
 from cdx.manifest import resolve_inside
+from cdx.quiet import filtered_stderr
 from cdx.runtimes.base import Runner
 
 
@@ -26,8 +27,9 @@ class ExecuTorchRunner(Runner):
                                    "(CoreMLBackend is not registered in this runtime)")
         if threads:
             torch.set_num_threads(threads)
-        program = Runtime.get().load_program(str(resolve_inside(folder, model["file"])))
-        self.method = program.load_method("forward")
+        with filtered_stderr():  # XNNPACK's cpuinfo probe prints ARM-register misses on x86 at method load
+            program = Runtime.get().load_program(str(resolve_inside(folder, model["file"])))
+            self.method = program.load_method("forward")
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)

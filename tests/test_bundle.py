@@ -41,14 +41,14 @@ def test_bundle_holds_the_chosen_model_its_golden_data_and_pngs(bundle_dir: Path
 def test_zip_round_trip_and_tampering_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
     archive = make_bundle(bundle_dir, tmp_path / "again", as_zip=True)
     assert archive.suffix == ".zip" and zipfile.is_zipfile(archive)
-    folder, manifest = open_bundle(archive, tmp_path / "unzipped")
-    assert manifest["bundle"]["models"] == ["generator_8x8"]
+    with open_bundle(archive, tmp_path / "unzipped") as (folder, manifest):
+        assert manifest["bundle"]["models"] == ["generator_8x8"]
     golden = folder / manifest["models"][0]["golden"]["outputs"]["image"]
     data = bytearray(golden.read_bytes())
     data[0] ^= 0xFF
     golden.write_bytes(bytes(data))
-    with pytest.raises(ChecksumError):
-        open_bundle(folder)
+    with pytest.raises(ChecksumError), open_bundle(folder):
+        pass
 
 
 def test_zip_members_and_manifest_paths_that_escape_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
@@ -56,8 +56,8 @@ def test_zip_members_and_manifest_paths_that_escape_are_refused(bundle_dir: Path
     with zipfile.ZipFile(evil, "w") as archive:
         archive.writestr("manifest.json", "{}")
         archive.writestr("../outside.txt", "x")
-    with pytest.raises(ManifestError, match="escapes the bundle"):
-        open_bundle(evil, tmp_path / "x")
+    with pytest.raises(ManifestError, match="escapes the bundle"), open_bundle(evil, tmp_path / "x"):
+        pass
     assert not (tmp_path / "outside.txt").exists()
 
     copy = tmp_path / "copy"

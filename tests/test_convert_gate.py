@@ -43,11 +43,11 @@ def test_gate_refuses_an_artifact_whose_conditioning_collapsed_even_with_good_ps
     other = contrast_batches([s.name for s in generator.input_specs()], batches, None)
     assert other is not None
     contrast = (other, eager_outputs(generator, other))
-    with pytest.raises(ParityError, match=r"conditioning sensitivity 0\.00× the float model's \(< 0\.5"):
+    with pytest.raises(ParityError, match=r"sensitivity 0\.00× the float model's along its conditional change \(< 0\.5"):
         parity_gate(folder, manifest, entry, batches, eager_outputs(generator, batches), contrast=contrast)
     record = parity_gate(folder, manifest, entry, batches, eager_outputs(generator, batches), force=True, contrast=contrast)
     assert record["psnr_db"] >= 30, "PSNR alone would have passed this artifact"
-    assert record["conditioning_sensitivity"]["ratio"] == 0.0 and record["forced"] and not record["passed"]
+    assert record["conditioning_sensitivity"]["aligned_ratio"] == 0.0 and record["forced"] and not record["passed"]
 
 
 @pytest.mark.parametrize(("target", "quant"), [("onnx", "int8"), ("executorch", "fp16"), ("coreml", "int4")])
