@@ -117,31 +117,36 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _resolve_folder(model: str | os.PathLike[str]) -> Path:
-    path = Path(model)
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{path}: not a folder (expected a diffusers pipeline folder)")
-        return path
-    looks_like_hub_id = isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/"))
-    if not looks_like_hub_id:
-        raise InputError(f"model folder not found: {path}")
-    try:
-        from huggingface_hub import snapshot_download
+    """A local folder, or a Hub repo only when explicit (`hf:org/name`; see `model_source.resolve_model_folder`)."""
+    from cdx.distill.model_source import resolve_model_folder
 
-        return Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-    except Exception as exc:  # network, auth, missing repo
-        reason = type(exc).__name__
-        raise InputError(f"cannot fetch {model!r} from the Hugging Face Hub ({reason}); pass a local folder") from None
+    return resolve_model_folder(model)
 
 
 def _component_class(folder: Path, name: str, allowed: dict[str, type]) -> type:
     config = folder / name / "config.json"
     if not config.is_file():
+        from cdx.distill.model_source import pickled_files, refuse_pickles
+
+        if pickles := pickled_files(folder):  # a single-file .ckpt/.pt checkpoint
+            raise refuse_pickles(pickles)
         raise InputError(f"{folder}: not a diffusers latent pipeline (missing {name}/config.json)")
     cls = _read_json(config).get("_class_name", "")
     if cls not in allowed:
         raise InputError(f"{config}: {name} class {cls!r} is not supported (supported: {', '.join(allowed)})")
     return allowed[cls]
+
+
+def _from_pretrained(cls: type, component: Path, **kwargs: Any) -> torch.nn.Module:
+    """`cls.from_pretrained` on safetensors only, after cdx checked them; a load failure is one line naming the folder."""
+    from cdx.distill.model_source import check_component_weights
+
+    check_component_weights(component)
+    try:
+        return cls.from_pretrained(component, use_safetensors=True, **kwargs).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{component}: cannot load {cls.__name__} ({reason[:300]})") from None
 
 
 def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LatentPipelineParts:
@@ -154,8 +159,8 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         raise InputError(f"{folder}: not a diffusers latent pipeline (missing scheduler/scheduler_config.json)")
     scheduler_config = _read_json(sched_path)
 
-    unet = unet_cls.from_pretrained(folder / "unet", torch_dtype=dtype).eval()
-    vae = vae_cls.from_pretrained(folder / "vae", torch_dtype=dtype).eval()
+    unet = _from_pretrained(unet_cls, folder / "unet", torch_dtype=dtype)
+    vae = _from_pretrained(vae_cls, folder / "vae", torch_dtype=dtype)
 
     text_encoder = tokenizer = None
     num_classes = getattr(unet.config, "num_class_embeds", None)
@@ -169,7 +174,7 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         if (folder / "text_encoder" / "config.json").is_file():
             from transformers import AutoTokenizer, CLIPTextModel
 
-            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
+            text_encoder = _from_pretrained(CLIPTextModel, folder / "text_encoder", dtype=dtype)
             if (folder / "tokenizer").is_dir():
                 tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     else:
