@@ -2,7 +2,7 @@
 
 This is the module every target exports (convert) and the eager reference runs (runtimes), so the sampler ships
 inside the artifact and no app re-implements it; it lives in distill, below both. Its constants (timesteps, ᾱ,
-c_skip, c_out, latent scaling) come from the manifest's `schedule` section; the loop is `sampling.consistency_loop`.
+c_skip, c_out, latent scaling) come from the manifest's `schedule` section; the loop is `loops.consistency_loop`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import nn
 from cdx import rng
 from cdx.distill.consistency import guidance_scale_embedding, step_constants
 from cdx.distill.loading import LatentPipelineParts
-from cdx.distill.sampling import consistency_loop, consistency_output, decode_latents
+from cdx.distill.loops import consistency_loop
+from cdx.distill.sampling import consistency_output, decode_latents
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ components`), and the teacher's guided UNet step (what the bench times the teach
 For multi-step sampling on device the app runs the step graph once per entry of the manifest's
 `schedule.steps` (re-noising between steps with that entry's ᾱ), then the decoder once. The constants
 are graph inputs, so one step graph serves every step count; the app reads them from the manifest.
-`run_components` below is that loop (`sampling.consistency_loop` over two runners), for the tests, the parity
-check and the benchmarks. Like the generator, these live below convert (which exports them) and runtimes (whose
-eager runner rebuilds them).
+`loops.run_components` is that loop over two runners, for the tests, the parity check and the benchmarks.
+Like the generator, these live below convert (which exports them) and runtimes (whose eager runner rebuilds them).
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from torch import nn
 from cdx import rng
 from cdx.distill.generator import OneStepGenerator, TensorSpec, image_spec, unet_forward
 from cdx.distill.loading import LatentPipelineParts
-from cdx.distill.sampling import consistency_loop, consistency_output, ddim_loop, decode_latents, guided_output
-
-STEP_CONSTANT_INPUTS = ("alpha_cumprod", "c_skip", "c_out")
+from cdx.distill.loops import STEP_CONSTANT_INPUTS, step_constants_np
+from cdx.distill.sampling import consistency_output, decode_latents, guided_output
 
 
 class ConsistencyStepGraph(nn.Module):
@@ -120,8 +118,8 @@ class TeacherStepGraph(nn.Module):
     """The teacher's guided UNet step: latents at t (+ class label | text embedding, w) → the CFG-combined output.
 
     One UNet call on the batch [conditional; unconditional] (the null class / empty-prompt embedding is baked in),
-    combined with w, exactly as `sampling.guided_output` runs it eagerly; a DDIM loop (`sampling.ddim_loop`) over
-    this graph plus a `DecoderGraph` is the teacher's sampler on any runtime.
+    combined with w, exactly as `sampling.guided_output` runs it eagerly; `loops.run_teacher` (a DDIM loop over
+    this graph, then a `DecoderGraph`) is the teacher's sampler on any runtime.
     """
 
     role = "teacher_step"
@@ -192,9 +190,8 @@ class TeacherStepGraph(nn.Module):
 
 
 def step_inputs(step: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The step graph's constant inputs for one entry of `schedule.steps`."""
-    return {"timestep": torch.tensor([int(step["timestep"])], dtype=torch.int64),
-            **{name: torch.tensor([float(step[name])], dtype=torch.float32) for name in STEP_CONSTANT_INPUTS}}
+    """The step graph's constant inputs for one entry of `schedule.steps` (as tensors)."""
+    return {name: torch.from_numpy(value) for name, value in step_constants_np(step).items()}
 
 
 def build_components(generator: OneStepGenerator) -> tuple[ConsistencyStepGraph, DecoderGraph]:
@@ -221,39 +218,6 @@ def component_batches(generator: OneStepGenerator, batches: list[dict[str, np.nd
             step_batches.append({k: v.numpy().copy() for k, v in inputs.items()})
         decoder_batches.append({"latents": denoised.numpy().copy()})
     return step_batches, decoder_batches
-
-
-def run_components(step_runner: Any, decoder_runner: Any, steps: list[dict[str, Any]],
-                   inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The multi-step consistency sampler over the two graphs, as an app runs it (constants from the manifest).
-
-    `inputs` are the generator's inputs (noise, step_noise, conditioning); returns the image.
-    """
-    cond = {k: v for k, v in inputs.items() if k not in ("noise", "step_noise")}
-    step_noise = inputs.get("step_noise")
-    extra = [] if step_noise is None else [step_noise[i : i + 1] for i in range(len(steps) - 1)]
-
-    def denoise(latents: np.ndarray, step: dict[str, Any]) -> np.ndarray:
-        constants = {k: v.numpy() for k, v in step_inputs(step).items()}
-        return step_runner.run({"latents": latents.astype(np.float32), **constants, **cond})["denoised"]
-
-    return decoder_runner.run({"latents": consistency_loop(denoise, inputs["noise"], steps, extra)})["image"]
-
-
-def run_teacher(step_runner: Any, decoder_runner: Any, steps: list[dict[str, Any]], inputs: dict[str, np.ndarray],
-                prediction_type: str = "epsilon") -> np.ndarray:
-    """The teacher's DDIM sampler over its step and decoder graphs on any runtime (`sampling.ddim_schedule` steps).
-
-    `inputs`: `latents` (the initial noise) plus the step graph's conditioning inputs; returns the image.
-    """
-    cond = {k: v for k, v in inputs.items() if k != "latents"}
-
-    def predict(latents: np.ndarray, step: dict[str, Any]) -> np.ndarray:
-        timestep = np.array([int(step["timestep"])], dtype=np.int64)
-        return step_runner.run({"latents": latents.astype(np.float32), "timestep": timestep, **cond})["model_output"]
-
-    latents = ddim_loop(predict, inputs["latents"], steps, prediction_type)
-    return decoder_runner.run({"latents": latents.astype(np.float32)})["image"]
 
 
 GRAPH_ROLES = ("generator", "unet_step", "vae_decoder", "teacher_step")

@@ -1,65 +1,32 @@
-"""Sampling, written once for every stage: the multistep consistency loop, the teacher's DDIM loop, the classifier-free
-guidance combination and the decode to an image in [0, 1].
+"""Sampling with torch models, written once for every stage: one consistency step from a UNet output, the teacher's
+guided UNet call and DDIM schedule, the decode to an image in [0, 1], and the whole samplers used for evaluation,
+grids and distillation previews.
 
-The loops take a step function and work on torch tensors and numpy arrays alike, so the eager student, the exported
-generator graph, the app-style loop over a runtime's step graph (`graphs.run_components`) and the bench's teacher on
-ONNX Runtime / ExecuTorch all run the same code with the same constants (a schedule: a list of dicts).
+The loops themselves (consistency, DDIM, the CFG combination) are in `loops.py`, torch-free, shared with the exported
+graphs and the runtime-side samplers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from cdx.distill.consistency import guidance_scale_embedding, predicted_x0, step_constants
 from cdx.distill.loading import LatentPipelineParts
+from cdx.distill.loops import Step, classifier_free_guidance, consistency_loop, ddim_loop
 from cdx.images import save_image_grid  # the one grid writer (core); callers may import it from here too
-
-Array = TypeVar("Array")  # torch.Tensor or np.ndarray
-Step = dict[str, Any]
 
 
 # ---- the consistency sampler -------------------------------------------------------------------------------------
-def renoise(denoised: Array, noise: Array, alpha_cumprod: float) -> Array:
-    """Bring a clean estimate back to the noise level ᾱ of the next step: √ᾱ·x̂₀ + √(1-ᾱ)·ε."""
-    return alpha_cumprod**0.5 * denoised + (1 - alpha_cumprod) ** 0.5 * noise
-
-
 def consistency_output(model_output: Any, latents: Any, alpha_cumprod: Any, c_skip: Any, c_out: Any,
                        prediction_type: str) -> Any:
     """f(x, t) = c_skip·x + c_out·x̂₀(x, t): the consistency function's value from one UNet output."""
     return c_skip * latents + c_out * predicted_x0(model_output, latents, alpha_cumprod, prediction_type)
 
 
-def consistency_loop(denoise: Callable[[Array, Step], Array], noise: Array, steps: Sequence[Step],
-                     step_noise: Sequence[Array] = (), trace: list[Array] | None = None) -> Array:
-    """Multistep consistency sampling (Song et al. 2023, Alg. 1): denoise, re-noise to the next step's ᾱ, repeat.
-
-    `denoise(latents, step)` is one consistency step (a UNet call, or a runtime running the step graph); `steps` are
-    schedule entries (timestep, alpha_cumprod, c_skip, c_out); `step_noise[i - 1]` re-noises before step i. `trace`,
-    when given, receives the latents each step sees (the step graph's inputs along the trajectory).
-    """
-    latents = denoised = noise
-    for i, step in enumerate(steps):
-        if i > 0:
-            latents = renoise(denoised, step_noise[i - 1], step["alpha_cumprod"])
-        if trace is not None:
-            trace.append(latents)
-        denoised = denoise(latents, step)
-    return denoised
-
-
 # ---- classifier-free guidance and the teacher's DDIM sampler ----------------------------------------------------------
-def classifier_free_guidance(uncond: Any, cond: Any, guidance: Any) -> Any:
-    """ε_u + w·(ε_c - ε_u); a per-sample w (shape [batch]) broadcasts over the other dimensions."""
-    if getattr(guidance, "ndim", 0):
-        guidance = guidance.reshape(-1, *([1] * (cond.ndim - 1)))
-    return uncond + guidance * (cond - uncond)
-
-
 def guided_output(unet: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, Any],
                   null: dict[str, Any] | None, guidance: Any) -> torch.Tensor:
     """The teacher's CFG prediction from one UNet call on the batch [conditional; unconditional] (as SD pipelines
@@ -91,24 +58,6 @@ def ddim_schedule(scheduler_config: dict[str, Any], num_steps: int) -> list[Step
         steps.append({"timestep": t, "alpha_cumprod": float(acp[t]),
                       "alpha_cumprod_prev": float(acp[prev] if prev >= 0 else scheduler.final_alpha_cumprod)})
     return steps
-
-
-def ddim_loop(predict: Callable[[Array, Step], Array], latents: Array, steps: Sequence[Step],
-              prediction_type: str = "epsilon") -> Array:
-    """Deterministic DDIM: x_prev = √ᾱ_prev·x̂₀ + √(1-ᾱ_prev)·ε̂, with x̂₀, ε̂ from `predict(latents, step)`."""
-    for step in steps:
-        out = predict(latents, step)
-        a, a_prev = step["alpha_cumprod"], step["alpha_cumprod_prev"]
-        if prediction_type == "epsilon":
-            x0, eps = (latents - (1 - a) ** 0.5 * out) / a**0.5, out
-        elif prediction_type == "v_prediction":
-            x0, eps = a**0.5 * latents - (1 - a) ** 0.5 * out, a**0.5 * out + (1 - a) ** 0.5 * latents
-        elif prediction_type == "sample":
-            x0, eps = out, (latents - a**0.5 * out) / (1 - a) ** 0.5
-        else:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-        latents = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
-    return latents
 
 
 # ---- latents → image ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 from cdx.convert.export import ConvertOptions, convert
 from cdx.convert.golden import eager_outputs, read_golden, seeded_batches, unstack
 from cdx.distill.generator import build_generator
-from cdx.distill.graphs import run_components
 from cdx.distill.loading import load_latent_pipeline
+from cdx.distill.loops import run_components
 from cdx.manifest import load_manifest
 from cdx.runtimes import load_runner
 

@@ -79,7 +79,8 @@ def test_ddim_loop_is_diffusers_ddim_scheduler(prediction_type: str) -> None:
     """The teacher's DDIM loop (run on every runtime) steps exactly as diffusers' DDIMScheduler with cdx's settings."""
     from diffusers import DDIMScheduler
 
-    from cdx.distill.sampling import ddim_loop, ddim_schedule
+    from cdx.distill.loops import ddim_loop
+    from cdx.distill.sampling import ddim_schedule
     from cdx.tiny_models import tiny_scheduler
 
     config = {**dict(tiny_scheduler().config), "prediction_type": prediction_type}
@@ -104,7 +105,7 @@ def test_ddim_loop_is_diffusers_ddim_scheduler(prediction_type: str) -> None:
 
 
 def test_classifier_free_guidance_broadcasts_a_per_sample_scale() -> None:
-    from cdx.distill.sampling import classifier_free_guidance
+    from cdx.distill.loops import classifier_free_guidance
 
     u, c = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
     out = classifier_free_guidance(u, c, torch.tensor([1.0, 3.0]))
@@ -120,7 +121,8 @@ def test_teacher_step_graph_is_the_eager_teacher_sampler() -> None:
     from cdx import rng
     from cdx.defaults import ASSETS
     from cdx.distill.conditioning import TeacherConditioning
-    from cdx.distill.graphs import DecoderGraph, TeacherStepGraph, run_teacher
+    from cdx.distill.graphs import DecoderGraph, TeacherStepGraph
+    from cdx.distill.loops import run_teacher
     from cdx.distill.sampling import ddim_schedule, teacher_sample
 
     parts = load_latent_pipeline(ASSETS / "fashion_teacher")
