@@ -110,17 +110,24 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+def kid_subset_size(n: int) -> int:
+    """Subsets of half the samples, at most 1,000 (as torch-fidelity): subsets as large as n would all be the same
+    set and show no spread."""
+    return max(2, min(1000, n // 2))
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int | None = None, seed: int = 0) -> dict[str, float]:
     """Kernel Inception distance (Bińkowski et al. 2018): the unbiased MMD² under the cubic polynomial kernel
     k(x, y) = (x·y / d + 1)³, averaged over random subsets; the spread across subsets says how far to trust a
     difference. Unlike FD it is unbiased at small n, so two models can be compared at the n a run affords.
 
-    Returns {"mean", "std", "subsets", "subset_size"}; subset_size is capped by the smaller feature set.
+    Returns {"mean", "std", "subsets", "subset_size"}; subset_size defaults to `kid_subset_size` of the smaller set
+    and is capped by it.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"KID needs two (n, d) feature sets of the same d, got {a.shape} and {b.shape}")
-    m = min(subset_size, len(a), len(b))
+    m = min(subset_size or kid_subset_size(min(len(a), len(b))), len(a), len(b))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per side, got {len(a)} and {len(b)}")
     d = a.shape[1]
