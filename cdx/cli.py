@@ -118,6 +118,8 @@ def distill(
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (Accelerate).")] = "no",
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint interval (steps).")] = 250,
     sample_every: Annotated[int, typer.Option(help="Sample-grid interval (steps); 0 = never.")] = 250,
+    lora_rank: Annotated[int, typer.Option(help="LCM-LoRA: train a rank-R LoRA on the frozen teacher UNet and save only "
+                                           "the LoRA (diffusers' pytorch_lora_weights.safetensors); 0 = full student.")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -128,26 +130,20 @@ def distill(
     from cdx.defaults import default_teacher
     from cdx.distill.batches import DataOptions
     from cdx.distill.distiller import DistillConfig, distill_student
-    from cdx.distill.losses import LOSSES
-    from cdx.distill.solvers import SOLVERS
     from cdx.ui import console
 
-    if solver not in SOLVERS:
-        raise CdxError(f"unknown --solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    if loss not in LOSSES:
-        raise CdxError(f"unknown --loss {loss!r}; valid: {', '.join(LOSSES)}")
-    if parameterization not in ("lcm", "edm"):
-        raise CdxError(f"unknown --parameterization {parameterization!r}; valid: lcm, edm")
     config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
                            ema_decay=ema_decay, solver=solver,
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                           seed=seed, caption_dropout=caption_dropout, resolution=resolution)
+                           seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank)
+    config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     result = distill_student(teacher or default_teacher(), out, config, data=data, work_dir=work_dir, resume=resume,
                              overwrite=overwrite, limit=limit,
                              data_options=DataOptions(cache_latents, strict, shuffle_buffer))
-    console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")
+    if result["main_process"]:
+        console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")
 
 
 @app.command()
@@ -190,6 +186,8 @@ def convert(
     coreml_target: Annotated[str, typer.Option(help="Core ML minimum deployment target: iOS17 | iOS18.")] = "iOS17",
     force: Annotated[bool, typer.Option(help="Keep artifacts that fail the parity gate (recorded as forced).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    lora: Annotated[str | None, typer.Option(help="An LCM-LoRA folder (cdx distill --lora-rank): MODEL is then its base "
+                                             "(teacher) pipeline; the LoRA is fused into the UNet before export.")] = None,
 ) -> None:
     """Export a student to a target runtime, parity-check every artifact, and write the manifest."""
     from cdx.convert.export import ConvertOptions
@@ -199,7 +197,8 @@ def convert(
     chosen_passes = None if passes is None else tuple(p.strip() for p in passes.split(",") if p.strip())
     options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
-                             passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples)
+                             passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples,
+                             lora=lora)
     options.validate()
     if model is None:
         from cdx.defaults import default_student

@@ -18,6 +18,7 @@ from cdx.atomic import atomic_directory
 from cdx.convert.artifact import Artifact
 from cdx.convert.golden import calibration_inputs, contrast_batches, eager_outputs, seeded_batches, stack, write_golden
 from cdx.convert.parity import parity_gate
+from cdx.distill.consistency import check_sampling_steps
 from cdx.distill.generator import ExportableGraph as Graph
 from cdx.distill.generator import OneStepGenerator, build_generator
 from cdx.distill.loading import LatentPipelineParts, load_latent_pipeline
@@ -53,6 +54,7 @@ class ConvertOptions:
     passes: tuple[str, ...] | None = None  # ExecuTorch graph rewrites (None = all, see convert/passes.py)
     coreml_target: str = "iOS17"
     calibration_samples: int = CALIBRATION_SAMPLES
+    lora: str | None = None  # an LCM-LoRA folder (cdx distill --lora-rank): fused into the base UNet before export
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -76,6 +78,14 @@ class ConvertOptions:
             raise UnsupportedError(f"--mode {self.mode!r} is not built yet; valid: {', '.join(MODES)}")
         if self.steps < 1:
             raise InputError("--steps must be >= 1")
+        if not self.seeds:
+            raise InputError("--num-seeds must be >= 1")
+        if self.calibration_samples < 1:
+            raise InputError(f"--calibration-samples {self.calibration_samples}: must be >= 1")
+        if any(size < 1 for size in self.latent_sizes):
+            raise InputError(f"--latent-size {', '.join(map(str, self.latent_sizes))}: sizes must be >= 1")
+        if self.lora is not None and not (Path(self.lora) / "pytorch_lora_weights.safetensors").is_file():
+            raise InputError(f"--lora {self.lora}: no pytorch_lora_weights.safetensors there")
 
 
 def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact: Artifact, target: str,
@@ -218,19 +228,41 @@ def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_cla
     return entries
 
 
+def _fuse_lora(parts: LatentPipelineParts, folder: str, say: Progress) -> dict[str, Any]:
+    """Fuse an LCM-LoRA into the base UNet; the LoRA's own record (cdx.json) supplies the parameterization, the
+    guidance range and the distillation grid (LCMScheduler's original_inference_steps)."""
+    from cdx.atomic import sha256_file
+    from cdx.distill.lora import LORA_WEIGHTS, fuse_lora, read_lora_info
+
+    say(f"fusing LoRA {folder}")
+    fuse_lora(parts.unet, folder)
+    info = read_lora_info(Path(folder))
+    parts.parameterization = str(info.get("parameterization", "lcm"))
+    if info.get("guidance_range") and parts.guidance_embedding_dim:
+        parts.guidance_range = (float(info["guidance_range"][0]), float(info["guidance_range"][1]))
+    grid = (info.get("distill") or {}).get("num_solver_steps")
+    if grid:
+        parts.scheduler_config = {**parts.scheduler_config, "original_inference_steps": int(grid)}
+    return {"path": str(Path(folder).resolve()), "sha256": sha256_file(Path(folder) / LORA_WEIGHTS),
+            "parameterization": parts.parameterization}
+
+
 def convert(model: str | Path, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Path:
     """Convert the student at `model` into `out` (artifacts + golden data + manifest). Returns the manifest path."""
     options.validate()
     say = progress or (lambda _msg: None)
     say(f"loading {model}")
     parts = load_latent_pipeline(model)
+    lora = _fuse_lora(parts, options.lora, say) if options.lora else None
+    check_sampling_steps(parts.scheduler_config, options.steps)
     source = Path(model).resolve() if Path(model).exists() else model
     sizes = options.latent_sizes or (None,)
     with atomic_directory(out, overwrite=options.overwrite) as staging:
         models: list[dict[str, Any]] = []
         schedule: dict[str, Any] = {}
         for size in sizes:
-            generator, sched = build_generator(parts, options.steps, latent_hw=(size, size) if size else None)
+            generator, sched = build_generator(parts, options.steps, parameterization=parts.parameterization,
+                                               latent_hw=(size, size) if size else None)
             schedule = schedule or sched
             latent_h, latent_w = generator.latent_shape[2:]
             resolution = generator.output_specs()[0].shape[2:]
@@ -250,6 +282,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                 "unet_class": type(parts.unet).__name__,
                 "vae_class": type(parts.vae).__name__,
                 "weights_sha256": parts.weights_sha256,
+                **({"lora": lora} if lora else {}),
                 "num_parameters": sum(p.numel() for p in parts.unet.parameters())
                 + sum(p.numel() for p in parts.vae.decoder.parameters()),
             },

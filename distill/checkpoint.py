@@ -1,12 +1,21 @@
-"""Training checkpoints that resume exactly: tensors in safetensors, optimizer state loaded with weights_only.
+"""Training checkpoints through 🤗 Accelerate's `save_state` / `load_state`, exact on any number of processes.
 
-A checkpoint folder is written under a temp name and renamed, so a kill -9 never leaves a half checkpoint;
-the newest `keep` checkpoints are kept.
+Accelerate writes what it prepared — the student (safetensors), the optimizer, the fp16 GradScaler, its step counter
+(the gradient-accumulation phase) and every rank's global RNG states. cdx adds beside them what Accelerate does not
+own: `target.safetensors` (the EMA target), `generator-<rank>.safetensors` (each rank's batch generator) and
+`state.json` (step, history, config, architecture), written last as the completeness mark.
+
+Why not `register_for_checkpointing` for the target and the generators: Accelerate reloads registered objects with
+`torch.load(weights_only=False)`, i.e. it unpickles, and cdx never unpickles; plain safetensors do the same job.
+
+Every rank writes into `.checkpoint-<step>.partial`; after a barrier the main process renames it into place, so a
+kill -9 never leaves a half checkpoint that resume would pick up.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,36 +23,113 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from cdx.atomic import atomic_directory
+STATE_FILE = "state.json"
+TARGET_FILE = "target.safetensors"
 
 
-def save_checkpoint(root: Path, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    rng: torch.Generator, meta: dict[str, Any], keep: int = 2) -> Path:
-    """Write `root/checkpoint-<step>` atomically; prune older ones."""
-    target = root / f"checkpoint-{step:07d}"
-    with atomic_directory(target, overwrite=True) as staging:
-        for name, module in modules.items():
-            state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-            save_file(state, staging / f"{name}.safetensors")
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        save_file({"rng": rng.get_state()}, staging / "rng.safetensors")
-        (staging / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2), "utf-8")
-    for old in sorted(root.glob("checkpoint-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+def _generator_file(rank: int) -> str:
+    return f"generator-{rank}.safetensors"
+
+
+def save_checkpoint(accelerator, root: Path, step: int, target: dict[str, torch.Tensor], rng: torch.Generator,
+                    meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write `root/checkpoint-<step>` from every rank (collective: all ranks must call it); prune older ones."""
+    final = root / f"checkpoint-{step:07d}"
+    staging = root / f".checkpoint-{step:07d}.partial"
+    if accelerator.is_main_process:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    save_file({"state": rng.get_state()}, staging / _generator_file(accelerator.process_index))
+    if accelerator.is_main_process:
+        save_file(target, staging / TARGET_FILE)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps({"step": step, **meta}, indent=2), "utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        for old in sorted(p for p in root.glob("checkpoint-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint folder, if any."""
-    done = [p for p in sorted(root.glob("checkpoint-*")) if (p / "state.json").is_file()]
+    done = [p for p in sorted(root.glob("checkpoint-*")) if (p / STATE_FILE).is_file()]
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    rng: torch.Generator) -> dict[str, Any]:
-    """Restore modules, optimizer and RNG; returns the saved state (with `step`)."""
-    for name, module in modules.items():
-        module.load_state_dict(load_file(path / f"{name}.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng.set_state(load_file(path / "rng.safetensors")["rng"])
-    return json.loads((path / "state.json").read_text("utf-8"))
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text("utf-8"))
+
+
+def load_checkpoint(accelerator, path: Path, rng: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore Accelerate's state and this rank's generator; returns (state.json, target tensors)."""
+    accelerator.load_state(str(path))
+    rng.set_state(load_file(path / _generator_file(accelerator.process_index))["state"])
+    return read_checkpoint_state(path), load_file(path / TARGET_FILE)
+
+
+# Options that may change between a checkpoint and its resume (they do not change what the steps compute).
+RESUME_MAY_CHANGE = frozenset({"steps", "checkpoint_every", "sample_every", "extra"})
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], architecture: dict[str, Any], path: Path) -> None:
+    """InputError naming the first field where the checkpoint differs from this run (config, then architecture)."""
+    from cdx.errors import InputError
+
+    saved_config, saved_arch = state.get("config", {}), state.get("architecture", {})
+    for key in sorted(set(config) | set(saved_config)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        old, new = _normal(saved_config.get(key)), _normal(config.get(key))
+        if old != new:
+            raise InputError(f"{path}: checkpoint was made with {key}={old!r}, this run has {key}={new!r}; "
+                             "rerun with the same options or pass --no-resume")
+    for key in sorted(set(architecture) | set(saved_arch)):
+        old, new = _normal(saved_arch.get(key)), _normal(architecture.get(key))
+        if old != new:
+            raise InputError(f"{path}: checkpoint was made with a different {key.replace('_', ' ')} "
+                             f"({old!r} vs {new!r}); rerun with the same teacher/processes or pass --no-resume")
+
+
+# ---- the work folder: cdx marks what it owns and deletes only that -------------------------------------------
+WORK_MARKER = ".cdx-work.json"
+OWNED = ("checkpoints", "samples")  # what --no-resume removes (caches such as hf-datasets/ are kept)
+
+
+def prepare_work_dir(work: Path, resume: bool) -> None:
+    """Create/claim `work` (a marker file says cdx owns it); with resume=False clear cdx's training state in it.
+
+    A folder cdx did not create (no marker) is used only when empty; --no-resume on it is refused, so a
+    `--work-dir .` can never delete a user's files.
+    """
+    from cdx.errors import InputError
+
+    work = Path(work)
+    marker = work / WORK_MARKER
+    if work.is_symlink():
+        raise InputError(f"--work-dir {work}: is a symlink; give a real folder")
+    if work.exists() and not work.is_dir():
+        raise InputError(f"--work-dir {work}: exists and is not a folder")
+    if work.exists() and not marker.is_file() and any(work.iterdir()):
+        raise InputError(f"--work-dir {work}: not a cdx work folder (no {WORK_MARKER}) and not empty; "
+                         "cdx writes and deletes only in folders it created — give a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        marker.write_text(json.dumps({"created_by": "cdx distill", "owned": list(OWNED)}) + "\n", "utf-8")
+    if not resume:
+        for name in OWNED:
+            path = work / name
+            if path.is_symlink():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)

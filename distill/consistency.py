@@ -76,8 +76,20 @@ def boundary_scalings(
     raise ValueError(f"unknown parameterization {parameterization!r} (expected 'lcm' or 'edm')")
 
 
+def check_sampling_steps(config: dict[str, Any], num_steps: int) -> None:
+    """One-line InputError unless 1 <= `num_steps` <= the scheduler's `original_inference_steps` (the distillation
+    grid N: LCMScheduler picks its timesteps from that grid, so more steps than N do not exist)."""
+    from cdx.errors import InputError
+
+    grid = int(config.get("original_inference_steps", 50))
+    if not 1 <= int(num_steps) <= grid:
+        raise InputError(f"--steps {num_steps}: a consistency student samples with 1..{grid} steps "
+                         f"(its scheduler's original_inference_steps = {grid}, the distillation grid)")
+
+
 def sampling_timesteps(config: dict[str, Any], num_steps: int) -> list[int]:
     """The timesteps LCMScheduler visits for `num_steps` consistency steps."""
+    check_sampling_steps(config, num_steps)
     scheduler = lcm_scheduler_from_config(config)
     scheduler.set_timesteps(num_steps)
     return [int(t) for t in scheduler.timesteps]

@@ -23,13 +23,22 @@ from diffusers import LCMScheduler, UNet2DConditionModel
 
 from cdx.defaults import portable_path
 from cdx.distill.batches import BatchStream, DataOptions
-from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cdx.distill.checkpoint import (
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_work_dir,
+    read_checkpoint_state,
+    save_checkpoint,
+)
 from cdx.distill.conditioning import TeacherConditioning
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
 from cdx.distill.consistency_training import make_method
 from cdx.distill.data import ImageDataset
+from cdx.distill.ema import TargetEMA, trainable_names
 from cdx.distill.latent_cache import encode_latents
 from cdx.distill.loading import LatentPipelineParts
+from cdx.distill.loops import classifier_free_guidance
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.solvers import skipping_timesteps, solver_step
@@ -62,10 +71,52 @@ class DistillConfig:
     resolution: int | None = None  # training image side; None = the teacher's (UNet sample_size × VAE factor)
     method: str = "cd"  # cd (teacher) | ct | ect | bootstrap (teacher-free: distill/consistency_training.py)
     variance_reduction: bool = False  # teacher-free methods: batch posterior-weighted x̂₀ in the target
+    lora_rank: int = 0  # > 0: LCM-LoRA — train a rank-R LoRA on the frozen teacher UNet, save only the LoRA
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self, num_train_timesteps: int | None = None) -> None:
+        """One-line InputError for the first bad knob, before any model or data is touched (T-dependent checks
+        run when the teacher's `num_train_timesteps` is known)."""
+        from cdx.distill.losses import LOSSES
+        from cdx.distill.solvers import SOLVERS
+
+        low, high = self.guidance_range
+        checks = [
+            (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.lr_warmup_steps >= 0, f"--lr-warmup-steps {self.lr_warmup_steps}: must be >= 0"),
+            (0.0 <= self.ema_decay <= 1.0, f"--ema-decay {self.ema_decay}: must be in [0, 1]"),
+            (self.solver in SOLVERS, f"unknown --solver {self.solver!r}; valid: {', '.join(SOLVERS)}"),
+            (self.loss in LOSSES, f"unknown --loss {self.loss!r}; valid: {', '.join(LOSSES)}"),
+            (self.parameterization in ("lcm", "edm"),
+             f"unknown --parameterization {self.parameterization!r}; valid: lcm, edm"),
+            (self.huber_c > 0, f"--huber-c {self.huber_c}: must be > 0"),
+            (self.num_solver_steps >= 1, f"--num-solver-steps {self.num_solver_steps}: must be >= 1"),
+            (low <= high, f"--guidance-min {low} > --guidance-max {high}: the range must be ordered"),
+            (low >= 0, f"--guidance-min {low}: must be >= 0"),
+            (self.gradient_accumulation >= 1, f"--grad-accum {self.gradient_accumulation}: must be >= 1"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"unknown --mixed-precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}"),
+            (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be >= 1"),
+            (self.sample_every >= 0, f"--sample-every {self.sample_every}: must be >= 0 (0 = never)"),
+            (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0 (0 = full distillation)"),
+            (0.0 <= self.caption_dropout <= 1.0, f"--caption-dropout {self.caption_dropout}: must be in [0, 1]"),
+        ]
+        if num_train_timesteps is not None:
+            checks.append((self.num_solver_steps <= num_train_timesteps,
+                           f"--num-solver-steps {self.num_solver_steps}: exceeds the teacher's num_train_timesteps "
+                           f"{num_train_timesteps} (the skipping step k = T/N would be 0)"))
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int) -> torch.nn.Module:
@@ -96,32 +147,75 @@ class ConsistencyDistiller:
         if parts.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
             raise InputError(f"{parts.path}: scheduler prediction_type "
                              f"{parts.scheduler_config.get('prediction_type')!r} is not supported (need 'epsilon')")
-        self.parts, self.config, self.work_dir = parts, config, Path(work_dir)
+        config.validate(int(parts.scheduler_config.get("num_train_timesteps", 1000)))
+        self.config, self.work_dir = config, Path(work_dir)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation)
+        acc = self.accelerator
+        self.device, self.rank, self.world_size = acc.device, acc.process_index, acc.num_processes
+        self.weight_dtype = WEIGHT_DTYPES[acc.mixed_precision]
         torch.manual_seed(config.seed)
+        # The student starts from the float32 teacher; then every frozen module goes to the device in the
+        # mixed-precision dtype (fp32 CPU copies of the VAE/text encoder are kept for the saved pipeline).
+        student = self._make_student(parts)
+        self.export_parts, self.parts = parts, self._frozen_on_device(parts)
         self.batches = self._open_data(data, data_options or DataOptions())
         source = self.batches.source  # grid rows: example captions for text teachers, else the class names
         self.grid_prompts = source.example_prompts() if parts.conditioning == "text_embedding" else list(source.class_names)
-        self.cond = TeacherConditioning(parts, self.grid_prompts or ["an image"])
-        self.teacher = parts.unet.eval().requires_grad_(False)
-        self.student = make_student(self.teacher, self.cond.guided, config.guidance_embedding_dim)
-        self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
-        self.w_dim = getattr(self.student.config, "time_cond_proj_dim", None) if self.cond.guided else None
-        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
-        self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
-        self.rng = torch.Generator().manual_seed(config.seed)
+        self.cond = TeacherConditioning(self.parts, self.grid_prompts or ["an image"])
+        self.teacher = self.parts.unet
+        student.to(self.device)
+        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+        self.trainable = trainable_names(student)
+        self.ema = TargetEMA(self.target, self.trainable, config.ema_decay)  # after every .to(): it aliases the tensors
+        self.w_dim = getattr(student.config, "time_cond_proj_dim", None) if parts.conditioning != "none" else None
+        self.optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=0.0)
+        self.student, self.optimizer = acc.prepare(student, self.optimizer)
+        by_name = dict(student.named_parameters())
+        self._student_trainable = [by_name[n] for n in self.trainable]
+        self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)  # per-process draws
         sched = parts.scheduler_config
-        self.acp = alphas_cumprod(sched).to(torch.float32)
+        self.acp = alphas_cumprod(sched).to(self.device, torch.float32)
         self.grid = skipping_timesteps(int(sched.get("num_train_timesteps", 1000)), config.num_solver_steps)
         self.skip = int(self.grid[0]) + 1
         scalings = [boundary_scalings(t, sched, config.parameterization) for t in range(len(self.acp))]  # type: ignore[arg-type]
-        self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32)
-        self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32)
+        self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32, device=self.device)
+        self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32, device=self.device)
         self.solve = solver_step(config.solver)
         self.method = make_method(config)  # None = CD with the teacher
-        self.step = 0
+        self.rollouts = None  # a RolloutStream (distill/rollout_cache.py): cached teacher steps, no teacher calls
+        self.step = 0  # optimizer steps (sync points)
+        self.micro_step = 0  # micro-batches drawn (= step × grad-accum at every sync point)
         self.history: list[float] = []
+
+    def _make_student(self, parts: LatentPipelineParts) -> torch.nn.Module:
+        """Full: a trainable copy of the teacher (+ the w-embedding); LoRA: the frozen teacher + trainable adapters."""
+        parts.unet.eval().requires_grad_(False)
+        if self.config.lora_rank:
+            from cdx.distill.lora import add_lora
+
+            student = add_lora(copy.deepcopy(parts.unet), self.config.lora_rank)
+            for p in student.parameters():  # frozen base in the weight dtype, adapters float32 (as LCM-LoRA trains)
+                if not p.requires_grad:
+                    p.data = p.data.to(self.weight_dtype)
+            return student
+        return make_student(parts.unet, parts.conditioning != "none", self.config.guidance_embedding_dim)
+
+    def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:
+        """The teacher's frozen modules on the device in the weight dtype; the VAE/text encoder are copied when that
+        changes them, so `export_parts` keeps the float32 originals the student pipeline is saved with."""
+        import dataclasses
+
+        def frozen(module: torch.nn.Module | None, copy_it: bool) -> torch.nn.Module | None:
+            if module is None:
+                return None
+            moved = (copy.deepcopy(module) if copy_it else module).eval().requires_grad_(False)
+            return moved.to(self.device, self.weight_dtype)
+
+        changes = self.weight_dtype != torch.float32 or self.device.type != "cpu"
+        return dataclasses.replace(parts, unet=frozen(parts.unet, False), vae=frozen(parts.vae, changes),
+                                   text_encoder=frozen(parts.text_encoder, changes))
 
     def _open_data(self, data: ImageDataset | DataSource, options: DataOptions) -> BatchStream:
         """This process's batches: the data at the run's resolution and the VAE's channels, via the latent cache."""
@@ -172,14 +266,14 @@ class ConsistencyDistiller:
             if not self.cond.guided:
                 return e_c
             e_u = self.teacher(x, t, **uncond).sample
-            return e_u + g.reshape(-1, 1, 1, 1) * (e_c - e_u)
+            return classifier_free_guidance(e_u, e_c, g)
         return eps
 
     def sample_batch(self) -> dict[str, Any]:
         """Batch `self.step` of the data (a pure function of seed, step and rank), with t_{n+k}, t_n, noise and w from the
         run's generator (checkpointed, so resume is exact); text teachers get the embeddings of the batch's captions."""
         cfg = self.config
-        data = self.batches.batch(self.step)
+        data = self.batches.batch(self.micro_step)  # micro-batches: k distinct batches per step with --grad-accum k
         x0 = data["latents"] if "latents" in data else encode_latents(self.parts, data["images"])
         n = torch.randint(0, len(self.grid), (cfg.batch_size,), generator=self.rng)
         t = self.grid[n]
@@ -193,32 +287,42 @@ class ConsistencyDistiller:
 
     def draw_batch(self) -> dict[str, Any]:
         """`sample_batch`, with (t, s, weight) redrawn by a teacher-free method's schedule when one is configured."""
+        if self.rollouts is not None:  # record j = micro-batch j, with the teacher's x_s (no teacher call)
+            return self.rollouts.batch(getattr(self, "micro_step", self.step))
         b = self.sample_batch()
         if self.method is not None:
-            b.update(self.method.pairs(self.acp, len(b["t"]), self.step, self.config.steps, self.rng))
+            b.update(self.method.pairs(self.acp.cpu(), len(b["t"]), self.step, self.config.steps, self.rng))
         return b
 
     def train_step(self, batch: dict[str, Any] | None = None) -> float:
-        """One optimisation step (on `batch` when given, else a fresh draw); returns the loss."""
-        cfg = self.config
+        """One micro-batch (on `batch` when given, else a fresh draw); returns its loss. The optimizer steps and the
+        EMA target moves only at a sync point (every `gradient_accumulation` micro-batches), as Accelerate decides."""
+        cfg, acc = self.config, self.accelerator
         self._set_lr()
-        b = batch or self.draw_batch()
+        b = self._on_device(batch or self.draw_batch())
+        self.micro_step += 1
         t = b["t"]
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
         cond = self.cond.batch_kwargs(b)
-        with self.accelerator.accumulate(self.student):
-            prediction = self._f(self.student, x_t, t, cond, b["w_emb"])
-            target = self.consistency_target(b)
+        with acc.accumulate(self.student):
+            prediction = self._f(self.student, x_t, t, cond, b["w_emb"]).float()
+            with acc.autocast():  # the frozen teacher / EMA target run in the mixed-precision dtype
+                target = self.consistency_target(b).float()
             loss = (consistency_loss(prediction, target, cfg.loss, cfg.huber_c) if self.method is None
                     else self.method.loss(prediction, target, b))
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(self.student.parameters(), 1.0)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(self._student_trainable, 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self._update_target()
+        if acc.sync_gradients:
+            self.ema.step(self._student_trainable)
         return float(loss.detach())
+
+    def _on_device(self, b: dict[str, Any]) -> dict[str, Any]:
+        """The batch's tensors on the accelerator's device (draws happen on the CPU generator, so they are exact)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
 
     @torch.no_grad()
     def consistency_target(self, b: dict[str, Any]) -> torch.Tensor:
@@ -242,42 +346,61 @@ class ConsistencyDistiller:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    @torch.no_grad()
-    def _update_target(self) -> None:
-        decay = self.config.ema_decay
-        student = self.accelerator.unwrap_model(self.student)
-        for p_t, p_s in zip(self.target.parameters(), student.parameters(), strict=True):
-            p_t.mul_(decay).add_(p_s.detach(), alpha=1 - decay)
-
     # ---- checkpoints ------------------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoints"
 
+    def architecture(self) -> dict[str, Any]:
+        """What a checkpoint must match besides the config: the teacher's weights, the student's class and config,
+        the number of processes (each rank has its own data shard and generator)."""
+        import hashlib
+
+        student = self.accelerator.unwrap_model(self.student)
+        config = json.dumps({k: v for k, v in dict(student.config).items() if not k.startswith("_")}, sort_keys=True,
+                            default=str)
+        return {"teacher_weights_sha256": self.parts.weights_sha256, "student_class": type(student).__name__,
+                "student_config_sha256": hashlib.sha256(config.encode()).hexdigest(), "processes": self.world_size,
+                "trainable_parameters": len(self.trainable)}
+
     def save(self) -> Path:
-        modules = {"student": self.accelerator.unwrap_model(self.student), "target": self.target}
-        return save_checkpoint(self.checkpoint_dir, self.step, modules, self.optimizer, self.rng,
-                               {"history": self.history, "config": self.config.as_dict()})
+        """A checkpoint of this step (collective: every rank calls it; Accelerate + cdx's extras, see checkpoint.py)."""
+        main = self.accelerator.is_main_process
+        meta = {"history": self.history, "config": self.config.as_dict(), "architecture": self.architecture(),
+                "ema": self.ema.scalars(), "micro_step": self.micro_step, "accelerator_step": self.accelerator.step}
+        return save_checkpoint(self.accelerator, self.checkpoint_dir, self.step,
+                               self.ema.state_tensors() if main else {}, self.rng, meta)
 
     def resume(self) -> int:
-        """Load the newest checkpoint in the work dir, if any; returns the step reached."""
+        """Load the newest checkpoint in the work dir, if any (refusing one made with other options or another
+        architecture, naming the field); returns the step reached."""
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return 0
-        modules = {"student": self.accelerator.unwrap_model(self.student), "target": self.target}
-        state = load_checkpoint(path, modules, self.optimizer, self.rng)
+        check_resumable(read_checkpoint_state(path), self.config.as_dict(), self.architecture(), path)
+        state, target = load_checkpoint(self.accelerator, path, self.rng)
+        self.ema.load(target, state["ema"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.micro_step = int(state["micro_step"])
+        self.accelerator.step = int(state["accelerator_step"])  # the accumulation phase (a sync point: 0 mod k)
         return self.step
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self, show: bool = True, stop_at: int | None = None) -> None:
-        """Train to `config.steps` (or `stop_at`), checkpointing and sampling on the way; stop on a NaN loss."""
-        end = min(self.config.steps, stop_at or self.config.steps)
-        with TrainingProgress("distill", self.config.steps, start=self.step, enabled=show) as bar:
+        """Train to `config.steps` (or `stop_at`) optimizer steps, checkpointing and sampling at sync points only;
+        stop on a NaN loss (seen by every rank: the loss is averaged over processes)."""
+        acc, cfg = self.accelerator, self.config
+        end = min(cfg.steps, stop_at or cfg.steps)
+        with TrainingProgress("distill", cfg.steps, start=self.step, enabled=show and acc.is_main_process) as bar:
             started, first = time.perf_counter(), self.step
             smooth = self.history[-1] if self.history else None
+            micro: list[float] = []
             while self.step < end:
-                loss = self.train_step()
+                micro.append(self.train_step())
+                if not acc.sync_gradients:
+                    continue
+                loss = float(acc.reduce(torch.tensor(sum(micro) / len(micro), device=self.device), "mean"))
+                micro = []
                 if not math.isfinite(loss):
                     last = latest_checkpoint(self.checkpoint_dir)
                     raise CdxError(f"NaN/inf loss at step {self.step + 1}; stopped. Last good checkpoint: "
@@ -285,11 +408,11 @@ class ConsistencyDistiller:
                 self.step += 1
                 smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
                 self.history.append(loss)
-                rate = (self.step - first) * self.config.batch_size / max(time.perf_counter() - started, 1e-9)
-                bar.update(self.step, loss=loss, ema_loss=smooth, img_per_s=rate)
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                images = (self.step - first) * cfg.batch_size * cfg.gradient_accumulation * self.world_size
+                bar.update(self.step, loss=loss, ema_loss=smooth, img_per_s=images / max(time.perf_counter() - started, 1e-9))
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-                if self.config.sample_every and self.step % self.config.sample_every == 0:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
                     self.sample_grid(self.work_dir / "samples" / f"step-{self.step:07d}.png")
 
     # ---- outputs ----------------------------------------------------------------------------------------
@@ -300,32 +423,47 @@ class ConsistencyDistiller:
 
         classes = min(10, len(self.grid_prompts) or 1)
         labels = torch.arange(classes).repeat_interleave(per_class)
-        images = consistency_sample(self.target, self.parts, self.cond, labels, steps=1,
-                                    guidance=guidance or sum(self.config.guidance_range) / 2,
-                                    parameterization=self.config.parameterization, seed=0,
-                                    embedding_dim=self.w_dim)
-        return save_image_grid(images, path, columns=per_class)
+        with self.accelerator.autocast():
+            images = consistency_sample(self.target, self.parts, self.cond, labels, steps=1,
+                                        guidance=guidance or sum(self.config.guidance_range) / 2,
+                                        parameterization=self.config.parameterization, seed=0,
+                                        embedding_dim=self.w_dim)
+        return save_image_grid(images.float(), path, columns=per_class)
 
     def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
-        """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder."""
+        """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
+        --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
         from cdx.distill.teacher import save_pipeline
 
-        scheduler = LCMScheduler.from_config(self.parts.scheduler_config, timestep_scaling=10.0,
-                                             original_inference_steps=self.config.num_solver_steps)
-        info = {"kind": "student", "teacher": portable_path(self.parts.path), "teacher_weights_sha256": self.parts.weights_sha256,
+        parts = self.export_parts
+        info = {"kind": "student", "teacher": portable_path(parts.path), "teacher_weights_sha256": parts.weights_sha256,
                 "parameterization": self.config.parameterization, "guidance_range": list(self.config.guidance_range),
                 "distill": self.config.as_dict(), "train_seconds": round(train_seconds, 1), "steps": self.step,
-                "final_loss": self.history[-1] if self.history else None}
-        if self.parts.conditioning == "text_embedding":
-            self._save_text_pipeline(folder, scheduler, class_names, info)
-        else:
-            save_pipeline(folder, self.target, self.parts.vae, scheduler, class_names, info)
+                "final_loss": self.history[-1] if self.history else None, "processes": self.world_size}
+        if self.config.parameterization == "edm":
+            info["diffusers_scheduler"] = ("approximate: LCMScheduler has no EDM boundary condition (c_skip/c_out); "
+                                           "cdx sample, cdx convert and the manifest use the exact EDM constants")
+        if self.config.lora_rank:
+            from cdx.distill.lora import save_lora
 
-    def _save_text_pipeline(self, folder: Path, scheduler, class_names: list[str], info: dict[str, Any]) -> None:
+            info.update(kind="lora", lora_rank=self.config.lora_rank, guidance_embedded=bool(self.w_dim),
+                        class_names=class_names)
+            save_lora(folder, self.target, info)
+            return
+        scheduler = LCMScheduler.from_config(parts.scheduler_config, timestep_scaling=10.0,
+                                             original_inference_steps=self.config.num_solver_steps)
+        if parts.conditioning == "text_embedding":
+            self._save_text_pipeline(folder, scheduler, class_names, info, self.target)
+        else:
+            save_pipeline(folder, self.target, parts.vae, scheduler, class_names, info)
+
+    def _save_text_pipeline(self, folder: Path, scheduler, class_names: list[str], info: dict[str, Any],
+                            target: torch.nn.Module) -> None:
         from diffusers import LatentConsistencyModelPipeline
 
-        pipe = LatentConsistencyModelPipeline(vae=self.parts.vae, text_encoder=self.parts.text_encoder,
-                                              tokenizer=self.parts.tokenizer, unet=self.target, scheduler=scheduler,
+        parts = self.export_parts
+        pipe = LatentConsistencyModelPipeline(vae=parts.vae, text_encoder=parts.text_encoder,
+                                              tokenizer=parts.tokenizer, unet=target, scheduler=scheduler,
                                               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)
         (folder / "cdx.json").write_text(json.dumps({"class_names": class_names, **info}, indent=2) + "\n", "utf-8")
@@ -333,35 +471,51 @@ class ConsistencyDistiller:
 
 def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data: str | Path | None = None,
                     work_dir: Path | None = None, resume: bool = True, overwrite: bool = False,
-                    limit: int | None = None, show: bool = True, data_options: DataOptions | None = None) -> dict[str, Any]:
+                    limit: int | None = None, show: bool = True, data_options: DataOptions | None = None,
+                    rollout_cache: str | Path | None = None) -> dict[str, Any]:
     """Distill `teacher` into a student pipeline at `out`; checkpoints and sample grids go to `work_dir`."""
+    from accelerate import PartialState
+
     from cdx.atomic import atomic_directory, refuse_existing
     from cdx.distill.loading import load_latent_pipeline
     from cdx.distill.sources import open_source
 
+    config.validate()
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)
     if parts.conditioning == "none":
         config.guidance_range = (1.0, 1.0)
+    config.validate(int(parts.scheduler_config.get("num_train_timesteps", 1000)))
     options = data_options or DataOptions()
     work = Path(work_dir) if work_dir else Path(str(out) + ".work")
-    if not resume and work.exists():
-        import shutil
-
-        shutil.rmtree(work)
+    state = PartialState()  # the processes `accelerate launch` started (one without it); only the main one writes
+    if state.is_main_process:
+        prepare_work_dir(work, resume)
+    state.wait_for_everyone()
+    show = show and state.is_main_process
     dataset = open_source(data, config.resolution or teacher_resolution(parts), int(parts.vae.config.in_channels),
                           limit, cache_dir=work / "hf-datasets", shuffle_buffer=options.shuffle_buffer)
     distiller = ConsistencyDistiller(parts, dataset, config, work, data_options=options)
+    if rollout_cache is not None:  # write/resume the teacher's solver steps once, then train from them
+        from cdx.distill.rollout_cache import attach_rollouts
+
+        cached = attach_rollouts(distiller, rollout_cache, show=show)
+        if show:
+            print(f"rollout cache {rollout_cache}: {cached['records']} micro-batches ({cached['written']} written now, "
+                  f"{cached['teacher_calls']} teacher calls in all); training makes no teacher calls", flush=True)
     start_step = distiller.resume() if resume else 0
     if start_step and show:
         print(f"resumed from step {start_step} ({latest_checkpoint(distiller.checkpoint_dir)})", flush=True)
     started = time.perf_counter()
     distiller.run(show=show)
     seconds = time.perf_counter() - started
-    if distiller.batches.summary():
+    if distiller.batches.summary() and state.is_main_process:
         print(distiller.batches.summary(), file=sys.stderr, flush=True)
-    with atomic_directory(out, overwrite=overwrite) as staging:
-        distiller.save_student(staging, seconds, distiller.grid_prompts)
-        distiller.sample_grid(staging / "sample_grid.png")
+    if state.is_main_process:
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            distiller.save_student(staging, seconds, distiller.grid_prompts)
+            distiller.sample_grid(staging / "sample_grid.png")
+    state.wait_for_everyone()
     return {"steps": distiller.step, "resumed_from": start_step, "seconds": seconds,
-            "final_loss": distiller.history[-1] if distiller.history else None, "skipped": len(distiller.batches.skipped)}
+            "final_loss": distiller.history[-1] if distiller.history else None, "skipped": len(distiller.batches.skipped),
+            "main_process": state.is_main_process}

@@ -15,7 +15,7 @@ from torch import nn
 
 from cdx import rng
 from cdx.distill.consistency import guidance_scale_embedding, step_constants
-from cdx.distill.loading import LatentPipelineParts
+from cdx.distill.loading import LatentPipelineParts, vae_scale_factor
 from cdx.distill.loops import consistency_loop
 from cdx.distill.sampling import consistency_output, decode_latents
 
@@ -52,10 +52,11 @@ class ExportableGraph(Protocol):
     def contains(self) -> list[str]: ...
 
 
-def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str = "lcm",
+def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str | None = None,
                      latent_hw: tuple[int, int] | None = None) -> dict[str, Any]:
     """The manifest's `schedule`: every constant a sampler needs, read from the scheduler config."""
     config = parts.scheduler_config
+    parameterization = parameterization or parts.parameterization
     h, w = latent_hw or _default_latent_hw(parts)
     return {
         "scheduler_class": "LCMScheduler",
@@ -82,7 +83,7 @@ def _default_latent_hw(parts: LatentPipelineParts) -> tuple[int, int]:
 def image_spec(vae: nn.Module, latent_shape: tuple[int, ...]) -> TensorSpec:
     """The decoded image's spec for a latent shape (the VAE's channels and upsampling factor)."""
     channels = int(vae.config.out_channels)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     shape = (1, channels, latent_shape[2] * factor, latent_shape[3] * factor)
     layout = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
     return TensorSpec("image", shape, "float32", (0.0, 1.0), f"{layout}, NCHW")
@@ -203,8 +204,9 @@ class OneStepGenerator(nn.Module):
         return self.decode(self.denoise(noise, step_noise, **named))
 
 
-def build_generator(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str = "lcm",
+def build_generator(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str | None = None,
                     latent_hw: tuple[int, int] | None = None) -> tuple[OneStepGenerator, dict[str, Any]]:
-    """A generator and the schedule section it bakes in."""
-    schedule = schedule_section(parts, num_steps, parameterization, latent_hw)
+    """A generator and the schedule section it bakes in; the boundary condition defaults to the student's own
+    (`parts.parameterization`, from its cdx.json), so an EDM student is never exported with LCM constants."""
+    schedule = schedule_section(parts, num_steps, parameterization or parts.parameterization, latent_hw)
     return OneStepGenerator(parts, schedule).eval(), schedule

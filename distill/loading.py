@@ -34,6 +34,7 @@ class LatentPipelineParts:
     class_names: list[str] = field(default_factory=list)
     weights_sha256: str = ""
     guidance_range: tuple[float, float] | None = None  # w range a cdx student was distilled on
+    parameterization: str = "lcm"  # boundary condition a cdx student was distilled with (its cdx.json); lcm otherwise
 
     @property
     def default_guidance(self) -> float:
@@ -58,8 +59,8 @@ class LatentPipelineParts:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Spatial factor between latent and image (2 ** (number of VAE blocks - 1))."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Spatial factor between latent and image (see `vae_scale_factor`)."""
+        return vae_scale_factor(self.vae)
 
     @property
     def latent_scaling_factor(self) -> float:
@@ -88,6 +89,21 @@ class LatentPipelineParts:
     def cross_attention_dim(self) -> int:
         dim = self.unet.config.cross_attention_dim
         return int(dim[0] if isinstance(dim, list | tuple) else dim)
+
+
+def vae_scale_factor(vae: torch.nn.Module) -> int:
+    """Latent → image spatial factor: 2 ** (blocks - 1). AutoencoderTiny's own config names its blocks
+    `encoder_block_out_channels` (a stride-2 convolution per block after the first); `block_out_channels` is only
+    an alias some versions add."""
+    config = vae.config
+    blocks = config.encoder_block_out_channels if isinstance(vae, AutoencoderTiny) else config.block_out_channels
+    return 2 ** (len(blocks) - 1)
+
+
+def vae_encode(vae: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents of `images`: the posterior mean for AutoencoderKL, the encoder output for AutoencoderTiny."""
+    out = vae.encode(images)
+    return out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
 
 
 def weights_digest(folder: Path) -> str:
@@ -193,6 +209,7 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         class_names=class_names,
         weights_sha256=weights_digest(folder),
         guidance_range=_guidance_range(folder),
+        parameterization=str(read_cdx_info(folder).get("parameterization", "lcm")),
     )
 
 

@@ -64,6 +64,7 @@ _DISTILL_FLAGS = {
     "parameterization": "--parameterization", "loss": "--loss", "huber_c": "--huber-c",
     "gradient_accumulation": "--grad-accum", "mixed_precision": "--mixed-precision",
     "checkpoint_every": "--checkpoint-every", "sample_every": "--sample-every", "seed": "--seed",
+    "caption_dropout": "--caption-dropout", "resolution": "--resolution", "lora_rank": "--lora-rank",
 }
 
 

@@ -69,7 +69,9 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, scaling_factor: 
 
 
 def _decode(parts: LatentPipelineParts, latents: torch.Tensor) -> torch.Tensor:
-    return decode_latents(parts.vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor)
+    weight = next(parts.vae.parameters())
+    latents = latents.to(weight.device, weight.dtype)
+    return decode_latents(parts.vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor).float().cpu()
 
 
 def _noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -96,9 +98,12 @@ def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, 
     dim = embedding_dim or getattr(unet.config, "time_cond_proj_dim", None)
     if dim:
         kwargs["timestep_cond"] = guidance_scale_embedding(torch.full((len(labels),), guidance - 1.0), dim)
+    device = next(unet.parameters()).device  # draws stay on the CPU generator; the UNet may be on an accelerator
+    latents, step_noise = latents.to(device), [n.to(device) for n in step_noise]
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
     def denoise(x: torch.Tensor, step: Step) -> torch.Tensor:
-        t = torch.full((len(labels),), step["timestep"], dtype=torch.int64)
+        t = torch.full((len(labels),), step["timestep"], dtype=torch.int64, device=device)
         return consistency_output(unet(x, t, **kwargs).sample, x, step["alpha_cumprod"], step["c_skip"], step["c_out"],
                                   "epsilon")
 
@@ -124,6 +129,22 @@ def teacher_sample(parts: LatentPipelineParts, cond, labels: torch.Tensor, steps
     return _decode(parts, ddim_loop(predict, latents, ddim_schedule(parts.scheduler_config, steps), prediction_type))
 
 
+def check_sample_args(parts: LatentPipelineParts, student: bool, steps: int, per_class: int) -> None:
+    """One line before any work: students take 1..N consistency steps (N = the distillation grid), teachers
+    1..T DDIM steps."""
+    from cdx.distill.consistency import check_sampling_steps
+    from cdx.errors import InputError
+
+    if per_class < 1:
+        raise InputError(f"--per-class {per_class}: must be >= 1")
+    if student:
+        check_sampling_steps(parts.scheduler_config, steps)
+        return
+    total = int(parts.scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= steps <= total:
+        raise InputError(f"--steps {steps}: a teacher samples with 1..{total} DDIM steps (num_train_timesteps)")
+
+
 def sample_grid(model: str | Path, out: Path, steps: int = 1, per_class: int = 8, guidance: float = 3.0,
                 seed: int = 0) -> Path:
     """A grid with one row per class: consistency sampling for students, DDIM + CFG for teachers."""
@@ -137,9 +158,10 @@ def sample_grid(model: str | Path, out: Path, steps: int = 1, per_class: int = 8
     classes = min(10, parts.num_classes or len(names) or 1)
     labels = torch.arange(classes).repeat_interleave(per_class)
     student = info.get("kind") == "student" or parts.guidance_embedding_dim is not None
+    check_sample_args(parts, student, steps, per_class)
     if student:
         images = consistency_sample(parts.unet, parts, cond, labels, steps=steps, guidance=guidance,
-                                    parameterization=info.get("parameterization", "lcm"), seed=seed)
+                                    parameterization=parts.parameterization, seed=seed)
     else:
         images = teacher_sample(parts, cond, labels, steps=steps, guidance=guidance, seed=seed)
     return save_image_grid(images, Path(out), columns=per_class)

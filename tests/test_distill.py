@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -234,3 +235,169 @@ def test_model_card_command_reproduces_the_saved_recipe() -> None:
     assert distill_command(recipe, "out/s") == ("cdx distill --out out/s --steps 600 --lr 0.0002 --lr-warmup-steps 50 "
                                                 "--guidance-min 2.0 --guidance-max 6.0")
     assert distill_command(DistillConfig().as_dict(), "out/s") == "cdx distill --out out/s"
+
+
+# ---- issue 10: validation, resume refusal, work-folder ownership, EDM export, AutoencoderTiny ----------------------
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"num_solver_steps": 0}, "--num-solver-steps 0: must be >= 1"),
+    ({"checkpoint_every": 0}, "--checkpoint-every 0: must be >= 1"),
+    ({"gradient_accumulation": 0}, "--grad-accum 0: must be >= 1"),
+    ({"guidance_range": (5.0, 2.0)}, "--guidance-min 5.0 > --guidance-max 2.0"),
+    ({"mixed_precision": "fp8"}, "unknown --mixed-precision 'fp8'"),
+    ({"solver": "rk4"}, "unknown --solver 'rk4'"),
+    ({"lora_rank": -1}, "--lora-rank -1"),
+    ({"batch_size": 0}, "--batch-size 0"),
+])
+def test_every_bad_knob_is_one_line(overrides: dict, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        DistillConfig(**overrides).validate()
+
+
+def test_more_solver_steps_than_timesteps_is_refused() -> None:
+    DistillConfig(num_solver_steps=1000).validate(1000)
+    with pytest.raises(InputError, match="exceeds the teacher's num_train_timesteps 1000"):
+        DistillConfig(num_solver_steps=1001).validate(1000)
+
+
+def test_sampling_steps_beyond_the_distillation_grid_are_refused() -> None:
+    from cdx.distill.consistency import check_sampling_steps
+
+    check_sampling_steps({"original_inference_steps": 50}, 50)
+    for bad in (0, 51):
+        with pytest.raises(InputError, match=rf"--steps {bad}: a consistency student samples with 1\.\.50 steps"):
+            check_sampling_steps({"original_inference_steps": 50}, bad)
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "cdx.cli", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["distill", "--num-solver-steps", "0"],
+    ["distill", "--guidance-min", "5", "--guidance-max", "2", "--checkpoint-every", "0"],
+    ["sample", "--steps", "51"],
+    ["convert", "--steps", "51"],
+], ids=["solver-steps-0", "guidance-order", "sample-steps-51", "convert-steps-51"])
+def test_cli_bad_arguments_are_one_line_and_exit_nonzero(args: list[str], tiny_sd: Path, tmp_path: Path) -> None:
+    model = ["--model", str(tiny_sd)] if args[0] == "sample" else [str(tiny_sd)] if args[0] == "convert" else [
+        "--teacher", str(tiny_sd)]
+    proc = _cli(*args, *model, "--out", str(tmp_path / "out"))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@needs_data
+def test_resume_refuses_a_checkpoint_made_with_other_options(tiny_sd: Path, tmp_path: Path) -> None:
+    from cdx.distill.data import load_dataset
+
+    data = load_dataset(size=64, limit=16)
+    ConsistencyDistiller(load_latent_pipeline(tiny_sd), data, _small_config(), tmp_path).run(show=False, stop_at=2)
+    changed = ConsistencyDistiller(load_latent_pipeline(tiny_sd), data, _small_config(lr=3e-4), tmp_path)
+    with pytest.raises(InputError, match=r"checkpoint was made with lr=0\.0001, this run has lr=0\.0003"):
+        changed.resume()
+    longer = ConsistencyDistiller(load_latent_pipeline(tiny_sd), data, _small_config(steps=6), tmp_path)
+    assert longer.resume() == 2  # more steps is a continuation, not a different run
+
+
+def test_no_resume_deletes_only_what_cdx_created(tmp_path: Path) -> None:
+    from cdx.distill.checkpoint import WORK_MARKER, prepare_work_dir
+
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a cdx work folder"):
+        prepare_work_dir(user, resume=False)  # e.g. --work-dir . on a user's folder
+    assert (user / "notes.txt").read_text() == "mine"
+
+    work = tmp_path / "run.work"
+    prepare_work_dir(work, resume=True)
+    assert (work / WORK_MARKER).is_file()
+    (work / "checkpoints" / "checkpoint-0000002").mkdir(parents=True)
+    (work / "samples").mkdir()
+    (work / "hf-datasets").mkdir()
+    (work / "kept.txt").write_text("x")
+    prepare_work_dir(work, resume=False)
+    assert sorted(p.name for p in work.iterdir()) == sorted([WORK_MARKER, "hf-datasets", "kept.txt"])
+
+
+def _edm_formula(t: int, acp: torch.Tensor, sigma_data: float = 0.5) -> tuple[float, float]:
+    """Song et al. (2023) on the VP noise level, normalised (distill/consistency.py's docstring), written out here."""
+    sigma = math.sqrt((1 - float(acp[t])) / float(acp[t]))
+    sigma_min = math.sqrt((1 - float(acp[0])) / float(acp[0]))
+    d = sigma - sigma_min
+    return sigma_data**2 / (d**2 + sigma_data**2), d / math.sqrt(d**2 + sigma_data**2)
+
+
+def test_an_edm_student_is_exported_with_edm_constants(tiny_sd: Path, tmp_path: Path) -> None:
+    import json
+
+    from diffusers import DDPMScheduler
+
+    from cdx.convert.export import ConvertOptions, convert
+
+    student = tmp_path / "edm_student"
+    shutil.copytree(tiny_sd, student)
+    (student / "cdx.json").write_text(json.dumps({"kind": "student", "parameterization": "edm"}))
+    manifest = json.loads(convert(student, tmp_path / "onnx", ConvertOptions(target="onnx", steps=2, seeds=(0,))).read_text())
+    schedule = manifest["schedule"]
+    assert schedule["parameterization"] == "edm"
+    acp = DDPMScheduler.from_pretrained(student / "scheduler").alphas_cumprod.to(torch.float64)
+    for step in schedule["steps"]:
+        c_skip, c_out = _edm_formula(step["timestep"], acp)
+        assert step["c_skip"] == pytest.approx(c_skip, rel=1e-9) and step["c_out"] == pytest.approx(c_out, rel=1e-9)
+    lcm_c_out = 10 * 999 / math.sqrt((10 * 999) ** 2 + 0.25)
+    assert abs(schedule["steps"][0]["c_out"] - lcm_c_out) > 1e-3  # not the LCM constants
+    assert manifest["models"][0]["parity"]["checked"] == "numeric"
+
+
+def _tiny_autoencoder_pipeline(tiny_sd: Path, folder: Path) -> Path:
+    import json
+
+    from diffusers import AutoencoderTiny
+
+    shutil.copytree(tiny_sd, folder)
+    shutil.rmtree(folder / "vae")
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1), latent_channels=4).save_pretrained(
+        folder / "vae", safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["vae"] = ["diffusers", "AutoencoderTiny"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_autoencoder_tiny_teacher_distills_samples_and_builds_a_generator(tiny_sd: Path, tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    from cdx.distill.generator import build_generator
+
+    teacher = _tiny_autoencoder_pipeline(tiny_sd, tmp_path / "taesd_teacher")
+    parts = load_latent_pipeline(teacher)
+    assert type(parts.vae).__name__ == "AutoencoderTiny" and parts.vae_scale_factor == 4
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"x {i}"}) + "\n"
+                                                 for i in range(4)))
+    out = tmp_path / "student"
+    distill_student(teacher, out, _small_config(steps=2, batch_size=2, num_solver_steps=10), data=data, show=False)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe.vae).__name__ == "AutoencoderTiny"
+    images = pipe("x 1", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+    generator, _ = build_generator(load_latent_pipeline(out))
+    with torch.no_grad():
+        image = generator(*generator.example_inputs(seed=0).values())
+    assert tuple(image.shape) == tuple(generator.output_specs()[0].shape) == (1, 3, 64, 64)
