@@ -6,7 +6,9 @@
 - the Swift code's dtype table (manifest dtype → MLMultiArray type, int64 → int32) and its input rule (class_label,
   guidance_scale, stream = input index) match a real `cdx convert --target coreml` .mlpackage spec and golden files;
 - the Swift cdx-normal-v1: its constants and operation order equal cdx/rng.py's, and its integer and Box–Muller
-  functions, evaluated from the Swift parse tree, reproduce tests/data/rng_vectors.json bit for bit.
+  functions and the `normal` loop the app calls, evaluated from the Swift parse tree, reproduce
+  tests/data/rng_vectors.json bit for bit, and one-token changes to them are caught;
+- the golden noise of a real Core ML bundle is what that Swift `normal` draws (not what cdx/rng.py draws).
 
 Swift itself runs only on a Mac (ios_demo/Tests, `swift test`) or an iPhone; see ios_demo/README.md.
 """
@@ -35,12 +37,16 @@ BINARY = {"infix_expression", "bitwise_operation", "multiplicative_expression", 
 
 
 # ---- parsing helpers ---------------------------------------------------------------------------------------------
-def parse(path: Path) -> Any:
+def parse_source(source: bytes) -> Any:
     import tree_sitter as ts
     import tree_sitter_swift
 
     parser = ts.Parser(ts.Language(tree_sitter_swift.language()))
-    return parser.parse(path.read_bytes()).root_node
+    return parser.parse(source).root_node
+
+
+def parse(path: Path) -> Any:
+    return parse_source(path.read_bytes())
 
 
 def walk(node: Any):
@@ -239,9 +245,9 @@ def test_swift_dtype_table_and_io_match_the_converted_mlpackage(coreml_bundle: P
 def test_swift_input_rule_regenerates_the_golden_inputs(coreml_bundle: Path) -> None:
     """InputRole in Swift: class_label ← picker, guidance_scale ← manifest default, others ← cdx-normal-v1(seed,
     stream = input index). Applied to the real manifest it must give exactly the golden inputs of every seed."""
-    from cdx import rng
     from cdx.manifest import load_manifest
 
+    swift = swift_rng()
     root = parse(KIT / "CoreMLGenerator.swift")
     class_name, guidance_name = string_constant(root, "classInputName"), string_constant(root, "guidanceInputName")
     roles_fn = text(swift_functions(root)["roles"])
@@ -263,8 +269,8 @@ def test_swift_input_rule_regenerates_the_golden_inputs(coreml_bundle: Path) -> 
                     assert sample.tolist() == [i % manifest["conditioning"]["num_classes"]] * per
                 elif spec["name"] == guidance_name:
                     assert sample.tolist() == [manifest["conditioning"]["guidance"]["default"]] * per
-                else:
-                    ours = rng.normal(seed, (per,), index)
+                else:  # the app's noise: CDXNormalV1.normal evaluated from the Swift source, not cdx/rng.py
+                    ours = swift.normal(seed, per, index)
                     assert np.array_equal(ours.view(np.uint32), sample.view(np.uint32)), f"{spec['name']} seed {seed}"
         assert all(f["path"].startswith(model["file"] + "/") or not f["path"].endswith(".mlmodel")
                    for f in manifest["files"] if model["file"] in f["path"])
@@ -333,38 +339,98 @@ def test_swift_constants_and_operation_order_equal_the_python_spec() -> None:
 
 
 class SwiftEval:
-    """Evaluates the RNG's straight-line Swift functions from the parse tree, with Swift's semantics: UInt32 values
-    wrap only through &* / &+, Double math is IEEE double, Float(x) rounds to float32. Mixed binary operators must be
-    parenthesised (so tree-sitter's operator precedence, which differs from Swift's, never matters)."""
+    """Evaluates the RNG's Swift functions (mix32, streamKey, draws, gaussian and the `normal` loop the app calls)
+    from the parse tree, with Swift's semantics: UInt32 values wrap only through &* / &+, `UInt32(x)` traps outside
+    0..<2^32 while `UInt32(truncatingIfNeeded:)` keeps the low bits, Double math is IEEE double, Float(x) rounds to
+    float32. Mixed binary operators must be parenthesised (so tree-sitter's operator precedence, which differs from
+    Swift's, never matters); anything else it does not know fails the test instead of being guessed."""
 
     def __init__(self, functions: dict[str, Any]) -> None:
         self.functions = functions
 
-    def call(self, name: str, *args: tuple) -> tuple:
-        """The tagged result ("u32" | "f64" | "f32" | "tuple", value) of Swift function `name`."""
+    def call(self, name: str, *args: tuple, labels: tuple[str | None, ...] | None = None) -> tuple:
+        """The tagged result ("u32" | "int" | "f64" | "f32" | "tuple" | "array", value) of Swift function `name`."""
         fn = self.functions[name]
-        params = [named(p, "simple_identifier")[-1] for p in named(fn, "parameter")]
-        env = {text(p): a for p, a in zip(params, args, strict=True)}
-        for stmt in next(c for c in fn.children if c.type == "function_body").children[1].children:
+        params = named(fn, "parameter")
+        names = [text(named(p, "simple_identifier")[-1]) for p in params]
+        external = [text(named(p, "simple_identifier")[0]) for p in params]
+        defaults = {}  # `stream: Int = 0`: the default follows its parameter in the declaration
+        children = list(fn.children)
+        for i, child in enumerate(children):
+            if child.type == "=" and children[i - 1].type == "parameter":
+                defaults[text(named(children[i - 1], "simple_identifier")[-1])] = self.expr(children[i + 1], {})
+        assert len(args) <= len(names), f"{name}: {len(args)} arguments for {names}"
+        for label, param in zip(labels or (), external, strict=False):
+            assert label == (None if param == "_" else param), f"{name}: argument label {label} for parameter {param}"
+        env = {n: a for n, a in zip(names, args, strict=False)}
+        for missing in names[len(args):]:
+            env[missing] = defaults[missing]
+        body = next(c for c in fn.children if c.type == "function_body")
+        result = self.block(next(c for c in body.children if c.type == "statements"), env)
+        assert result is not None, f"{name} did not return"
+        value = result[1]
+        returns = next((c for c in fn.children if c.type == "tuple_type"), None)
+        if value[0] == "tuple" and returns is not None:  # `-> (a: UInt32, b: UInt32)`: fields by label
+            fields = [text(named(e, "simple_identifier")[0]) for e in named(returns, "tuple_type_item")]
+            value = ("tuple", value[1], tuple(fields))
+        return value
+
+    def block(self, statements: Any, env: dict) -> tuple | None:
+        for stmt in statements.children:
             result = self.statement(stmt, env)
             if result is not None:
-                return result[1]  # ("return", tagged value)
-        raise AssertionError(f"{name} did not return")
+                return result
+        return None
 
     def statement(self, node: Any, env: dict) -> tuple | None:
         kind = node.type
         if kind == "property_declaration":
             env[text(named(node, "pattern")[0])] = self.expr(node.children[-1], env)
         elif kind == "assignment":
-            env[text(node.children[0])] = self.expr(node.children[2], env)
+            target, value = node.children[0], self.expr(node.children[2], env)
+            subscript = next((n for n in walk(target) if n.type == "call_suffix"), None)
+            if subscript is None:
+                env[text(target)] = value
+            else:  # out[i] = value
+                array = env[text(subscript.parent.children[0])]
+                (index,) = self.arguments(subscript, env)
+                assert array[0] == "array" and index[1][0] == "int", text(node)
+                assert value[0] == "f32", f"{text(node)}: a [Float] element must be a Float, got {value[0]}"
+                array[1][index[1][1]] = value[1]
         elif kind == "infix_expression" and text(node.children[1]) == "^=":
             target = text(node.children[0])
             env[target] = self.binary("^", env[target], self.expr(node.children[2], env))
+        elif kind == "for_statement":  # for i in lo..<hi { ... }
+            var = text(named(node, "pattern")[0])
+            bounds = named(node, "range_expression")[0]
+            lo, op, hi = bounds.children
+            assert text(op) == "..<", text(bounds)
+            start, stop = self.expr(lo, env), self.expr(hi, env)
+            for i in range(self.integer(start), self.integer(stop)):
+                env[var] = ("int", i)
+                result = self.block(named(node, "statements")[0], env)
+                if result is not None:
+                    return result
+        elif kind == "call_expression" and text(node.children[0]) == "precondition":
+            pass  # the caller checks the count range itself
         elif kind == "control_transfer_statement":
             return ("return", self.expr(node.children[1], env))
         else:
             raise AssertionError(f"unsupported statement {kind}: {text(node)}")
         return None
+
+    @staticmethod
+    def integer(value: tuple) -> int:
+        assert value[0] in ("int", "lit"), value
+        return value[1]
+
+    def arguments(self, suffix: Any, env: dict) -> list[tuple[str | None, tuple]]:
+        """(label, value) of each argument of a call suffix `(x: 1, y)` or subscript `[i]`."""
+        out = []
+        for arg in (a for a in walk(suffix) if a.type == "value_argument" and a.parent.parent == suffix):
+            label = named(arg, "value_argument_label")
+            out.append((text(label[0]) if label else None, self.expr(arg.children[-1], env)))
+        return out
 
     def binary(self, op: str, a: tuple, b: tuple) -> tuple:
         ints = {"u32", "lit"}
@@ -373,7 +439,10 @@ class SwiftEval:
             x, y = a[1], b[1]
             value = {"&*": x * y, "&+": x + y, "^": x ^ y, ">>": x >> y}[op] & MASK
             return ("lit" if a[0] == b[0] == "lit" else "u32", value)
+        if "int" in (a[0], b[0]) and {a[0], b[0]} <= {"int", "lit"} and op in "+-*":  # Swift Int arithmetic
+            return ("int", {"+": a[1] + b[1], "-": a[1] - b[1], "*": a[1] * b[1]}[op])
         assert op in "+-*/" and "u32" not in (a[0], b[0]), f"plain {op} on UInt32 would trap on overflow in Swift"
+        assert "int" not in (a[0], b[0]), f"{op} between Int and {a[0]}/{b[0]} does not type-check in Swift"
         x, y = float(a[1]), float(b[1])
         return ("f64", {"+": x + y, "-": x - y, "*": x * y, "/": x / y}[op])
 
@@ -402,45 +471,109 @@ class SwiftEval:
                 return self.binary(text(bop), self.negate(self.expr(lhs, env)), self.expr(rhs, env))
             return self.negate(self.expr(operand, env))
         if kind == "navigation_expression":
-            assert text(node) == "Double.pi", text(node)
-            return ("f64", math.pi)
+            if text(node) == "Double.pi":
+                return ("f64", math.pi)
+            base, suffix = node.children
+            value, field = self.expr(base, env), text(named(suffix, "simple_identifier")[0])
+            assert value[0] == "tuple" and len(value) == 3, f"{text(node)}: field of {value[0]}"
+            return ("u32", value[1][value[2].index(field)])
         if kind == "call_expression":
-            callee, suffix = node.children
-            args = [self.expr(a.children[-1], env) for a in walk(suffix) if a.type == "value_argument"
-                    and a.parent.parent == suffix]
-            if callee.type == "navigation_expression":
-                assert text(callee.children[1]) == ".squareRoot" and not args
-                return ("f64", math.sqrt(self.expr(callee.children[0], env)[1]))
-            assert callee.type == "simple_identifier", f"call of {callee.type}: {text(node)}"
-            name = text(callee)
-            builtins = {"Double": lambda v: ("f64", float(v[1])), "Float": lambda v: ("f32", np.float32(v[1])),
-                        "log": lambda v: ("f64", math.log(v[1])), "cos": lambda v: ("f64", math.cos(v[1])),
-                        "UInt32": lambda v: ("u32", v[1] & MASK)}
-            if name in builtins:
-                return builtins[name](*args)
-            return self.call(name, *args)
+            return self.call_expression(node, env)
         raise AssertionError(f"unsupported expression {kind}: {text(node)}")
+
+    def call_expression(self, node: Any, env: dict) -> tuple:
+        callee, suffix = node.children
+        args = self.arguments(suffix, env)
+        labels, values = tuple(a[0] for a in args), [a[1] for a in args]
+        if callee.type == "array_literal":  # [Float](repeating: 0, count: n)
+            assert text(callee) == "[Float]" and labels == ("repeating", "count"), text(node)
+            return ("array", [np.float32(values[0][1])] * self.integer(values[1]))
+        if callee.type == "navigation_expression":
+            assert text(callee.children[1]) == ".squareRoot" and not args
+            return ("f64", math.sqrt(self.expr(callee.children[0], env)[1]))
+        assert callee.type == "simple_identifier", f"call of {callee.type}: {text(node)}"
+        name = text(callee)
+        if name == "UInt32":
+            ((label, value),) = args
+            if label == "truncatingIfNeeded":
+                return ("u32", value[1] & MASK)
+            assert label is None and 0 <= value[1] <= MASK, f"UInt32({value[1]}) traps in Swift"
+            return ("u32", value[1])
+        builtins = {"Double": lambda v: ("f64", float(v[1])), "Float": lambda v: ("f32", np.float32(v[1])),
+                    "log": lambda v: ("f64", math.log(v[1])), "cos": lambda v: ("f64", math.cos(v[1]))}
+        if name in builtins:
+            assert labels == (None,), text(node)
+            return builtins[name](*values)
+        return self.call(name, *values, labels=labels)
 
     @staticmethod
     def negate(value: tuple) -> tuple:
         assert value[0] == "f64", "negating an integer"
         return ("f64", -value[1])
 
+    def normal(self, seed: int, count: int, stream: int) -> np.ndarray:
+        """CDXNormalV1.normal(seed:count:stream:) as the app calls it (Int arguments), evaluated from the source."""
+        assert 0 <= count < 2**31
+        kind, values = self.call("normal", ("int", seed), ("int", count), ("int", stream),
+                                 labels=("seed", "count", "stream"))
+        assert kind == "array" and all(isinstance(v, np.float32) for v in values)
+        return np.array(values, dtype=np.float32)
+
+
+def swift_rng(source: bytes | None = None) -> SwiftEval:
+    """The evaluator over CDXNormal.swift (or over `source`, a variant of it)."""
+    root = parse(KIT / "CDXNormal.swift") if source is None else parse_source(source)
+    return SwiftEval(swift_functions(root))
+
+
+def vector_mismatches(swift: SwiftEval) -> list[str]:
+    """Where the Swift RNG disagrees with tests/data/rng_vectors.json (empty: bit for bit)."""
+    bad = []
+    for x, expected in VECTORS["mix32"]:
+        if swift.call("mix32", ("u32", x)) != ("u32", expected):
+            bad.append(f"mix32({x})")
+    for case in VECTORS["cases"]:
+        where = f"seed {case['seed']} stream {case['stream']}"
+        key = swift.call("streamKey", ("u32", case["seed"] & MASK), ("u32", case["stream"]), labels=("seed", "stream"))
+        if key != ("u32", case["key"]):
+            bad.append(f"streamKey {where}")
+        for i, (a, b) in enumerate(zip(case["a"], case["b"], strict=True)):
+            if swift.call("draws", key, ("u32", i))[1] != (a, b):
+                bad.append(f"draws {where} element {i}")
+        z = swift.normal(case["seed"], len(case["float32_bits"]), case["stream"])  # the loop the app runs
+        if z.view(np.uint32).tolist() != case["float32_bits"]:
+            bad.append(f"normal {where}")
+    return bad
+
 
 def test_swift_rng_evaluated_from_its_parse_tree_matches_the_vectors_bit_for_bit() -> None:
-    swift = SwiftEval(swift_functions(parse(KIT / "CDXNormal.swift")))
-    for x, expected in VECTORS["mix32"]:
-        assert swift.call("mix32", ("u32", x)) == ("u32", expected)
-    for case in VECTORS["cases"]:
-        key = swift.call("streamKey", ("u32", case["seed"] & MASK), ("u32", case["stream"]))
-        assert key == ("u32", case["key"])
-        for i, (a, b) in enumerate(zip(case["a"], case["b"], strict=True)):
-            assert swift.call("draws", key, ("u32", i)) == ("tuple", (a, b))
+    swift = swift_rng()
+    assert vector_mismatches(swift) == []
+    for case in VECTORS["cases"]:  # gaussian on its own too: a Float, bit for bit
+        key = ("u32", case["key"])
         for i, bits in enumerate(case["float32_bits"]):
-            _, (a, b) = swift.call("draws", key, ("u32", i))
+            a, b = swift.call("draws", key, ("u32", i))[1]
             kind, z = swift.call("gaussian", ("u32", a), ("u32", b))
             assert kind == "f32" and isinstance(z, np.float32), (case["seed"], i)
             assert int(np.array(z).view(np.uint32)) == bits, (case["seed"], i)
+
+
+@pytest.mark.parametrize(("original", "mutant"), [
+    ("(2 &* index) &+ 1", "(2 &* index) &+ 3"),  # the b draw's counter
+    ("&+ 0x632BE5AB", "&+ 0x632BE5AA"),  # a salt constant
+    ("x ^= (x >> 15)", "x ^= (x >> 14)"),  # a mix32 shift
+    ("(Double(a) + 1.0) / 4294967296.0", "Double(a) / 4294967296.0"),  # u1 in (0, 1], never log(0)
+    ("stream: UInt32(truncatingIfNeeded: stream))", "stream: UInt32(truncatingIfNeeded: seed))"),  # normal's stream
+    ("let pair = draws(key: key, index: UInt32(i))", "let pair = draws(key: key, index: UInt32(i + 1))"),
+])
+def test_a_one_token_change_to_the_swift_rng_is_caught(original: str, mutant: str) -> None:
+    source = (KIT / "CDXNormal.swift").read_text()
+    assert source.count(original) == 1, original
+    try:
+        bad = vector_mismatches(swift_rng(source.replace(original, mutant).encode()))
+    except (AssertionError, ValueError, KeyError, TypeError) as refused:  # the evaluator refuses what Swift would not do
+        bad = [f"refused: {refused}"]
+    assert bad, f"{mutant!r} still matches the vectors: the check could not fail"
 
 
 def test_swift_xctest_uses_the_shared_vectors_file() -> None:
