@@ -44,7 +44,9 @@ def decode_image(source: bytes | str | os.PathLike[str], name: str, size: int, c
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             img.load()
             pixels = _to_mode(img, mode)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:  # PIL raises all of these on bad files
+    except UnidentifiedImageError:
+        raise UnreadableImage(name, "not an image format PIL recognises") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data: PIL raises all of these
         raise UnreadableImage(name, type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
     pixels = resize_center_crop(pixels, size)
     array = np.asarray(pixels, dtype=np.float32) / 127.5 - 1.0

@@ -189,6 +189,12 @@ class HFSource(MapSource):
         row = self.dataset.select_columns([c for c in (self.caption_column, self.label_column) if c])[index]
         return self._caption(row, int(row[self.label_column]) if self.label_column else 0)
 
+    def example_prompts(self, count: int = 10) -> list[str]:
+        if not self.captioned:
+            return super().example_prompts(count)
+        head = self.dataset.select_columns([self.caption_column])[: 50 * count][self.caption_column]
+        return list(dict.fromkeys(c for c in head if isinstance(c, str) and c))[:count] or [""]
+
     def _caption(self, row: dict[str, Any], label: int) -> str:
         if self.caption_column:
             value = row[self.caption_column]
@@ -257,9 +263,23 @@ class ShardSource:
         key = next((k for k in _WDS_IMAGE_KEYS if k in sample), None)
         if key is None:
             raise UnreadableImage(name, f"no image member (.{', .'.join(_WDS_IMAGE_KEYS)})")
-        text = next((sample[k] for k in _WDS_TEXT_KEYS if k in sample), b"")
-        caption = text.decode("utf-8", errors="replace").strip() if isinstance(text, bytes) else str(text)
-        return Item(0, caption, name, image=decode_image(sample[key], name, self.size, self.channels))
+        return Item(0, _caption_of(sample), name, image=decode_image(sample[key], name, self.size, self.channels))
+
+    def example_prompts(self, count: int = 10) -> list[str]:
+        """Row prompts for sample grids: the first distinct captions of the first shard (images not decoded)."""
+        seen: list[str] = []
+        for position, sample in enumerate(self.raw_samples(self.shards[:1])):
+            caption = _caption_of(sample)
+            if caption and caption not in seen:
+                seen.append(caption)
+            if len(seen) == count or position >= 50 * count:
+                break
+        return seen or [""]
+
+
+def _caption_of(sample: dict[str, Any]) -> str:
+    text = next((sample[k] for k in _WDS_TEXT_KEYS if k in sample), b"")
+    return text.decode("utf-8", errors="replace").strip() if isinstance(text, bytes) else str(text)
 
 
 def _seed_of(*parts: Any) -> int:
