@@ -1,8 +1,11 @@
-"""`cdx evaluate`: teacher (full and DDIM 1/2/4/8 steps) vs student (1/2/4 steps) on the same seeds and labels.
+"""`cdx evaluate`: teacher (DDIM 50/8/4/2/1 steps, CFG) vs student (1/2/4 consistency steps) on the same seeds and labels.
 
-Reports Fréchet distance and class accuracy under cdx's Fashion-MNIST classifier (always), FID/KID-free
-Inception FID when `inception=True`, and wall time per image on eager PyTorch, so the distillation speed-up is
-a ratio taken in one run. Writes quality.json, quality.md and a side-by-side grid PNG.
+Headline: Inception FID and KID (the field's metrics) against the first n real Fashion-MNIST **test** images, at a
+matched n (FID's bias depends on n: compare rows of one table, never across n), with the real-data features read from
+the shipped asset (`cdx/assets/reference`, no dataset needed). Secondary: Fréchet distance and class accuracy under
+cdx's 128-d Fashion-MNIST classifier (fast; it ranked the samplers differently from Inception once, so it is not the
+headline). A "real train images" row gives the floor of each metric at this n. Wall time per image is eager PyTorch,
+so the speed-up is a ratio taken in one run. Writes quality.json, quality.md, the grid PNG and every row's features.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdx.atomic import atomic_write_text
-from cdx.benchmarks.quality import InceptionFeatures, classifier_features, frechet_distance, load_classifier
+from cdx.atomic import atomic_write_bytes, atomic_write_text
+from cdx.benchmarks.reference_stats import ReferenceFeatures
+from cdx.errors import CdxError, InputError
+from cdx.metrics import frechet_distance, kid, kid_subset_size
+
+KID_SUBSETS = 100
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,27 @@ DEFAULT_SPECS = (
 )
 
 
-def _generate(spec: SamplerSpec, teacher, student, cond, n: int, guidance: float, batch: int,
-              parameterization: str) -> tuple[torch.Tensor, float]:
+def parse_rows(rows: str) -> tuple[SamplerSpec, ...]:
+    """`teacher50,student1` → those specs in table order; empty → all; unknown names → one line listing the valid ones."""
+    keys = [k.strip() for k in rows.split(",") if k.strip()]
+    valid = [spec_key(s) for s in DEFAULT_SPECS]
+    if unknown := [k for k in keys if k not in valid]:
+        raise InputError(f"unknown --rows {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return tuple(s for s in DEFAULT_SPECS if not keys or spec_key(s) in keys)
+
+
+@dataclass
+class RowFeatures:
+    """What a row's images look like to the two feature networks."""
+
+    classifier: np.ndarray  # (n, 128)
+    predicted: np.ndarray  # (n,) classifier labels
+    inception: np.ndarray | None  # (n, 2048)
+
+
+def generate_images(spec: SamplerSpec, teacher, student, cond, n: int, guidance: float, batch: int,
+                    parameterization: str, progress=None) -> tuple[torch.Tensor, float]:
+    """n images of one row (labels cycle 0–9, batch b seeded 1000 + b in every row) and the batched ms per image."""
     from cdx.distill.sampling import consistency_sample, teacher_sample
 
     images, seconds = [], 0.0
@@ -61,12 +87,14 @@ def _generate(spec: SamplerSpec, teacher, student, cond, n: int, guidance: float
                                      parameterization=parameterization, seed=1000 + b)
         seconds += time.perf_counter() - t0
         images.append(out)
+        if progress:
+            progress(min(n, start + batch), n)
     return torch.cat(images), seconds / n * 1e3
 
 
 def _latency_batch1(spec: SamplerSpec, teacher, student, cond, guidance: float, parameterization: str,
                     runs: int = 7) -> float:
-    """Median wall time (ms) of one image, batch 1, eager PyTorch."""
+    """Median wall time (ms) of one image, batch 1, eager PyTorch (first run discarded as warm-up)."""
     from cdx.distill.sampling import consistency_sample, teacher_sample
 
     labels = torch.tensor([3])
@@ -82,78 +110,179 @@ def _latency_batch1(spec: SamplerSpec, teacher, student, cond, guidance: float, 
     return float(np.median(timings[1:]))
 
 
-def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: int = 1000, guidance: float = 3.0,
-                          inception: bool = False, specs: tuple[SamplerSpec, ...] = DEFAULT_SPECS,
-                          batch: int = 250, progress=None) -> dict[str, Any]:
-    """Run every sampler spec on the same seeds/labels and write quality.json / quality.md / grid PNG."""
-    from cdx.distill.conditioning import TeacherConditioning
-    from cdx.distill.data import load_fashion_mnist
-    from cdx.distill.loading import load_latent_pipeline, read_cdx_info
-    from cdx.distill.sampling import save_image_grid
+def row_features(images01: torch.Tensor, classifier, inception=None, progress=None) -> RowFeatures:
+    """Classifier features (always) and Inception features (when an extractor is given) of images in [0, 1]."""
+    from cdx.benchmarks.quality import classifier_features
+
+    feats, predicted = classifier_features(classifier, images01)
+    return RowFeatures(feats, predicted, inception(images01, progress=progress) if inception is not None else None)
+
+
+def score(features: RowFeatures, labels: np.ndarray | None, reference: ReferenceFeatures,
+          kid_subsets: int = KID_SUBSETS) -> dict[str, Any]:
+    """The table's distribution numbers for one row against the reference (same n on both sides)."""
+    if len(features.classifier) != len(reference):
+        raise CdxError(f"unmatched n: {len(features.classifier)} samples vs {len(reference)} reference images")
+    out: dict[str, Any] = {"fd_classifier": frechet_distance(features.classifier, reference.classifier)}
+    if labels is not None:
+        out["accuracy"] = float((features.predicted == labels).mean())
+    if features.inception is not None and reference.inception is not None:
+        out["fid_inception"] = frechet_distance(features.inception, reference.inception)
+        out["kid_inception"] = kid(features.inception, reference.inception, subsets=kid_subsets,
+                                   subset_size=kid_subset_size(len(reference)))
+    return out
+
+
+def _predicted_labels(classifier, features: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return classifier.head(torch.from_numpy(features).float()).argmax(1).numpy()
+
+
+def _shipped_reference(split: str, n: int, inception_sha256: str | None) -> tuple[ReferenceFeatures | None, str]:
+    """The asset's first n images of `split`, or None and why it cannot serve this run."""
+    from cdx.benchmarks.reference_stats import load_reference
+
+    try:
+        ref = load_reference(split, inception_sha256=inception_sha256)
+    except CdxError as err:
+        return None, str(err)
+    if len(ref) < n:
+        return None, f"the shipped reference has {len(ref)} {split} images, n = {n}"
+    if inception_sha256 and ref.inception is None:
+        return None, f"the shipped reference has no Inception features for {split}"
+    return ref.first(n), ""
+
+
+def load_references(n: int, inception=None, progress=None) -> tuple[ReferenceFeatures, ReferenceFeatures | None]:
+    """(test reference, train floor) for n images: the shipped asset when it holds n, else computed from the dataset.
+
+    Without the dataset, an n above the asset's count is one line (FID needs a matched n); the floor row is optional.
+    """
+    from cdx.benchmarks.reference_stats import compute_split
 
     say = progress or (lambda _m: None)
+    found: dict[str, ReferenceFeatures | None] = {}
+    for split in ("test", "train"):
+        ref, reason = _shipped_reference(split, n, inception.sha256 if inception is not None else None)
+        if ref is None:
+            say(f"reference: {split} features of {n} Fashion-MNIST images ({reason})")
+            try:
+                arrays = compute_split(split, n, inception=inception)
+            except InputError as err:
+                if split == "train":
+                    found[split] = None
+                    continue
+                raise InputError(f"{reason}; computing it needs the dataset: {err}") from None
+            ref = ReferenceFeatures(split, arrays["classifier"], arrays["labels"], arrays.get("inception"),
+                                    {"computed": "from the dataset at evaluation time"})
+        found[split] = ref
+    test = found["test"]
+    if test is None:  # unreachable: the test split either loads, is computed, or raised
+        raise CdxError("no reference features")
+    return test, found["train"]
+
+
+def save_features(path: Path, features: RowFeatures) -> None:
+    """One row's features (fp32 safetensors) so a table can be rescored, or compared with other runs, without resampling."""
+    from safetensors.numpy import save
+
+    tensors = {"classifier": features.classifier.astype(np.float32), "predicted": features.predicted.astype(np.int64)}
+    if features.inception is not None:
+        tensors["inception"] = features.inception.astype(np.float32)
+    atomic_write_bytes(path, save(tensors))
+
+
+def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: int = 1000, guidance: float = 3.0,
+                          inception: bool = True, specs: tuple[SamplerSpec, ...] = DEFAULT_SPECS,
+                          batch: int = 250, progress=None, timing: bool = True) -> dict[str, Any]:
+    """Run every sampler spec on the same seeds/labels and write quality.json / quality.md / grid PNG / features."""
+    from cdx.benchmarks.quality import INCEPTION_PROTOCOL, InceptionFeatures, load_classifier
+    from cdx.distill.conditioning import TeacherConditioning
+    from cdx.distill.loading import load_latent_pipeline, read_cdx_info
+    from cdx.images import save_image_grid
+
+    if n < 2:
+        raise InputError(f"--n {n}: need at least 2 samples per row")
+    say = progress or (lambda _m: None)
+    inception_model = InceptionFeatures() if inception else None  # missing weights: one line before any sampling
     teacher, student = load_latent_pipeline(teacher_dir), load_latent_pipeline(student_dir)
-    info = read_cdx_info(Path(student_dir))
-    parameterization = info.get("parameterization", "lcm")
+    parameterization = read_cdx_info(Path(student_dir)).get("parameterization", "lcm")
     cond = TeacherConditioning(teacher, teacher.class_names)
     classifier = load_classifier()
-    inception_model = InceptionFeatures() if inception else None
-
-    say(f"reference features ({n} Fashion-MNIST test images)")
-    test = load_fashion_mnist(split="test")
-    real = (test.images[:n] + 1) / 2
-    real_feats, real_pred = classifier_features(classifier, real)
-    train = load_fashion_mnist(split="train", limit=n)
-    train_feats, _ = classifier_features(classifier, (train.images + 1) / 2)
-    real_inception = inception_model(real) if inception_model else None
-    rows: list[dict[str, Any]] = [{
-        "name": "real train images (floor at this n)", "model": "data", "steps": 0,
-        "fd_classifier": frechet_distance(train_feats, real_feats),
-        "accuracy": float((real_pred == test.labels[:n].numpy()).mean()),
-    }]
-    if inception_model:
-        rows[0]["fid_inception"] = frechet_distance(inception_model((train.images + 1) / 2), real_inception)
+    say("reference features")
+    real, floor = load_references(n, inception_model, say)
+    out_dir = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    if floor is not None:
+        floor_feats = RowFeatures(floor.classifier, _predicted_labels(classifier, floor.classifier),
+                                  floor.inception if inception_model is not None else None)
+        rows.append({"name": "real train images (floor at this n)", "model": "data", "steps": 0,
+                     **score(floor_feats, floor.labels, real)})
+        rows[0]["accuracy"] = float((_predicted_labels(classifier, real.classifier) == real.labels).mean())  # test images
     grid_rows = []
-    labels = (torch.arange(n) % 10).numpy()
+    labels = (np.arange(n) % 10).astype(np.int64)
+    step = max(batch, 250)
     for spec in specs:
-        say(f"{spec.name}: {n} samples")
-        images, ms_per_image = _generate(spec, teacher, student, cond, n, guidance, batch, parameterization)
-        feats, pred = classifier_features(classifier, images)
-        row = {"name": spec.name, "model": spec.model, "steps": spec.steps,
-               "fd_classifier": frechet_distance(feats, real_feats), "accuracy": float((pred == labels).mean()),
-               "ms_per_image_batched": ms_per_image,
-               "ms_batch1": _latency_batch1(spec, teacher, student, cond, guidance, parameterization)}
-        if inception_model:
-            say(f"{spec.name}: Inception features")
-            row["fid_inception"] = frechet_distance(inception_model(images), real_inception)
+        images, ms_per_image = generate_images(
+            spec, teacher, student, cond, n, guidance, batch, parameterization,
+            progress=lambda d, total, s=spec: say(f"{s.name}: sampled {d}/{total}"))
+        feats = row_features(images, classifier, inception_model,
+                             progress=lambda d, total, s=spec: say(f"{s.name}: Inception {d}/{total}")
+                             if d % step == 0 or d == total else None)
+        save_features(out_dir / "features" / f"{spec_key(spec)}_g{guidance:g}.safetensors", feats)
+        row = {"name": spec.name, "model": spec.model, "steps": spec.steps, **score(feats, labels, real),
+               "ms_per_image_batched": ms_per_image}
+        if timing:
+            say(f"{spec.name}: batch-1 latency")
+            row["ms_batch1"] = _latency_batch1(spec, teacher, student, cond, guidance, parameterization)
         rows.append(row)
         grid_rows.append(images[:10])
-    full = next(r for r in rows if r["name"].endswith("(full)"))
-    for row in rows[1:]:
-        row["speedup_vs_teacher_full"] = full["ms_batch1"] / row["ms_batch1"]
+    full = next((r for r in rows if r["model"] == "teacher" and r["steps"] == 50 and "ms_batch1" in r), None)
+    for row in rows:
+        if full and "ms_batch1" in row:
+            row["speedup_vs_teacher_full"] = full["ms_batch1"] / row["ms_batch1"]
     result = {"n": n, "guidance": guidance, "teacher": teacher_dir, "student": student_dir, "rows": rows,
-              "feature_space": "cdx Fashion-MNIST classifier (128-d)" + (" + Inception-v3 (2048-d)" if inception else "")}
-    out_dir = Path(out_dir)
+              "reference": f"first {n} Fashion-MNIST test images (32×32)",
+              "kid": {"subsets": KID_SUBSETS, "subset_size": kid_subset_size(n)},
+              "feature_space": ("Inception-v3 (2048-d; " + INCEPTION_PROTOCOL + ") + " if inception else "")
+              + "cdx Fashion-MNIST classifier (128-d)"}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "quality.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out_dir / "quality.md", render_quality_markdown(result))
-    save_image_grid(torch.cat(grid_rows), out_dir / "teacher_vs_student.png", columns=10)
+    if grid_rows:
+        save_image_grid(torch.cat(grid_rows), out_dir / "teacher_vs_student.png", columns=10)
     return result
 
 
+def _cell(row: dict[str, Any], key: str, fmt: str, suffix: str = "") -> str:
+    return f"{row[key]:{fmt}}{suffix}" if key in row else "—"
+
+
 def render_quality_markdown(result: dict[str, Any]) -> str:
-    fid = any("fid_inception" in r for r in result["rows"])
-    head = "| sampler | FD (classifier) | " + ("FID (Inception) | " if fid else "") + \
-        "class accuracy | ms/image (batch 250) | ms (batch 1) | speed-up vs teacher full |"
-    lines = [f"n = {result['n']} samples per row (labels cycle 0–9, same seeds per row), guidance {result['guidance']}; "
-             f"features: {result['feature_space']}.", "", head, "|---|---:|" + ("---:|" if fid else "") + "---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        cells = [r["name"], f"{r['fd_classifier']:.2f}"]
+    """The table: Inception FID and KID first (when measured), then the classifier's FD and accuracy, then time."""
+    rows = result["rows"]
+    fid = any("fid_inception" in r for r in rows)
+    timed = any("ms_batch1" in r for r in rows)
+    head = ["sampler"] + (["FID (Inception)", "KID ×10³ (Inception)"] if fid else []) + ["FD (classifier)", "class accuracy"]
+    head += ["ms/image (batched)", "ms (batch 1)", "speed-up vs teacher full"] if timed else []
+    kid_note = ""
+    if fid:
+        k = result.get("kid", {})
+        kid_note = (f" KID: unbiased MMD², cubic polynomial kernel, mean ± std over {k.get('subsets', KID_SUBSETS)} "
+                    f"random subsets of {k.get('subset_size', kid_subset_size(result['n']))} per side.")
+    lines = [f"n = {result['n']} samples per row (labels cycle 0–9, same seeds in every row), guidance "
+             f"{result['guidance']}, against the {result.get('reference', 'real test images')}; features: "
+             f"{result['feature_space']}.{kid_note}", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        cells = [r["name"]]
         if fid:
-            cells.append(f"{r['fid_inception']:.1f}" if "fid_inception" in r else "—")
-        cells += [f"{r['accuracy']:.3f}", f"{r['ms_per_image_batched']:.2f}" if "ms_per_image_batched" in r else "—",
-                  f"{r['ms_batch1']:.1f}" if "ms_batch1" in r else "—",
-                  f"{r['speedup_vs_teacher_full']:.1f}×" if "speedup_vs_teacher_full" in r else "—"]
+            k = r.get("kid_inception")
+            cells += [_cell(r, "fid_inception", ".1f"), f"{k['mean'] * 1e3:.1f} ± {k['std'] * 1e3:.1f}" if k else "—"]
+        cells += [_cell(r, "fd_classifier", ".2f"), _cell(r, "accuracy", ".3f")]
+        if timed:
+            cells += [_cell(r, "ms_per_image_batched", ".2f"), _cell(r, "ms_batch1", ".1f"),
+                      _cell(r, "speedup_vs_teacher_full", ".1f", "×")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
