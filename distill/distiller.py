@@ -219,7 +219,8 @@ class ConsistencyDistiller:
 
     def _open_data(self, data: ImageDataset | DataSource, options: DataOptions) -> BatchStream:
         """This process's batches: the data at the run's resolution and the VAE's channels, via the latent cache."""
-        from cdx.distill.latent_cache import LatentCacheSource, build_latent_cache, expected_index
+        from cdx.distill.latent_cache import InMemoryLatents, LatentCacheSource, build_latent_cache, expected_index
+        from cdx.distill.sources import TensorSource
 
         parts, cfg, acc = self.parts, self.config, self.accelerator
         size = cfg.resolution or teacher_resolution(parts)
@@ -241,6 +242,9 @@ class ConsistencyDistiller:
                 build_latent_cache(Path(options.cache_latents), source, parts, expected, strict=options.strict)
             acc.wait_for_everyone()
             source = LatentCacheSource(Path(options.cache_latents), expected)
+        elif isinstance(source, TensorSource) and cfg.steps * cfg.batch_size * cfg.gradient_accumulation * acc.num_processes \
+                >= len(source):  # already in memory and every image drawn at least once: encode each once, up front
+            source = InMemoryLatents(source, parts)
         return BatchStream(source, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, cfg.caption_dropout,
                            options.strict)
 

@@ -19,7 +19,7 @@ import torch
 
 from cdx.atomic import atomic_write_bytes, atomic_write_text
 from cdx.distill.image_io import UnreadableImage
-from cdx.distill.sources import DataSource, Item, MapSource
+from cdx.distill.sources import DataSource, Item, MapSource, TensorSource
 from cdx.errors import InputError
 
 CACHE_FORMAT = "cdx-latent-cache/1"
@@ -40,9 +40,10 @@ def vae_sha256(vae: torch.nn.Module) -> str:
 @torch.no_grad()
 def encode_latents(parts: Any, images: torch.Tensor) -> torch.Tensor:
     """Scaled VAE latents (posterior mean) of images in [-1, 1], float32 on the VAE's device."""
+    from cdx.distill.loading import vae_encode
+
     weight = next(parts.vae.parameters())
-    out = parts.vae.encode(images.to(device=weight.device, dtype=weight.dtype))
-    latents = (out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents).float()  # KL mean | AutoencoderTiny
+    latents = vae_encode(parts.vae, images.to(device=weight.device, dtype=weight.dtype)).float()
     return (latents - (parts.latent_shift_factor or 0.0)) * parts.latent_scaling_factor
 
 
@@ -197,3 +198,32 @@ class LatentCacheSource(MapSource):
 
     def fingerprint(self) -> str:
         return str(self.index["source"])
+
+
+class InMemoryLatents(MapSource):
+    """The latents of an in-memory source (Fashion-MNIST, an `ImageDataset`), encoded once at the start: cheaper than
+    encoding every batch when a run draws more images than the data holds (the embedded teacher's recipe draws 96k
+    from 60k)."""
+
+    kind = "latents-in-memory"
+
+    def __init__(self, source: TensorSource, parts: Any, batch: int = 256):
+        super().__init__(source.class_names, source.size, source.channels)
+        self.source, self.captioned = source, source.captioned
+        chunks = []
+        for start in range(0, len(source), batch):
+            images = torch.stack([source.item(i).image for i in range(start, min(start + batch, len(source)))])
+            chunks.append(encode_latents(parts, images).cpu())
+        self.latents = torch.cat(chunks)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def item(self, index: int) -> Item:
+        return Item(int(self.source.labels[index]), self.source.caption(index), f"#{index}", latent=self.latents[index])
+
+    def caption(self, index: int) -> str:
+        return self.source.caption(index)
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint()

@@ -122,6 +122,23 @@ def test_shorter_side_is_resized_and_the_center_is_cropped() -> None:
     torch.testing.assert_close(x.mean(dim=(1, 2)), green, atol=0.02, rtol=0)
 
 
+def test_in_memory_images_are_encoded_once_when_the_run_draws_them_all(text_parts, tmp_path: Path) -> None:
+    from cdx.distill.data import ImageDataset
+    from cdx.distill.latent_cache import InMemoryLatents
+
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = ImageDataset(images, torch.zeros(4, dtype=torch.int64), ["a thing"])
+    once = ConsistencyDistiller(text_parts, data, _config(steps=1), tmp_path / "a")  # 1 × 4 draws ≥ 4 images
+    per_batch = ConsistencyDistiller(text_parts, data, _config(steps=1, batch_size=2), tmp_path / "b")
+    assert isinstance(once.batches.source, InMemoryLatents) and not isinstance(per_batch.batches.source, InMemoryLatents)
+    x_once = once.sample_batch()["x0"]
+    index = {n: i for i, n in enumerate(once.batches.batch(0)["names"])}
+    direct = encode_latents(text_parts, images)
+    for name, i in index.items():
+        torch.testing.assert_close(x_once[i], direct[int(name[1:])], atol=1e-5, rtol=1e-4)
+    assert per_batch.sample_batch()["x0"].shape == (2, 4, 16, 16)
+
+
 # ---- captions -------------------------------------------------------------------------------------------------
 def test_teacher_and_student_are_conditioned_on_the_batch_captions(text_parts, imagefolder: Path, tmp_path: Path) -> None:
     source = open_source(imagefolder, 64, 3, cache_dir=tmp_path / "hf")
