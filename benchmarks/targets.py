@@ -50,7 +50,7 @@ def _row(run: TargetRun, model: dict[str, Any], sizes: dict[str, int], bench_row
     }
     if parity["checked"] == "numeric":
         row.update(psnr_db=parity["psnr_db"], max_abs=parity["max_abs"], ssim=parity.get("ssim"),
-                   conditioning_ratio=parity.get("conditioning_sensitivity", {}).get("ratio"))
+                   conditioning_ratio=parity.get("conditioning_sensitivity", {}).get("aligned_ratio"))  # the gate's measure
     else:
         row["why_not_numeric"] = parity.get("reason")
     if "delegation" in model.get("export", {}):
@@ -113,7 +113,7 @@ def render_markdown(table: dict[str, Any]) -> str:
     if table.get("eager"):
         lines.append(f"Eager PyTorch fp32: median {table['eager']['latency_ms']['median_ms']:.2f} ms.")
         lines.append("")
-    lines += ["| artifact | target | precision | size MB | checked here | PSNR dB | SSIM | cond. ratio | median ms | p90 ms "
+    lines += ["| artifact | target | precision | size MB | checked here | PSNR dB | SSIM | cond. (aligned) | median ms | p90 ms "
               "| × ORT fp32 | delegation |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in table["rows"]:
         lat = r.get("latency_ms")
