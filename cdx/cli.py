@@ -88,7 +88,7 @@ def teacher_tiny(
 
 @app.command()
 def distill(
-    teacher: Annotated[str, typer.Option(help="Teacher diffusers folder (or hub id when online).")] = "",
+    teacher: Annotated[str, typer.Option(help="Teacher diffusers folder (or hf:org/name from the Hub).")] = "",
     out: Annotated[Path, typer.Option("--out", "-o", help="Student pipeline folder to write.")] = Path("out/student"),
     data: Annotated[str | None, typer.Option(help="Training images: an imagefolder with metadata.jsonl (file_name, text), "
                                              "WebDataset .tar shards (a .tar, a folder of them, a glob or {000..009} "
@@ -167,7 +167,7 @@ def sample(
 @app.command()
 def convert(
     model: Annotated[str | None, typer.Argument(
-        help="Student: a diffusers folder (or hub id when online). Default: the embedded Fashion-MNIST student.")] = None,
+        help="Student: a diffusers folder (or hf:org/name from the Hub). Default: the embedded Fashion-MNIST student.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/<target>).")] = None,
     target: Annotated[str, typer.Option(help="onnx | executorch | coreml")] = "onnx",
     quant: Annotated[list[str], typer.Option(
