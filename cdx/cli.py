@@ -120,6 +120,13 @@ def distill(
     sample_every: Annotated[int, typer.Option(help="Sample-grid interval (steps); 0 = never.")] = 250,
     lora_rank: Annotated[int, typer.Option(help="LCM-LoRA: train a rank-R LoRA on the frozen teacher UNet and save only "
                                            "the LoRA (diffusers' pytorch_lora_weights.safetensors); 0 = full student.")] = 0,
+    method: Annotated[str, typer.Option(help="cd (distil the teacher) | ct (consistency training, no teacher) | ect (easy "
+                                        "consistency tuning) | bootstrap (target two timesteps earlier).")] = "cd",
+    variance_reduction: Annotated[bool, typer.Option(help="ct/ect/bootstrap: posterior-weighted x̂₀ over the batch in "
+                                                     "the target (stable target fields).")] = False,
+    rollout_cache: Annotated[Path | None, typer.Option(help="CD: write the teacher's solver steps to this folder once "
+                                                       "(resumable shards, sha256 index); runs with it make no teacher "
+                                                       "calls.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -139,8 +146,13 @@ def distill(
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
                            seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
+    from cdx.distill.consistency_training import METHODS
+
+    if method not in METHODS:
+        raise CdxError(f"unknown --method {method!r}; valid: {', '.join(METHODS)}")
+    config.method, config.variance_reduction = method, variance_reduction
     result = distill_student(teacher or default_teacher(), out, config, data=data, work_dir=work_dir, resume=resume,
-                             overwrite=overwrite, limit=limit,
+                             overwrite=overwrite, limit=limit, rollout_cache=rollout_cache,
                              data_options=DataOptions(cache_latents, strict, shuffle_buffer))
     if result["main_process"]:
         console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")

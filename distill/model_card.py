@@ -65,6 +65,7 @@ _DISTILL_FLAGS = {
     "gradient_accumulation": "--grad-accum", "mixed_precision": "--mixed-precision",
     "checkpoint_every": "--checkpoint-every", "sample_every": "--sample-every", "seed": "--seed",
     "caption_dropout": "--caption-dropout", "resolution": "--resolution", "lora_rank": "--lora-rank",
+    "method": "--method",
 }
 
 
@@ -77,6 +78,8 @@ def distill_command(recipe: dict[str, Any], out: str) -> str:
     for field_name, flag in _DISTILL_FLAGS.items():
         if field_name in recipe and recipe[field_name] != default[field_name]:
             parts.append(f"{flag} {recipe[field_name]}")
+    if recipe.get("variance_reduction"):  # a typer bool flag: present or absent, no value
+        parts.append("--variance-reduction")
     low, high = recipe.get("guidance_range", default["guidance_range"])
     if (low, high) != tuple(default["guidance_range"]):
         parts += [f"--guidance-min {low}", f"--guidance-max {high}"]
