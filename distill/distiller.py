@@ -115,6 +115,14 @@ class DistillConfig:
                 raise InputError(message)
 
 
+def cpu_ranks() -> bool:
+    """True when `accelerate launch` started several processes on a machine without CUDA: Accelerate would treat each
+    as a lone run (DistributedType.NO, every rank "main"); `cpu=True` makes them gloo CPU ranks (MULTI_CPU)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -149,7 +157,7 @@ class ConsistencyDistiller:
                              f"{parts.scheduler_config.get('prediction_type')!r} is not supported (need 'epsilon')")
         config.validate(int(parts.scheduler_config.get("num_train_timesteps", 1000)))
         self.config, self.work_dir = config, Path(work_dir)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu_ranks(),
                                        gradient_accumulation_steps=config.gradient_accumulation)
         acc = self.accelerator
         self.device, self.rank, self.world_size = acc.device, acc.process_index, acc.num_processes
@@ -492,7 +500,7 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
     config.validate(int(parts.scheduler_config.get("num_train_timesteps", 1000)))
     options = data_options or DataOptions()
     work = Path(work_dir) if work_dir else Path(str(out) + ".work")
-    state = PartialState()  # the processes `accelerate launch` started (one without it); only the main one writes
+    state = PartialState(cpu=cpu_ranks())  # the processes `accelerate launch` started (one without it); main writes
     if state.is_main_process:
         prepare_work_dir(work, resume)
     state.wait_for_everyone()
