@@ -108,15 +108,16 @@ def train_vae(data: ImageDataset, recipe: TeacherRecipe, accelerator, show: bool
             if step % 10 == 0 or step == recipe.vae_steps:
                 bar.update(step, loss=loss.item())
     vae = accelerator.unwrap_model(vae).eval()
-    latents = encode_latents(vae, data.images[:5000])
+    latents = encode_latents(vae, data.images[:5000]).cpu()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return vae
 
 
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Posterior means (unscaled) for all images."""
-    return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+    """Posterior means (unscaled) for all images, on the VAE's device."""
+    device = next(vae.parameters()).device
+    return torch.cat([vae.encode(images[i : i + batch].to(device)).latent_dist.mean for i in range(0, len(images), batch)])
 
 
 def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: TeacherRecipe, accelerator,
@@ -125,6 +126,7 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
     torch.manual_seed(recipe.seed + 1)
     unet = build_unet(recipe, num_classes)
     ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
+    ema.to(accelerator.device)
     noise_scheduler = teacher_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200))
@@ -140,6 +142,8 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
             y[torch.rand(len(y), generator=gen) < recipe.label_dropout] = null
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+            # drawn on the CPU generator (reproducible on any device), then moved to the accelerator's device
+            x0, y, noise, t = (v.to(accelerator.device) for v in (x0, y, noise, t))
             noisy = noise_scheduler.add_noise(x0, noise, t)
             pred = unet(noisy, t, encoder_hidden_states=None, class_labels=y).sample
             loss = F.mse_loss(pred, noise)
@@ -154,7 +158,7 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
                 bar.update(step, loss=smooth)
     unet = accelerator.unwrap_model(unet).eval()
     ema.copy_to(unet.parameters())
-    return unet
+    return unet.cpu()
 
 
 def save_pipeline(folder: Path, unet, vae, scheduler, class_names: list[str], extra: dict[str, Any]) -> None:
@@ -183,7 +187,7 @@ def train_teacher(out: Path, data: ImageDataset, recipe: TeacherRecipe, show: bo
     start = time.perf_counter()
     vae = train_vae(data, recipe, accelerator, show)
     vae_seconds = time.perf_counter() - start
-    latents = encode_latents(vae, data.images) * vae.config.scaling_factor
+    latents = encode_latents(vae, data.images).cpu() * vae.config.scaling_factor
     unet = train_unet(latents, data.labels, len(data.class_names), recipe, accelerator, show)
     total = time.perf_counter() - start
     info = {"kind": "teacher", "recipe": recipe.as_dict(), "train_images": len(data),
