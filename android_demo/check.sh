@@ -21,7 +21,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-tools="$here/.tools"
+tools="${CDX_ANDROID_TOOLS:-$here/.tools}"  # override: tests point it at a copy
 build="$here/.build"
 src_main="$here/app/src/main/java"
 core_rel="org/cdx/androiddemo/core"
@@ -150,12 +150,32 @@ require_tools() {
 # kotlinc needs a JVM heap that fits next to other work on small CI machines
 export JAVA_OPTS="${JAVA_OPTS:--Xmx1g -Xss4m}"
 
+# A cached result (the type-check's "passed" stamp, the compiled core jar) is keyed on EVERY input of the step: the
+# sources (paths and contents), this script, the Kotlin version, kotlinc's jars (name, size, mtime: 94 MB are too slow
+# to hash on every run, and any reinstall changes them), the sha256 of each classpath jar, and the JVM that runs
+# kotlinc. Any change there re-runs the step.
+toolchain_key=""
+toolchain_identity() {
+    if [ -z "$toolchain_key" ]; then
+        toolchain_key="$({ echo "kotlin $KOTLIN_VERSION"; cat "$tools/kotlinc/.cdx-version" 2>/dev/null
+                           (cd "$tools" && stat -L -c '%n %s %Y' kotlinc/lib/*.jar &&
+                               sha256sum android-23/android.jar onnxruntime/classes.jar executorch/classes.jar)
+                           java -version 2>&1; } | sha256sum | cut -c1-64)" || die "cannot fingerprint the toolchain"
+    fi
+    echo "$toolchain_key"
+}
+inputs_key() {  # inputs_key FILE...: the cache key of a step over these source files (see above)
+    { (cd "$here" && sha256sum "${@#"$here"/}"); sha256sum <"${BASH_SOURCE[0]}"; toolchain_identity; } | sha256sum | cut -c1-16
+}
+typecheck_sources() { find "$src_main" -name '*.kt' | sort; }
+core_sources() { find "$src_main/$core_rel" "$test_src" -name '*.kt' | sort; }
+
 typecheck() {
     require_tools
-    local sources; mapfile -t sources < <(find "$src_main" -name '*.kt' | sort)
-    local key; key="$(cat "${sources[@]}" "$0" | sha256sum | cut -c1-16)"
+    local sources; mapfile -t sources < <(typecheck_sources)
+    local key; key="$(inputs_key "${sources[@]}")"
     local stamp="$build/typecheck.$key.ok"
-    if [ -f "$stamp" ]; then log "type-check: unchanged sources, passed before ($key)"; return 0; fi
+    if [ -f "$stamp" ]; then log "type-check: sources, jars and kotlinc unchanged, passed before ($key)"; return 0; fi
     log "type-check: ${#sources[@]} Kotlin files against android.jar (API 23) + onnxruntime + executorch classes"
     mkdir -p "$build"; rm -rf "$build/typecheck"
     # -no-jdk: the Android platform is the JDK here, so java.* APIs missing from API 23 are caught too.
@@ -167,11 +187,11 @@ typecheck() {
 
 core() {
     require_tools
-    local sources; mapfile -t sources < <(find "$src_main/$core_rel" "$test_src" -name '*.kt' | sort)
+    local sources; mapfile -t sources < <(core_sources)
     if grep -l '^import android\.' "${sources[@]}"; then die "the core must not import android.* (files above)"; fi
-    local key; key="$(cat "${sources[@]}" | sha256sum | cut -c1-16)"
+    local key; key="$(inputs_key "${sources[@]}")"
     local jar="$build/core-$key.jar"
-    if [ -f "$jar" ]; then log "core: unchanged sources, using $(basename "$jar")"; return 0; fi
+    if [ -f "$jar" ]; then log "core: sources and kotlinc unchanged, using $(basename "$jar")"; return 0; fi
     log "core: compiling ${#sources[@]} files for the JVM"
     mkdir -p "$build"
     "$kotlinc_bin" -jvm-target 17 -nowarn "${sources[@]}" -d "$build/partial-core.jar"
@@ -221,6 +241,11 @@ while [ $# -gt 0 ]; do
             args=("$2" "$3"); shift 3
             if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then args+=("$1"); shift; fi
             run_test "${args[@]}" ;;
+        --keys)  # print the type-check's and the core's cache keys (tests/test_android_demo.py)
+            require_tools
+            mapfile -t files < <(typecheck_sources); echo "typecheck $(inputs_key "${files[@]}")"
+            mapfile -t files < <(core_sources); echo "core $(inputs_key "${files[@]}")"
+            shift ;;
         -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac

@@ -81,7 +81,51 @@ def test_every_kotlin_source_type_checks_against_android_and_the_runtimes(run: d
     sources = sorted(p.relative_to(DEMO).as_posix() for p in (DEMO / "app/src/main/java").rglob("*.kt"))
     assert "app/src/main/java/org/cdx/androiddemo/ui/MainActivity.kt" in sources
     assert {"OrtRunner.kt", "ExecuTorchRunner.kt", "Runners.kt"} <= {Path(s).name for s in sources}
-    assert "type-check passed" in run["typecheck"] or "unchanged sources, passed before" in run["typecheck"]
+    assert "type-check passed" in run["typecheck"] or "unchanged, passed before" in run["typecheck"]
+
+
+def _keys(tools: Path | None = None) -> dict[str, str]:
+    env = {**_env(), **({"CDX_ANDROID_TOOLS": str(tools)} if tools else {})}
+    proc = subprocess.run(["bash", str(CHECK), "--keys"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return dict(line.split() for line in proc.stdout.splitlines())
+
+
+def test_cached_results_are_keyed_on_every_input_not_only_the_sources(tmp_path: Path) -> None:
+    """The "passed before" stamp and the compiled core jar are reused only when the sources, the script, kotlinc
+    (version and jars) and every classpath jar are unchanged: a different android.jar, runtime classes.jar or kotlinc
+    must re-run the type-check (and kotlinc the core build)."""
+    real = DEMO / ".tools"
+    tools = tmp_path / "tools"
+    (tools / "kotlinc" / "lib").mkdir(parents=True)
+    (tools / "kotlinc" / "bin").symlink_to(real / "kotlinc" / "bin")
+    for jar in (real / "kotlinc" / "lib").glob("*.jar"):
+        (tools / "kotlinc" / "lib" / jar.name).symlink_to(jar)
+    (tools / "kotlinc" / ".cdx-version").write_text((real / "kotlinc" / ".cdx-version").read_text())
+    for part in ("android-23/android.jar", "onnxruntime/classes.jar", "executorch/classes.jar"):
+        (tools / part).parent.mkdir()
+        (tools / part).write_bytes((real / part).read_bytes())
+    keys = _keys()
+    assert _keys(tools) == keys  # the same inputs in another folder: the same keys
+    seen = {keys["typecheck"]}
+    stdlib = "kotlinc/lib/kotlin-stdlib.jar"
+    for part in ("android-23/android.jar", "onnxruntime/classes.jar", "executorch/classes.jar", "kotlinc/.cdx-version",
+                 stdlib):
+        original = (tools / part).read_bytes()
+        (tools / part).unlink()
+        (tools / part).write_bytes(original + b"\n")
+        changed = _keys(tools)
+        assert changed["typecheck"] not in seen, f"the type-check stamp ignores {part}"
+        seen.add(changed["typecheck"])
+        if part.startswith("kotlinc"):
+            assert changed["core"] != keys["core"], f"the compiled core jar ignores {part}"
+        (tools / part).unlink()
+        if part == stdlib:
+            (tools / part).symlink_to(real / part)
+        else:
+            (tools / part).write_bytes(original)
+    assert _keys(tools) == keys
 
 
 def test_jvm_core_check_passes_on_a_real_bundle(run: dict[str, Any]) -> None:
