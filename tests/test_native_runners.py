@@ -29,11 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "runtimes" / "native" / "build"
 ORT_RUNNER, ET_RUNNER, RNG_SELFTEST = BUILD / "cdx_ort_runner", BUILD / "cdx_et_runner", BUILD / "cdx_rng_selftest"
 VECTORS = REPO / "tests" / "data" / "rng_vectors.json"
-SETUP = "bash runtimes/native/setup.sh"
-
-
-def needs(binary: Path) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(not binary.is_file(), reason=f"{binary.relative_to(REPO)} not built (run `{SETUP}`)")
+# Built by `bash runtimes/native/setup.sh` (make test runs it); without them every test skips, or fails under CI=true.
+pytestmark = pytest.mark.requires("native-runners")
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +45,6 @@ def nano(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_bundle(nano: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cdx.convert.export import ConvertOptions, convert
 
-    if not ORT_RUNNER.is_file():
-        pytest.skip(f"{ORT_RUNNER.relative_to(REPO)} not built (run `{SETUP}`)")
     out = tmp_path_factory.mktemp("bundles") / "onnx"
     convert(nano, out, ConvertOptions(target="onnx", quants=("none", "ort"), seeds=(0, 1)))
     return out
@@ -59,8 +54,6 @@ def onnx_bundle(nano: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pte_bundle(nano: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cdx.convert.export import ConvertOptions, convert
 
-    if not ET_RUNNER.is_file():
-        pytest.skip(f"{ET_RUNNER.relative_to(REPO)} not built (run `{SETUP}`)")
     out = tmp_path_factory.mktemp("bundles") / "pte"
     convert(nano, out, ConvertOptions(target="executorch", quants=("none",), seeds=(0, 1)))
     return out
@@ -101,20 +94,16 @@ def check_runner(binary: Path, bundle: Path, tmp_path: Path, runtime: str, forma
     return document
 
 
-@needs(ORT_RUNNER)
 def test_ort_runner_matches_golden_python_and_seed(onnx_bundle: Path, tmp_path: Path) -> None:
     document = check_runner(ORT_RUNNER, onnx_bundle, tmp_path, "onnxruntime", {"onnx", "ort"})
     assert {r["backend"] for r in document["results"]} == {"cpu"} and len(document["results"]) == 2
 
 
-@needs(ET_RUNNER)
 def test_et_runner_matches_golden_python_and_seed(pte_bundle: Path, tmp_path: Path) -> None:
     document = check_runner(ET_RUNNER, pte_bundle, tmp_path, "executorch", {"pte"})
     assert [r["backend"] for r in document["results"]] == ["xnnpack"]
 
 
-@needs(ORT_RUNNER)
-@needs(ET_RUNNER)
 def test_cdx_bench_ingest_accepts_native_results(onnx_bundle: Path, pte_bundle: Path, tmp_path: Path) -> None:
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.report import load_report, write_report
@@ -147,7 +136,6 @@ def assert_refused(proc: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert needle in lines[0], lines[0]
 
 
-@needs(ORT_RUNNER)
 def test_ort_runner_refuses_a_tampered_model_and_an_escaping_path(onnx_bundle: Path, tmp_path: Path) -> None:
     copy = tampered_copy(onnx_bundle, tmp_path)
     with (copy / "generator_8x8.onnx").open("ab") as f:
@@ -160,7 +148,6 @@ def test_ort_runner_refuses_a_tampered_model_and_an_escaping_path(onnx_bundle: P
     assert_refused(run(ORT_RUNNER, copy, "--model", "nope"), "no model named 'nope'")
 
 
-@needs(ET_RUNNER)
 def test_et_runner_refuses_a_tampered_model_and_gates_on_tolerance(pte_bundle: Path, tmp_path: Path) -> None:
     proc = run(ET_RUNNER, pte_bundle, "--runs", 1, "--warmup", 0, "--tolerance", "1e-12", "--out", tmp_path / "r.json")
     assert proc.returncode == 3 and "FAILED (max_abs <= 1e-12)" in proc.stderr, proc.stderr
@@ -172,13 +159,11 @@ def test_et_runner_refuses_a_tampered_model_and_gates_on_tolerance(pte_bundle: P
     assert_refused(run(ET_RUNNER, copy), pte.name, "sha256 mismatch")
 
 
-@needs(RNG_SELFTEST)
 def test_cpp_rng_matches_the_vectors_bit_for_bit(tmp_path: Path) -> None:
     proc = run(RNG_SELFTEST, VECTORS)
     assert proc.returncode == 0 and "self-test passed" in proc.stdout, proc.stdout + proc.stderr
     for binary in (ORT_RUNNER, ET_RUNNER):
-        if binary.is_file():
-            assert run(binary, "--rng-selftest", VECTORS).returncode == 0
+        assert run(binary, "--rng-selftest", VECTORS).returncode == 0
     vectors = json.loads(VECTORS.read_text())
     vectors["cases"][-1]["float32_bits"][5] ^= 1  # one flipped mantissa bit must be caught
     bad = tmp_path / "bad_vectors.json"
