@@ -1,10 +1,12 @@
 """`cdx bench`: every model of one or more artifact folders on its runtime, against the eager float student.
 
 Each (model, runtime) pair is measured in its own subprocess (see `worker.py`) on the same seeded inputs (rebuilt
-from the manifest, ≥ 64 seeds by default), so cold load and peak RSS mean what they say. Drift (PSNR, SSIM,
-conditioning sensitivity) is computed here against the eager float generator of the same run; the teacher's own
-sampler at its full step count and at DDIM 8/4/2/1 is timed on the same runtime so distillation's speed-up is a ratio
-from one run. Artifacts that cannot run on this machine are listed with the reason, never timed.
+from the manifest by its rule, ≥ 64 seeds by default), so cold load and peak RSS mean what they say. Drift (PSNR,
+SSIM, conditioning sensitivity) is computed here against the eager float generator of the same run. The teacher's
+own sampler, at its full step count and at DDIM 8/4/2/1, runs on every runtime an artifact runs on (its guided UNet
+step exported for that runtime, `bench_teacher.py`) from the student's initial latents, so each "× teacher" divides
+two times of one runtime; the ratio to the eager teacher is its own column. Distribution drift is Inception KID per
+row (`bench_quality.py`). Artifacts that cannot run on this machine are listed with the reason, never timed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from cdx.errors import CdxError, InputError
+from cdx.golden_io import contrast_batches, manifest_inputs
 from cdx.manifest import load_manifest
-from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, ssim
+from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, psnr_peak, ssim
 from cdx.runtimes.base import runtime_for
 
 Progress = Callable[[str], None]
@@ -40,11 +43,14 @@ class BenchOptions:
     include_eager: bool = True
     seeds: int = 64
     teacher: str | None = None  # None: the student's own teacher (its cdx.json) when found; "": no teacher rows
-    teacher_steps: tuple[int, ...] = (50, 8, 4, 2, 1)
+    teacher_steps: tuple[int, ...] = (50, 8, 4, 2, 1)  # the first is the teacher's full sampler
+    inception: bool = True  # Inception KID per row (when the weights are installed)
 
     def validate(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.threads < 1 or self.seeds < 1:
             raise InputError("--runs, --threads and --seeds must be >= 1 and --warmup >= 0")
+        if not self.teacher_steps or min(self.teacher_steps) < 1:
+            raise InputError("teacher steps must be >= 1")
 
 
 @dataclass
@@ -56,9 +62,9 @@ class Measured:
     contrast: np.ndarray | None
 
 
-def _run_worker(spec: dict[str, Any], scratch: Path, tag: str, env_threads: int) -> Measured:
-    spec = {**spec, "outputs_path": str(scratch / f"{tag}.npy"), "contrast_path": str(scratch / f"{tag}.contrast.npy"),
-            "result_path": str(scratch / f"{tag}.json")}
+def _worker(spec: dict[str, Any], scratch: Path, tag: str, env_threads: int) -> dict[str, Any]:
+    """Run one worker process on `spec`; its result record (one line naming the failure otherwise)."""
+    spec = {**spec, "result_path": str(scratch / f"{tag}.json")}
     spec_path = scratch / f"{tag}.spec.json"
     spec_path.write_text(json.dumps(spec), "utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": str(env_threads), "HF_HUB_OFFLINE": "1"}
@@ -71,8 +77,13 @@ def _run_worker(spec: dict[str, Any], scratch: Path, tag: str, env_threads: int)
     result = json.loads(result_path.read_text("utf-8"))
     if not result.pop("ok"):
         raise CdxError(f"bench of {tag} failed: {result['error']}")
-    contrast = Path(spec["contrast_path"])
-    return Measured(result, np.load(spec["outputs_path"]), np.load(contrast) if contrast.is_file() else None)
+    return result
+
+
+def _run_worker(spec: dict[str, Any], scratch: Path, tag: str, env_threads: int) -> Measured:
+    outputs, contrast = scratch / f"{tag}.npy", scratch / f"{tag}.contrast.npy"
+    record = _worker({**spec, "outputs_path": str(outputs), "contrast_path": str(contrast)}, scratch, tag, env_threads)
+    return Measured(record, np.load(outputs), np.load(contrast) if contrast.is_file() else None)
 
 
 def why_not_runnable(model: dict[str, Any]) -> str | None:
@@ -138,38 +149,65 @@ def find_teacher(manifest: dict[str, Any], requested: str | None) -> str | None:
     return None
 
 
-def _images_for_quality(outputs: np.ndarray) -> bool:
-    """The Fashion-MNIST classifier's feature space applies to 1×32×32 images."""
-    return outputs.ndim == 4 and tuple(outputs.shape[1:]) == (1, 32, 32)
+def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, np.ndarray]], runtimes: list[str],
+                  options: BenchOptions, base: dict[str, Any], scratch: Path, passes: list[str] | None,
+                  say: Progress) -> tuple[list[tuple[dict[str, Any], np.ndarray]], list[str]]:
+    """The teacher's rows on eager torch and on each of `runtimes`, every step count: (row, images) pairs, notes."""
+    from cdx.benchmarks.bench_teacher import prepare_teacher, teacher_inputs, teacher_row_name
+    from cdx.benchmarks.worker import save_inputs
+
+    guidance = float(first["conditioning"].get("guidance", {}).get("default", 3.0))
+    latent_shape = tuple(samples[0]["noise"].shape)
+    graphs = prepare_teacher(teacher, latent_shape, guidance, runtimes, options.teacher_steps, scratch, passes, say)
+    rows: list[tuple[dict[str, Any], np.ndarray]] = []
+    if not graphs.manifests:
+        return rows, graphs.notes
+    inputs_path = scratch / "teacher.inputs.npz"
+    save_inputs(inputs_path, teacher_inputs(samples, graphs.input_names, guidance), None)
+    for runtime, manifest_path in graphs.manifests.items():
+        say(f"teacher DDIM {', '.join(map(str, options.teacher_steps))} on {runtime} (guidance {guidance})")
+        tag = f"teacher.{runtime}"
+        record = _worker({**base, "kind": "teacher", "teacher_manifest": str(manifest_path), "runtime": runtime,
+                          "steps": list(options.teacher_steps), "inputs_path": str(inputs_path),
+                          "outputs_prefix": str(scratch / tag)}, scratch, tag, options.threads)
+        for steps in options.teacher_steps:
+            full = steps == options.teacher_steps[0]
+            timing = record["by_steps"][str(steps)]
+            row = {"name": teacher_row_name(steps, full), "folder": teacher, "role": "teacher", "target": "teacher",
+                   "format": "eager" if runtime == "torch" else ("onnx" if runtime == "onnxruntime" else "pte"),
+                   "precision": "fp32", "runtime": runtime, "threads": record["threads"], "file_size_bytes": None,
+                   "import_ms": record["import_ms"], "cold_load_ms": record["cold_load_ms"],
+                   "first_run_ms": timing["first_run_ms"], "latency": timing["latency"],
+                   "peak_rss_mb": record["peak_rss_mb"], "teacher_steps": steps, "teacher_full": full}
+            if record.get("providers"):
+                row["providers"] = record["providers"]
+            rows.append((row, np.load(scratch / f"{tag}.{steps}.npy")))
+    return rows, graphs.notes
 
 
-def _quality(outputs: np.ndarray, labels: np.ndarray, real_features: np.ndarray) -> dict[str, Any]:
-    import torch
+def _teacher_runtimes(results: list[dict[str, Any]]) -> list[str]:
+    """The runtimes (besides eager torch) the teacher must run on: those of the generator rows."""
+    from cdx.benchmarks.bench_teacher import EXPORTED_RUNTIMES
 
-    from cdx.benchmarks.quality import classifier_features, frechet_distance, load_classifier
-
-    features, predicted = classifier_features(load_classifier(), torch.from_numpy(outputs))
-    return {"samples": len(outputs), "fd_classifier": frechet_distance(features, real_features),
-            "accuracy": float((predicted == labels).mean())}
+    seen = {r["runtime"] for r in results if r.get("role", "generator") == "generator"}
+    return [runtime for runtime in EXPORTED_RUNTIMES if runtime in seen]
 
 
-def _real_features(count: int) -> np.ndarray | None:
-    """Classifier features of `count` Fashion-MNIST test images (None when the data is not installed)."""
-    from cdx.benchmarks.quality import classifier_features, load_classifier
-    from cdx.distill.data import load_fashion_mnist
-
-    try:
-        test = load_fashion_mnist(split="test", limit=count)
-    except CdxError:
-        return None
-    return classifier_features(load_classifier(), (test.images + 1) / 2)[0]
+def _executorch_passes(manifests: dict[Path, dict[str, Any]]) -> list[str] | None:
+    """The graph passes the ExecuTorch artifacts were lowered with, so the teacher is lowered the same way."""
+    for manifest in manifests.values():
+        for model in manifest["models"]:
+            if model["target"] == "executorch" and "passes" in model.get("export", {}):
+                return list(model["export"]["passes"])
+    return None
 
 
 def bench(folders: str | Path | list[str | Path], options: BenchOptions | None = None,
           progress: Progress | None = None) -> dict[str, Any]:
     """Measure every model in `folders`; returns the report dict (see `report.schema.json`)."""
+    from cdx.benchmarks.bench_quality import add_quality
     from cdx.benchmarks.report import machine_info, new_report
-    from cdx.convert.parity import psnr_peak
+    from cdx.benchmarks.worker import save_inputs
 
     options = options or BenchOptions()
     options.validate()
@@ -178,15 +216,16 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
     manifests = {root: load_manifest(root, verify=True) for root in roots}
     seeds = list(range(options.seeds))
     base = {"threads": options.threads, "runs": options.runs, "warmup": options.warmup, "seeds": seeds}
-    from cdx.benchmarks.worker import save_inputs
-    from cdx.convert.golden import contrast_batches, manifest_inputs
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
+    notes: list[str] = []
     grid: dict[str, np.ndarray] = {}
-    quality_outputs: dict[int, np.ndarray] = {}  # index in `results` → that row's images
+    images: dict[int, np.ndarray] = {}  # index in `results` → that row's images (generator and teacher rows)
+    baseline: dict[int, int] = {}  # index in `results` → the index of its eager float student row
+    first_samples: list[dict[str, np.ndarray]] | None = None
     with tempfile.TemporaryDirectory(prefix="cdx-bench-") as tmp:
         scratch = Path(tmp)
-        eager_cache: dict[tuple, Measured] = {}
+        eager_cache: dict[tuple, tuple[Measured, int]] = {}
         for root, manifest in manifests.items():
             for model in manifest["models"]:
                 size = _size(model, manifest)
@@ -196,80 +235,94 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                                     "format": model["format"], "precision": model["precision"], "file_size_bytes": size,
                                     "reason": reason, "parity_at_convert": model.get("parity", {}).get("checked")})
                     continue
-                key = (manifest["source"]["weights_sha256"], model.get("role", "generator"),
-                       *(tuple(s["shape"]) for s in model["inputs"]), model.get("steps", 1))
+                role = model.get("role", "generator")
+                key = (manifest["source"]["weights_sha256"], role, *(tuple(s["shape"]) for s in model["inputs"]),
+                       model.get("steps", 1))
                 tag = f"{root.name}.{model['name']}"
                 samples = manifest_inputs(model, manifest, seeds)
+                if role == "generator" and first_samples is None:
+                    first_samples = samples
                 contrast = contrast_batches([s["name"] for s in model["inputs"]], samples,
                                             manifest["conditioning"].get("num_classes"))
                 inputs_path = scratch / f"{tag}.inputs.npz"
                 save_inputs(inputs_path, samples, contrast)
                 if options.include_eager and key not in eager_cache:
                     say(f"eager PyTorch baseline for {model['name']} ({options.seeds} seeds)")
-                    eager_cache[key] = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"],
-                                                    "runtime": "torch", "inputs_path": str(inputs_path)},
-                                                   scratch, f"{tag}.torch", options.threads)
-                    eager_row = _row(model, eager_cache[key].record, None, str(root), eager=True)
+                    measured = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"],
+                                            "runtime": "torch", "inputs_path": str(inputs_path)},
+                                           scratch, f"{tag}.torch", options.threads)
+                    eager_row = _row(model, measured.record, None, str(root), eager=True)
                     results.append(eager_row)
-                    grid[eager_row["name"]] = eager_cache[key].outputs[:GRID_SAMPLES]
-                    quality_outputs[len(results) - 1] = eager_cache[key].outputs
+                    eager_cache[key] = (measured, len(results) - 1)
+                    grid[eager_row["name"]] = measured.outputs[:GRID_SAMPLES]
+                    if role == "generator":
+                        images[len(results) - 1] = measured.outputs
+                        baseline[len(results) - 1] = len(results) - 1
                 runtime = runtime_for(model, None)
                 say(f"{model['name']} on {runtime}")
                 measured = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"], "runtime": runtime,
                                         "inputs_path": str(inputs_path)}, scratch, f"{tag}.{runtime}", options.threads)
                 row = _row(model, measured.record, size, str(root))
                 if key in eager_cache:
-                    eager = eager_cache[key]
+                    eager = eager_cache[key][0]
                     row["drift_vs_eager"] = _drift(eager, measured, psnr_peak(model["outputs"][0], eager.outputs))
                     row["speedup_vs_eager"] = eager.record["latency"]["median_ms"] / row["latency"]["median_ms"]
                 results.append(row)
                 grid[f"{row['name']} ({row['runtime']})"] = measured.outputs[:GRID_SAMPLES]
-                quality_outputs[len(results) - 1] = measured.outputs
+                if role == "generator":
+                    images[len(results) - 1] = measured.outputs
+                    if key in eager_cache:
+                        baseline[len(results) - 1] = eager_cache[key][1]
         first = next(iter(manifests.values()))
         teacher = find_teacher(first, options.teacher)
-        if teacher:
-            guidance = first["conditioning"].get("guidance", {}).get("default", 3.0)
-            for steps in options.teacher_steps:
-                name = f"teacher DDIM {steps}" + (" (full)" if steps == options.teacher_steps[0] else "")
-                say(f"{name} (eager PyTorch, guidance {guidance})")
-                measured = _run_worker({**base, "kind": "teacher", "teacher": teacher, "steps": steps, "guidance": guidance},
-                                       scratch, f"teacher{steps}", options.threads)
-                results.append({**_row({"name": name, "target": "teacher", "format": "eager", "precision": "fp32",
-                                        "role": "teacher"}, measured.record, None, teacher, eager=False),
-                                "target": "teacher", "format": "eager", "teacher_steps": steps})
-                if steps == options.teacher_steps[0]:
-                    grid[name] = measured.outputs[:GRID_SAMPLES]
-                quality_outputs[len(results) - 1] = measured.outputs
+        if teacher and first_samples is None:
+            notes.append("no generator model to compare the teacher with: no teacher rows")
+        elif teacher:
+            student_index = next((i for i, r in enumerate(results) if r["format"] == "eager" and i in images), None)
+            teacher_rows, teacher_notes = _teacher_rows(teacher, first, first_samples, _teacher_runtimes(results),
+                                                        options, base, scratch, _executorch_passes(manifests), say)
+            notes += teacher_notes
+            eager_teacher = {row["teacher_steps"]: out for row, out in teacher_rows if row["runtime"] == "torch"}
+            for row, out in teacher_rows:
+                reference = eager_teacher.get(row["teacher_steps"])
+                if row["runtime"] != "torch" and reference is not None:
+                    row["drift_vs_eager"] = _drift(Measured({}, reference, None), Measured({}, out, None), 1.0)
+                results.append(row)
+                images[len(results) - 1] = out
+                if student_index is not None:
+                    baseline[len(results) - 1] = student_index
+                if row["teacher_full"] and row["runtime"] == "torch":
+                    grid[f"{row['name']} ({row['runtime']})"] = out[:GRID_SAMPLES]
     report = new_report(roots, first, options, results, machine_info())
     report["skipped"] = skipped
-    _add_distillation_speedup(report)
-    _add_quality(report, quality_outputs, first)
+    report["notes"] = notes
+    _add_teacher_ratios(report)
+    labels = _labels(first_samples)
+    # Inception features for the artifacts, their float students and the eager teacher (teacher rows on other
+    # runtimes are the same sampler: their drift vs the eager teacher is in drift_vs_eager)
+    slow = {i for i in images if not (results[i]["target"] == "teacher" and results[i]["runtime"] != "torch")}
+    add_quality(report, images, baseline, labels, options.inception, slow, say)
     report["_grid"] = grid  # images for the plots; dropped before the JSON is written
     return report
 
 
-def _add_distillation_speedup(report: dict[str, Any]) -> None:
-    """Teacher full-step latency over each student row's, on the same runtime and threads."""
-    full = next((r for r in report["results"] if r["target"] == "teacher" and r["name"].endswith("(full)")), None)
-    if full is None:
-        return
+def _labels(samples: list[dict[str, np.ndarray]] | None) -> np.ndarray | None:
+    """The class label of each seed (what the classifier's accuracy is scored against), if class-conditioned."""
+    if not samples or "class_label" not in samples[0]:
+        return None
+    return np.concatenate([s["class_label"].reshape(-1) for s in samples])
+
+
+def _add_teacher_ratios(report: dict[str, Any]) -> None:
+    """Teacher full-step latency over each generator row's (and each fewer-step teacher row's), on the row's own
+    runtime, and separately over the eager teacher's: each ratio names the runtime it compares."""
+    full = {r["runtime"]: r for r in report["results"] if r["target"] == "teacher" and r.get("teacher_full")}
     for row in report["results"]:
-        if row["target"] != "teacher" and row.get("role", "generator") == "generator":
-            row["speedup_vs_teacher_full"] = full["latency"]["median_ms"] / row["latency"]["median_ms"]
-
-
-def _add_quality(report: dict[str, Any], outputs: dict[int, np.ndarray], manifest: dict[str, Any]) -> None:
-    """Distribution-level quality under the Fashion-MNIST classifier, for every row whose images it can read."""
-    images = {index: out for index, out in outputs.items() if _images_for_quality(out)}
-    if not images:
-        return
-    count = min(len(out) for out in images.values())
-    real = _real_features(count)
-    if real is None:
-        report["quality_note"] = "Fashion-MNIST test set not installed: no distribution-level quality"
-        return
-    num_classes = manifest["conditioning"].get("num_classes") or 1
-    labels = np.arange(count) % num_classes
-    for index, row in enumerate(report["results"]):
-        if index in images:
-            row["quality"] = _quality(images[index][:count], labels, real)
+        if row.get("role", "generator") not in ("generator", "teacher") or row.get("teacher_full"):
+            continue
+        for key, teacher in (("speedup_vs_teacher_full", full.get(row["runtime"])),
+                             ("speedup_vs_teacher_full_eager", full.get("torch"))):
+            if teacher is not None:
+                ms = teacher["latency"]["median_ms"]
+                row[key] = {"runtime": teacher["runtime"], "teacher_median_ms": ms,
+                            "ratio": ms / row["latency"]["median_ms"]}

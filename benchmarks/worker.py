@@ -98,40 +98,57 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _open_graph(folder: Path, manifest: dict[str, Any], model: dict[str, Any], runtime: str, threads: int | None) -> Any:
+    """A runner for one of the teacher's graphs (its entries are not in an artifact manifest, so no format lookup)."""
+    from cdx.runtimes.base import RUNTIMES
+
+    module_name, class_name, _ = RUNTIMES[runtime]
+    return getattr(importlib.import_module(module_name), class_name)(folder, manifest, model, threads)
+
+
 def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
-    """The teacher's own DDIM sampler (CFG) at `spec['steps']`, batch 1, eager PyTorch; images for the seeds."""
-    import torch
+    """The teacher's DDIM sampler (CFG) on `spec['runtime']` at each of `spec['steps']`, batch 1; images per seed.
 
-    from cdx.distill.conditioning import TeacherConditioning
-    from cdx.distill.loading import load_latent_pipeline
-    from cdx.distill.sampling import teacher_sample
+    Its step and decoder graphs come from `spec['teacher_manifest']` (bench_teacher.py); the loop is
+    `loops.run_teacher`, the same on every runtime.
+    """
+    from cdx.distill.loops import run_teacher
     from cdx.metrics import percentile_stats
+    from cdx.runtimes.base import RUNTIMES
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+    path = Path(spec["teacher_manifest"])
+    manifest = json.loads(path.read_text("utf-8"))
+    samples, _ = load_inputs(spec["inputs_path"])
     start = time.perf_counter()
-    parts = load_latent_pipeline(spec["teacher"])
-    cond = TeacherConditioning(parts, parts.class_names)
+    importlib.import_module(RUNTIMES[spec["runtime"]][0])
+    import_ms = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    step, decoder = (_open_graph(path.parent, manifest, model, spec["runtime"], spec.get("threads"))
+                     for model in manifest["models"])
     cold_load_ms = (time.perf_counter() - start) * 1e3
-    steps, guidance, classes = spec["steps"], spec["guidance"], parts.num_classes or 1
+    prediction_type = manifest["schedule"]["prediction_type"]
+    by_steps: dict[str, Any] = {}
+    for steps in spec["steps"]:
+        schedule = manifest["schedule"]["ddim"][str(steps)]
 
-    def sample(seed: int, index: int) -> torch.Tensor:
-        return teacher_sample(parts, cond, torch.tensor([index % classes]), steps=steps, guidance=guidance, seed=seed)
+        def sample(inputs: dict[str, np.ndarray], schedule: list[dict[str, Any]] = schedule) -> np.ndarray:
+            return run_teacher(step, decoder, schedule, inputs, prediction_type)
 
-    start = time.perf_counter()
-    images = [sample(spec["seeds"][0], 0)]
-    first_run_ms = (time.perf_counter() - start) * 1e3
-    images += [sample(seed, i) for i, seed in enumerate(spec["seeds"]) if i > 0]
-    for _ in range(spec["warmup"]):
-        sample(0, 0)
-    timings = []
-    for _ in range(spec["runs"]):
         start = time.perf_counter()
-        sample(0, 0)
-        timings.append((time.perf_counter() - start) * 1e3)
-    np.save(spec["outputs_path"], torch.cat(images).numpy())
-    return {"runtime": "torch", "threads": spec.get("threads"), "import_ms": 0.0, "cold_load_ms": cold_load_ms,
-            "first_run_ms": first_run_ms, "latency": percentile_stats(timings), "peak_rss_mb": _rss_mb()}
+        images = [sample(samples[0])]
+        first_run_ms = (time.perf_counter() - start) * 1e3
+        images += [sample(inputs) for inputs in samples[1:]]
+        for _ in range(spec["warmup"]):
+            sample(samples[0])
+        timings = []
+        for _ in range(spec["runs"]):
+            start = time.perf_counter()
+            sample(samples[0])
+            timings.append((time.perf_counter() - start) * 1e3)
+        np.save(f"{spec['outputs_prefix']}.{steps}.npy", np.concatenate(images))
+        by_steps[str(steps)] = {"first_run_ms": first_run_ms, "latency": percentile_stats(timings)}
+    return {**step.describe(), "import_ms": import_ms, "cold_load_ms": cold_load_ms, "by_steps": by_steps,
+            "peak_rss_mb": _rss_mb()}
 
 
 def main() -> None:
