@@ -46,7 +46,7 @@ def _reference(n: int, inception_sha256: str | None, notes: list[str]) -> Any | 
 
 def _inception(enabled: bool, notes: list[str]) -> Any | None:
     if not enabled:
-        notes.append("Inception KID not computed (--no-inception)")
+        notes.append("Inception KID not requested (BenchOptions.inception is off): classifier FD only")
         return None
     from cdx.benchmarks.quality import InceptionFeatures
 
