@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from cdx.errors import CdxError, InputError
 FORMAT = "cdx-rollouts/1"
 INDEX = "index.json"
 RNG_KEY = "__rng_after__"
+EXTRAS_KEY = "__extras__"  # JSON of the non-tensor fields, as bytes (safetensors metadata order is not stable)
 
 
 def fingerprint(distiller: Any) -> dict[str, Any]:
@@ -99,7 +99,8 @@ def _pack(records: list[dict[str, Any]], rng_after: torch.Tensor) -> bytes:
             tensors[key] = torch.stack([v.detach().cpu().contiguous() for v in values])
         else:
             extras[key] = values
-    return save_bytes(tensors, metadata={"extras": json.dumps(extras), "steps": str(len(records))})
+    tensors[EXTRAS_KEY] = torch.tensor(list(json.dumps(extras, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+    return save_bytes(tensors, metadata={"format": FORMAT})  # one key: the header bytes are deterministic
 
 
 def write_rollouts(distiller: Any, folder: str | Path, micro_steps: int, steps_per_shard: int = 50,
@@ -184,9 +185,8 @@ def _verified(folder: Path, shard: dict[str, Any]) -> tuple[dict[str, torch.Tens
         tensors = load_bytes(data)
     except Exception as exc:  # a well-formed sha but an unparseable file can only be a writer bug; say so in one line
         raise CdxError(f"rollout cache shard {path}: not a safetensors file ({exc})") from None
-    header_len = struct.unpack("<Q", data[:8])[0]
-    meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    return tensors, json.loads(meta.get("extras", "{}"))
+    extras = tensors.pop(EXTRAS_KEY, None)
+    return tensors, json.loads(bytes(extras.tolist()).decode("utf-8")) if extras is not None else {}
 
 
 class RolloutStream:

@@ -277,3 +277,15 @@ def test_teacher_free_methods_train_without_the_teacher(name: str, vr: bool, emb
     finally:
         handle.remove()
     assert calls["n"] == 0
+
+
+def test_unknown_method_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cdx.cli", "distill", "--method", "dmd", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert lines == ["error: unknown --method 'dmd'; valid: cd, ct, ect, bootstrap"], proc.stderr
+    assert not (tmp_path / "s").exists()
