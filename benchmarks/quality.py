@@ -193,9 +193,14 @@ class InceptionFeatures:
         self.path = inception_weights_path()
         self.sha256 = sha256_file(self.path)
         self.protocol = INCEPTION_PROTOCOL
+        if backend == "onnxruntime":
+            try:
+                onnx_path = inception_onnx(self.path, self.sha256)
+            except OSError:  # no writable cache ($CDX_CACHE, ~/.cache/cdx): the same network, slower
+                backend = "torchscript"
         self.backend = backend
         if backend == "onnxruntime":
-            self._session = _ort_session(inception_onnx(self.path, self.sha256))
+            self._session = _ort_session(onnx_path)
             self._run = lambda x: self._session.run(None, {"x": x.numpy()})[0]
         elif backend == "torchscript":
             model = torch.jit.freeze(torch.jit.load(str(self.path), map_location="cpu").eval())

