@@ -350,8 +350,9 @@ def test_an_edm_student_is_exported_with_edm_constants(tiny_sd: Path, tmp_path: 
     for step in schedule["steps"]:
         c_skip, c_out = _edm_formula(step["timestep"], acp)
         assert step["c_skip"] == pytest.approx(c_skip, rel=1e-9) and step["c_out"] == pytest.approx(c_out, rel=1e-9)
-    lcm_c_out = 10 * 999 / math.sqrt((10 * 999) ** 2 + 0.25)
-    assert abs(schedule["steps"][0]["c_out"] - lcm_c_out) > 1e-3  # not the LCM constants
+    t_last = schedule["steps"][-1]["timestep"]
+    lcm_c_skip = 0.25 / ((10 * t_last) ** 2 + 0.25)
+    assert abs(schedule["steps"][-1]["c_skip"] - lcm_c_skip) > 1e-2  # not the LCM constants
     assert manifest["models"][0]["parity"]["checked"] == "numeric"
 
 

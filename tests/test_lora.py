@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cdx.distill.distiller import DistillConfig, distill_student
+from cdx.distill.lora import LORA_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_only_the_lora_is_saved_and_the_stock_pipeline_loads_and_samples_it(lora
     x, t, emb = torch.randn(1, 4, 16, 16), torch.tensor([759]), torch.randn(1, 16, 32)
     with torch.no_grad():
         before = pipe.unet(x, t, encoder_hidden_states=emb).sample
-        pipe.load_lora_weights(lora_dir)
+        pipe.load_lora_weights(lora_dir, weight_name=LORA_WEIGHTS)  # offline diffusers needs the name
         after = pipe.unet(x, t, encoder_hidden_states=emb).sample
     assert float((after - before).abs().max()) > 1e-4  # the trained adapters act on the teacher
     for steps in (1, 4):
@@ -77,7 +78,7 @@ def test_fused_lora_equals_the_loaded_lora(lora_dir: Path, stock_teacher: Path) 
     from cdx.distill.lora import fuse_lora
 
     pipe = _stock_pipeline(stock_teacher)
-    pipe.load_lora_weights(lora_dir)
+    pipe.load_lora_weights(lora_dir, weight_name=LORA_WEIGHTS)  # offline diffusers needs the name
     fused = fuse_lora(load_latent_pipeline(stock_teacher).unet, lora_dir)
     assert not any("lora" in name for name, _ in fused.named_parameters())  # a plain UNet for export
     x, t, emb = torch.randn(2, 4, 16, 16), torch.tensor([999, 259]), torch.randn(2, 16, 32)
