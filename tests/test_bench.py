@@ -208,3 +208,29 @@ def test_compare_flags_what_got_slower_or_drifted() -> None:
         "slower: a on onnxruntime: median 10.00 → 13.00 ms (1.30×) > 1.25×",
         "drifted: b on onnxruntime: PSNR vs eager 50.0 → 47.0 dB (drop > 1.0 dB)"]
     assert any("new" in n for n in found["notes"]) and any("gone" in n for n in found["notes"])
+
+
+def test_teacher_graphs_export_for_executorch_and_sample_like_the_eager_teacher(tmp_path: Path) -> None:
+    """The ExecuTorch teacher (step + decoder .pte, convert's exporter) run by the bench worker reproduces the eager
+    teacher on the same latents: its × teacher ratios time the same sampler."""
+    import numpy as np
+
+    from cdx import rng
+    from cdx.benchmarks.bench_teacher import prepare_teacher, teacher_inputs
+    from cdx.benchmarks.worker import measure_teacher, save_inputs
+    from cdx.defaults import ASSETS
+
+    shape = (1, 4, 8, 8)
+    graphs = prepare_teacher(str(ASSETS / "fashion_teacher"), shape, 3.0, ["executorch"], (2,), tmp_path)
+    assert set(graphs.manifests) == {"torch", "executorch"} and not graphs.notes
+    samples = [{"noise": rng.normal(seed, shape, 0), "class_label": np.array([seed], np.int64)} for seed in (0, 1)]
+    save_inputs(tmp_path / "inputs.npz", teacher_inputs(samples, graphs.input_names, 3.0), None)
+    images = {}
+    for runtime, manifest in graphs.manifests.items():
+        record = measure_teacher({"teacher_manifest": str(manifest), "runtime": runtime, "steps": [2], "runs": 1,
+                                  "warmup": 0, "threads": 2, "inputs_path": str(tmp_path / "inputs.npz"),
+                                  "outputs_prefix": str(tmp_path / runtime)})
+        assert record["runtime"] == runtime and record["by_steps"]["2"]["latency"]["runs"] == 1
+        images[runtime] = np.load(tmp_path / f"{runtime}.2.npy")
+    assert images["torch"].shape == (2, 1, 32, 32)
+    np.testing.assert_allclose(images["executorch"], images["torch"], atol=1e-3)
