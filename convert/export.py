@@ -200,7 +200,7 @@ def parity_line(record: dict[str, Any]) -> str:
     if "ssim" in record:
         line += f", SSIM {record['ssim']:.4f}"
     if "conditioning_sensitivity" in record:
-        line += f", conditioning sensitivity {record['conditioning_sensitivity']['ratio']:.2f}×"
+        line += f", conditioning sensitivity {record['conditioning_sensitivity']['aligned_ratio']:.2f}× (aligned)"
     return line
 
 
