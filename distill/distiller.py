@@ -445,13 +445,15 @@ class ConsistencyDistiller:
     def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
         """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
         --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
+        from cdx.distill.model_card import describe_machine
         from cdx.distill.teacher import save_pipeline
 
         parts = self.export_parts
         info = {"kind": "student", "teacher": portable_path(parts.path), "teacher_weights_sha256": parts.weights_sha256,
                 "parameterization": self.config.parameterization, "guidance_range": list(self.config.guidance_range),
                 "distill": self.config.as_dict(), "train_seconds": round(train_seconds, 1), "steps": self.step,
-                "final_loss": self.history[-1] if self.history else None, "processes": self.world_size}
+                "final_loss": self.history[-1] if self.history else None, "processes": self.world_size,
+                "machine": describe_machine(str(self.device))}
         if self.config.parameterization == "edm":
             info["diffusers_scheduler"] = ("approximate: LCMScheduler has no EDM boundary condition (c_skip/c_out); "
                                            "cdx sample, cdx convert and the manifest use the exact EDM constants")

@@ -27,6 +27,23 @@ def _params(folder: Path, sub: str) -> int:
     return total
 
 
+def describe_machine(device: str = "cpu") -> str:
+    """One line naming the machine a model was trained on (recorded in cdx.json, printed on its model card)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    accel = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), {accel}, torch {torch.__version__}"
+
+
 def write_model_card(folder: Path, title: str, command: str, quality_md: str = "", notes: str = "") -> Path:
     """Write `folder/README.md` from cdx.json (recipe, time) plus the quality table given."""
     info: dict[str, Any] = read_cdx_info(folder)
@@ -39,7 +56,7 @@ def write_model_card(folder: Path, title: str, command: str, quality_md: str = "
         f"- UNet parameters: {_params(folder, 'unet'):,}; VAE parameters: {_params(folder, 'vae'):,}",
         f"- folder size: {size_mb:.1f} MB",
         f"- training time: {total:.0f} s on the machine below" if total is not None else "- training time: n/a",
-        "- machine: 2-core x86_64 CPU (AMD EPYC), no GPU, torch 2.13.0 CPU",
+        f"- machine: {info.get('machine', 'not recorded')}",
         "", "## Reproduce", "", "```bash", command, "```", "",
         "Load it with plain diffusers (the pipeline class ships in `pipeline_cdx.py`):", "",
         "```python", "from diffusers import DiffusionPipeline",

@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cdx.distill.data import ImageDataset
+from cdx.distill.model_card import describe_machine
 from cdx.distill.progress import TrainingProgress
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_cdx.py")
@@ -191,6 +192,7 @@ def train_teacher(out: Path, data: ImageDataset, recipe: TeacherRecipe, show: bo
     unet = train_unet(latents, data.labels, len(data.class_names), recipe, accelerator, show)
     total = time.perf_counter() - start
     info = {"kind": "teacher", "recipe": recipe.as_dict(), "train_images": len(data),
-            "train_seconds": {"autoencoder": round(vae_seconds, 1), "total": round(total, 1)}}
+            "train_seconds": {"autoencoder": round(vae_seconds, 1), "total": round(total, 1)},
+            "machine": describe_machine(str(accelerator.device))}
     save_pipeline(out, unet, vae, teacher_scheduler(), data.class_names, info)
     return info
