@@ -445,8 +445,8 @@ class ConsistencyDistiller:
     def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
         """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
         --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
-        from cdx.distill.model_card import describe_machine
         from cdx.distill.teacher import save_pipeline
+        from cdx.machine import describe_machine
 
         parts = self.export_parts
         info = {"kind": "student", "teacher": portable_path(parts.path), "teacher_weights_sha256": parts.weights_sha256,

@@ -20,8 +20,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cdx.distill.data import ImageDataset
-from cdx.distill.model_card import describe_machine
 from cdx.distill.progress import TrainingProgress
+from cdx.machine import describe_machine
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_cdx.py")
 CDX_CONFIG = "cdx.json"
