@@ -89,6 +89,19 @@ def image_spec(vae: nn.Module, latent_shape: tuple[int, ...]) -> TensorSpec:
     return TensorSpec("image", shape, "float32", (0.0, 1.0), f"{layout}, NCHW")
 
 
+def conditioning_input_specs(conditioning: str, num_classes: int | None, text_shape: tuple[int, ...] | None,
+                             guided: bool) -> list[TensorSpec]:
+    """The conditioning inputs every exported graph takes, in order: class label or text embedding, then the guidance w."""
+    specs = []
+    if conditioning == "class_label":
+        specs.append(TensorSpec("class_label", (1,), "int64", (0, (num_classes or 1) - 1)))
+    elif conditioning == "text_embedding":
+        specs.append(TensorSpec("text_embedding", text_shape, "float32", description="text encoder last hidden state"))
+    if guided:
+        specs.append(TensorSpec("guidance_scale", (1,), "float32", description="classifier-free guidance w"))
+    return specs
+
+
 def unet_forward(unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor],
                  conditioning: str, guidance_dim: int | None) -> torch.Tensor:
     """One student UNet call with the conditioning the manifest declares (class label | text embedding, guidance w)."""
@@ -134,14 +147,7 @@ class OneStepGenerator(nn.Module):
         if len(self.steps) > 1:
             shape = (len(self.steps) - 1, *self.latent_shape[1:])
             specs.append(TensorSpec("step_noise", shape, "float32", description="standard normal, one per extra step"))
-        if self.conditioning == "class_label":
-            specs.append(TensorSpec("class_label", (1,), "int64", (0, (self.num_classes or 1) - 1)))
-        elif self.conditioning == "text_embedding":
-            specs.append(TensorSpec("text_embedding", self.text_shape, "float32",
-                                    description="text encoder last hidden state"))
-        if self.guidance_dim:
-            specs.append(TensorSpec("guidance_scale", (1,), "float32", description="classifier-free guidance w"))
-        return specs
+        return specs + conditioning_input_specs(self.conditioning, self.num_classes, self.text_shape, bool(self.guidance_dim))
 
     def output_specs(self) -> list[TensorSpec]:
         return [image_spec(self.vae, self.latent_shape)]

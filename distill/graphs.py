@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cdx import rng
-from cdx.distill.generator import OneStepGenerator, TensorSpec, image_spec, unet_forward
+from cdx.distill.generator import OneStepGenerator, TensorSpec, conditioning_input_specs, image_spec, unet_forward
 from cdx.distill.loading import LatentPipelineParts
 from cdx.distill.loops import STEP_CONSTANT_INPUTS, step_constants_np
 from cdx.distill.sampling import consistency_output, decode_latents, guided_output
@@ -147,14 +147,7 @@ class TeacherStepGraph(nn.Module):
     def input_specs(self) -> list[TensorSpec]:
         specs = [TensorSpec("latents", self.latent_shape, "float32", description="noisy latent at this step"),
                  TensorSpec("timestep", (1,), "int64", description="one DDIM timestep")]
-        if self.conditioning == "class_label":
-            specs.append(TensorSpec("class_label", (1,), "int64", (0, (self.num_classes or 1) - 1)))
-        elif self.conditioning == "text_embedding":
-            specs.append(TensorSpec("text_embedding", self.text_shape, "float32",
-                                    description="text encoder last hidden state"))
-        if self.guided:
-            specs.append(TensorSpec("guidance_scale", (1,), "float32", description="classifier-free guidance w"))
-        return specs
+        return specs + conditioning_input_specs(self.conditioning, self.num_classes, self.text_shape, self.guided)
 
     def output_specs(self) -> list[TensorSpec]:
         return [TensorSpec("model_output", self.latent_shape, "float32",
