@@ -172,3 +172,20 @@ def build_tiny_class_pipeline(folder: str | Path, seed: int = 0, channels: int =
                         layers_per_block=0, latent_channels=4, norm_num_groups=4, sample_size=8 * 2 ** (vae_levels - 1),
                         mid_block_add_attention=attention)
     return _save_latent_pipeline(folder, unet, vae)
+
+
+def write_captioned_imagefolder(root: str | Path, count: int, caption: str = "image {i}", seed: int = 0,
+                                size: int = 64) -> Path:
+    """`count` random RGB PNGs + `metadata.jsonl` (file_name, text): diffusers' --train_data_dir layout, for tests."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": caption.format(i=i)})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    return root

@@ -374,24 +374,16 @@ def _tiny_autoencoder_pipeline(tiny_sd: Path, folder: Path) -> Path:
 
 
 def test_autoencoder_tiny_teacher_distills_samples_and_builds_a_generator(tiny_sd: Path, tmp_path: Path) -> None:
-    import json
-
     import numpy as np
     from diffusers import DiffusionPipeline
-    from PIL import Image
 
     from cdx.distill.generator import build_generator
+    from cdx.tiny_models import write_captioned_imagefolder
 
     teacher = _tiny_autoencoder_pipeline(tiny_sd, tmp_path / "taesd_teacher")
     parts = load_latent_pipeline(teacher)
     assert type(parts.vae).__name__ == "AutoencoderTiny" and parts.vae_scale_factor == 4
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"x {i}"}) + "\n"
-                                                 for i in range(4)))
+    data = write_captioned_imagefolder(tmp_path / "data", 4, "x {i}", seed=0)
     out = tmp_path / "student"
     distill_student(teacher, out, _small_config(steps=2, batch_size=2, num_solver_steps=10), data=data, show=False)
     pipe = DiffusionPipeline.from_pretrained(out)

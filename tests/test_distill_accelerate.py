@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -37,16 +36,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An imagefolder + metadata.jsonl (diffusers' --train_data_dir layout) of 8 random RGB images."""
-    from PIL import Image
+    from cdx.tiny_models import write_captioned_imagefolder
 
-    root = tmp_path_factory.mktemp("captioned")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "text": f"picture number {i}"})
-    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    return root
+    return write_captioned_imagefolder(tmp_path_factory.mktemp("captioned"), 8, "picture number {i}", seed=0)
 
 
 def test_two_ranks_agree_on_weights_draw_different_batches_and_write_once(tiny_sd: Path, captioned: Path,

@@ -24,16 +24,9 @@ def stock_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from PIL import Image
+    from cdx.tiny_models import write_captioned_imagefolder
 
-    root = tmp_path_factory.mktemp("captioned")
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "text": f"a thing {i}"})
-    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    return root
+    return write_captioned_imagefolder(tmp_path_factory.mktemp("captioned"), 6, "a thing {i}", seed=1)
 
 
 @pytest.fixture(scope="module")
