@@ -55,8 +55,9 @@ def _is_listed(rel: str, listed: set[str]) -> bool:
 
 
 def model_files(model: dict[str, Any]) -> list[str]:
-    """Every file a model entry refers to: the artifact, its external weight files, its golden data."""
-    return [model["file"], *model.get("external_data", []), *_golden_paths(model)]
+    """Every file a model entry refers to: the artifact, its external weight files, its golden data, its tokenizer files."""
+    tokenizer = (model.get("tokenizer") or {}).get("files", {})
+    return [model["file"], *model.get("external_data", []), *_golden_paths(model), *tokenizer.values()]
 
 
 def _golden_paths(model: dict[str, Any]) -> list[str]:
