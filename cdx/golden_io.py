@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cdx import rng
+from cdx.errors import InputError
 
 GOLDEN_DIR = "golden"
 CONTRAST_SEED_BASE = 20_000  # far from golden and calibration seeds: another text embedding per seed
@@ -47,38 +48,72 @@ def read_golden(folder: Path, model: dict[str, Any]) -> tuple[dict[str, np.ndarr
 
 
 def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]],
-                     num_classes: int | None) -> list[dict[str, np.ndarray]] | None:
-    """The same noise with a different conditioning (next class label / another text embedding), or None if unconditional.
+                     num_classes: int | None, embeddings: np.ndarray | None = None) -> list[dict[str, np.ndarray]] | None:
+    """The same noise with a different conditioning (next class label / the next prompt's text embedding, or another
+    seeded embedding when no prompts are given), or None if unconditional.
 
     The parity gate compares how far outputs move between the two conditionings in the artifact vs the float model,
-    so a quantized artifact whose conditional signal collapsed is caught even when its PSNR looks fine.
+    so a quantized artifact whose conditional signal collapsed is caught even when its PSNR looks fine. With
+    `embeddings` (the encoded prompts, one row each) two real prompts are compared: each batch's prompt and the next.
     """
     if "class_label" in input_names and num_classes and num_classes > 1:
         return [{**b, "class_label": (b["class_label"] + 1) % num_classes} for b in batches]
     if "text_embedding" in input_names:
         out = []
         for i, b in enumerate(batches):
-            other = rng.normal(CONTRAST_SEED_BASE + i, b["text_embedding"].shape, input_names.index("text_embedding"))
-            out.append({**b, "text_embedding": other})
+            if embeddings is not None:
+                j = next((k for k, row in enumerate(embeddings) if np.array_equal(row, b["text_embedding"][0])), i)
+                other = embeddings[(j + 1) % len(embeddings)][None]
+            else:
+                other = rng.normal(CONTRAST_SEED_BASE + i, b["text_embedding"].shape, input_names.index("text_embedding"))
+            out.append({**b, "text_embedding": other.astype(np.float32)})
         return out
     return None
 
 
-def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list[int]) -> list[dict[str, np.ndarray]]:
+def text_encoder_model(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's `text_encoder` entry (a text student converted with prompts), or None."""
+    return next((m for m in manifest["models"] if m.get("role") == "text_encoder"), None)
+
+
+def prompt_tensors(folder: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(input_ids [P, L], text_embedding [P, L, D]) of the manifest's prompts: the text encoder's golden data, which is
+    what every graph's `text_embedding` input is built from (`conditioning.prompts`), or None without prompts."""
+    model = text_encoder_model(manifest)
+    if model is None or not manifest["conditioning"].get("prompts"):
+        return None
+    inputs, outputs = read_golden(folder, model)
+    return inputs["input_ids"], outputs["text_embedding"]
+
+
+def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list[int],
+                    folder: Path | None = None) -> list[dict[str, np.ndarray]]:
     """Seeded inputs for a manifest entry, built from the manifest alone (the rule in `manifest["rng"]`).
 
     Random tensors are drawn from cdx-normal-v1 (`cdx/rng.py`) with stream = input index; class labels cycle with the
     seed's index; w is the manifest's default; step-graph constants are the first schedule step. For the generator
     this is exactly what `example_inputs` gives, so any runtime (or app) can regenerate the golden inputs.
+    A text student converted with prompts (`conditioning.prompts`) takes, for the seed at index i, the encoded prompt
+    i % P (`text_embedding`) or its token ids (`input_ids`), read from the text encoder's golden data in `folder`.
     """
     conditioning = manifest["conditioning"]
     first_step = manifest["schedule"]["steps"][0]
+    names = {spec["name"] for spec in model["inputs"]}
+    prompts = None
+    if conditioning.get("prompts") and names & {"text_embedding", "input_ids"}:
+        if folder is None:
+            raise InputError(f"{model['name']}: its text inputs are the manifest's encoded prompts; "
+                             "pass the artifact folder to read them")
+        prompts = prompt_tensors(Path(folder), manifest)
     batches = []
     for i, seed in enumerate(seeds):
         batch: dict[str, np.ndarray] = {}
         for stream, spec in enumerate(model["inputs"]):
             name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
-            if name == "class_label":
+            if prompts is not None and name in ("input_ids", "text_embedding"):
+                rows = prompts[0] if name == "input_ids" else prompts[1]
+                value = rows[i % len(rows)][None]
+            elif name == "class_label":
                 value = np.full(shape, i % (conditioning.get("num_classes") or 1))
             elif name == "guidance_scale":
                 value = np.full(shape, conditioning["guidance"].get("default", 8.0))

@@ -6,7 +6,7 @@ Everything is written into a temp folder that is renamed into place only when ev
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,16 @@ import torch
 from cdx import rng
 from cdx.atomic import atomic_directory
 from cdx.convert.artifact import Artifact
-from cdx.convert.golden import calibration_inputs, contrast_batches, eager_outputs, seeded_batches, stack, write_golden
+from cdx.convert.golden import (
+    PromptSet,
+    calibration_inputs,
+    contrast_batches,
+    eager_outputs,
+    prompt_set,
+    seeded_batches,
+    stack,
+    write_golden,
+)
 from cdx.convert.parity import parity_gate
 from cdx.distill.consistency import check_sampling_steps
 from cdx.distill.generator import ExportableGraph as Graph
@@ -55,6 +64,8 @@ class ConvertOptions:
     coreml_target: str = "iOS17"
     calibration_samples: int = CALIBRATION_SAMPLES
     lora: str | None = None  # an LCM-LoRA folder (cdx distill --lora-rank): fused into the base UNet before export
+    prompts: str | None = None  # text students: a file of prompts, one a line (default: the student's cdx.json or built-in)
+    text_encoder: bool = True  # text students: also export the text encoder graph + tokenizer files
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -88,7 +99,7 @@ class ConvertOptions:
             raise InputError(f"--lora {self.lora}: no pytorch_lora_weights.safetensors there")
 
 
-def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact: Artifact, target: str,
+def _model_entry(name: str, graph: Graph, resolution: tuple[int, int] | None, artifact: Artifact, target: str,
                  steps: int) -> dict[str, Any]:
     entry = {
         "name": name,
@@ -98,7 +109,7 @@ def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact:
         "precision": artifact.precision,
         "file": artifact.file,
         "contains": graph.contains(),
-        "resolution": [int(resolution[0]), int(resolution[1])],
+        "resolution": [int(resolution[0]), int(resolution[1])] if resolution else None,
         "steps": steps,
         "inputs": [s.as_dict() for s in graph.input_specs()],
         "outputs": [s.as_dict() for s in graph.output_specs()],
@@ -111,8 +122,10 @@ def _model_entry(name: str, graph: Graph, resolution: tuple[int, int], artifact:
     return entry
 
 
-def _conditioning_section(parts: LatentPipelineParts) -> dict[str, Any]:
+def _conditioning_section(parts: LatentPipelineParts, prompts: PromptSet | None = None) -> dict[str, Any]:
     section: dict[str, Any] = {"type": parts.conditioning}
+    if prompts is not None:
+        section["prompts"] = prompts.as_dict()
     if parts.num_classes:
         section["num_classes"] = parts.num_classes
     if parts.class_names:
@@ -138,6 +151,8 @@ class GraphJob:
     parity_inputs: list[dict[str, np.ndarray]]
     calibration: list[tuple[torch.Tensor, ...]]
     golden_stride: int = 1  # parity inputs per seed (the step graph sees every step); golden keeps the first of each
+    quants: tuple[str, ...] | None = None  # the --quant variants to make (None: all of options.quants)
+    golden_extra: dict[str, Any] = field(default_factory=dict)  # recorded in the golden entry (e.g. its prompts)
 
 
 def _as_tuples(graph: Graph, batches: list[dict[str, np.ndarray]]) -> list[tuple[torch.Tensor, ...]]:
@@ -185,10 +200,11 @@ def _export_one(target: str, generator: Graph, staging: Path, stem: str, quant: 
     raise UnsupportedError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
 
 
-def _contrast(generator: Graph, batches: list[dict[str, Any]],
-              num_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """The golden inputs with another conditioning, and the float model's outputs on them (None if unconditional)."""
-    other = contrast_batches([s.name for s in generator.input_specs()], batches, num_classes)
+def _contrast(generator: Graph, batches: list[dict[str, Any]], num_classes: int | None,
+              embeddings: np.ndarray | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The golden inputs with another conditioning (the next prompt, for text students), and the float model's outputs
+    on them (None if unconditional)."""
+    other = contrast_batches([s.name for s in generator.input_specs()], batches, num_classes, embeddings)
     return None if other is None else (other, eager_outputs(generator, other))
 
 
@@ -205,20 +221,24 @@ def parity_line(record: dict[str, Any]) -> str:
 
 
 def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_classes: int | None,
-                  resolution: tuple[int, int], cache: dict[Any, Any], say: Progress) -> list[dict[str, Any]]:
+                  resolution: tuple[int, int] | None, cache: dict[Any, Any], say: Progress,
+                  embeddings: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Golden data, then every --quant variant of one graph: export, parity gate, manifest entry."""
     reference = eager_outputs(job.graph, job.parity_inputs)
     stride = job.golden_stride
     golden = write_golden(staging, stack(job.parity_inputs[::stride]), stack(reference[::stride]), job.stem)
     golden["seeds"] = list(options.seeds)
+    golden.update(job.golden_extra)
     context: dict[str, Any] = {"say": say, "batches": job.parity_inputs, "cache": cache, "calibration": job.calibration}
-    contrast = _contrast(job.graph, job.parity_inputs, num_classes)
+    contrast = _contrast(job.graph, job.parity_inputs, num_classes, embeddings)
     entries = []
-    for quant in options.quants:
+    for quant in job.quants or options.quants:
         stem = f"{job.stem}_{quant}" if quant != "none" else job.stem
         say(f"exporting {stem} to {options.target}")
         artifact = _export_one(options.target, job.graph, staging, stem, quant, options, context)
         entry = _model_entry(stem, job.graph, resolution, artifact, options.target, options.steps)
+        if resolution is None:  # the text encoder: no image size, no sampling steps
+            entry.pop("resolution"), entry.pop("steps")
         entry["golden"] = golden
         say(f"parity gate for {stem}")
         entry["parity"] = parity_gate(staging, {}, entry, job.parity_inputs, reference, force=options.force,
@@ -247,6 +267,46 @@ def _fuse_lora(parts: LatentPipelineParts, folder: str, say: Progress) -> dict[s
             "parameterization": parts.parameterization}
 
 
+# the text encoder is exported once per convert, in float (the generator carries the --quant variants)
+TEXT_ENCODER_QUANT = {"onnx": "none", "executorch": "none", "coreml": "fp32"}
+
+
+def _prompts(parts: LatentPipelineParts, options: ConvertOptions,
+             say: Progress) -> tuple[PromptSet | None, np.ndarray | None]:
+    """A text student's prompt set and its encoding by the student's own text encoder; (None, None) otherwise."""
+    if parts.conditioning != "text_embedding":
+        if options.prompts is not None:
+            raise InputError(f"--prompts {options.prompts}: {parts.path} is not text-conditioned ({parts.conditioning})")
+        return None, None
+    if parts.text_encoder is None or parts.tokenizer is None:
+        if options.prompts is not None:
+            raise InputError(f"--prompts {options.prompts}: {parts.path} has no text_encoder/ and tokenizer/ to encode them")
+        return None, None  # a bare UNet: golden data keeps seeded stand-in embeddings
+    from cdx.distill.text_encoder_graph import encode
+
+    prompts = prompt_set(parts.class_names, options.prompts)
+    say(f"encoding {len(prompts.texts)} prompts ({prompts.source}) with the student's text encoder")
+    return prompts, encode(parts, list(prompts.texts))
+
+
+def _export_text_encoder(parts: LatentPipelineParts, prompts: PromptSet, staging: Path, options: ConvertOptions,
+                         say: Progress) -> list[dict[str, Any]]:
+    """The text encoder graph (float), gated on the prompts' token ids, with the tokenizer section and files."""
+    from cdx.distill.text_encoder_graph import TextEncoderGraph, tokenize, tokenizer_section
+
+    ids = tokenize(parts, list(prompts.texts))
+    graph = TextEncoderGraph(parts, example_ids=ids).eval()
+    inputs = [{"input_ids": ids[i : i + 1]} for i in range(len(ids))]
+    job = GraphJob("text_encoder", graph, inputs, _as_tuples(graph, inputs),
+                   quants=(TEXT_ENCODER_QUANT[options.target],), golden_extra={"prompts": list(prompts.texts)})
+    entries = _export_graph(job, staging, replace(options, seeds=tuple(range(len(ids)))), None, None, {}, say)
+    section = tokenizer_section(parts, staging)
+    for entry in entries:
+        entry["name"] = "text_encoder"
+        entry["tokenizer"] = section
+    return entries
+
+
 def convert(model: str | Path, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Path:
     """Convert the student at `model` into `out` (artifacts + golden data + manifest). Returns the manifest path."""
     options.validate()
@@ -255,6 +315,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
     parts = load_latent_pipeline(model)
     lora = _fuse_lora(parts, options.lora, say) if options.lora else None
     check_sampling_steps(parts.scheduler_config, options.steps)
+    prompts, embeddings = _prompts(parts, options, say)
     source = Path(model).resolve() if Path(model).exists() else model
     sizes = options.latent_sizes or (None,)
     with atomic_directory(out, overwrite=options.overwrite) as staging:
@@ -267,14 +328,18 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             latent_h, latent_w = generator.latent_shape[2:]
             resolution = generator.output_specs()[0].shape[2:]
             say(f"golden data for {latent_h}x{latent_w} latents ({len(options.seeds)} seeds)")
-            batches = seeded_batches(generator, list(options.seeds), parts.num_classes)
+            batches = seeded_batches(generator, list(options.seeds), parts.num_classes, embeddings)
             names = [s.name for s in generator.input_specs()]
             calibration = [{n: t.numpy() for n, t in zip(names, b, strict=True)}
                            for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes,
-                                                       parts.calibration_guidance)]
+                                                       parts.calibration_guidance, embeddings)]
             cache: dict[Any, Any] = {}
             for job in _graph_jobs(generator, options.mode, batches, calibration, f"{latent_h}x{latent_w}"):
-                models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say)
+                if prompts is not None:
+                    job.golden_extra["prompts"] = [prompts.texts[i % len(prompts.texts)] for i in range(len(batches))]
+                models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say, embeddings)
+        if prompts is not None and options.text_encoder:
+            models += _export_text_encoder(parts, prompts, staging, options, say)
         manifest = new_manifest(
             source={
                 "path": str(source),
@@ -286,7 +351,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                 "num_parameters": sum(p.numel() for p in parts.unet.parameters())
                 + sum(p.numel() for p in parts.vae.decoder.parameters()),
             },
-            conditioning=_conditioning_section(parts),
+            conditioning=_conditioning_section(parts, prompts),
             schedule=schedule,
             rng=rng.describe(),
             models=models,

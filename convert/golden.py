@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,20 +10,30 @@ import numpy as np
 import torch
 
 from cdx.distill.generator import ExportableGraph
+from cdx.errors import InputError
 
 # numpy-only helpers live in the core (cdx.golden_io, no torch import); re-exported for the callers of this module
 from cdx.golden_io import GOLDEN_DIR, contrast_batches, manifest_inputs, read_golden, stack, unstack  # noqa: F401
 from cdx.images import save_image_grid
 
 
-def seeded_batches(generator: ExportableGraph, seeds: list[int], num_classes: int | None) -> list[dict[str, np.ndarray]]:
-    """One input dict per seed; class labels cycle through the classes so conditioning is exercised."""
+def seeded_batches(generator: ExportableGraph, seeds: list[int], num_classes: int | None,
+                   prompt_embeddings: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """One input dict per seed; class labels cycle through the classes and encoded prompts through the prompt set
+    (seed index i takes prompt i % P), so conditioning is exercised with what a user would feed."""
     batches = []
     for i, seed in enumerate(seeds):
         label = i % num_classes if num_classes else 0
         tensors = generator.example_inputs(seed=seed, class_label=label)
-        batches.append({k: v.numpy() for k, v in tensors.items()})
+        batch = {k: v.numpy() for k, v in tensors.items()}
+        batches.append(_with_prompt(batch, prompt_embeddings, i))
     return batches
+
+
+def _with_prompt(batch: dict[str, np.ndarray], prompt_embeddings: np.ndarray | None, index: int) -> dict[str, np.ndarray]:
+    if prompt_embeddings is None or "text_embedding" not in batch:
+        return batch
+    return {**batch, "text_embedding": np.ascontiguousarray(prompt_embeddings[index % len(prompt_embeddings)][None])}
 
 
 @torch.inference_mode()
@@ -52,15 +63,78 @@ CALIBRATION_SEED_BASE = 10_000  # far from the golden seeds, so calibration neve
 
 
 def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int | None,
-                       guidance: tuple[float, ...] = (2.0, 4.0, 8.0, 12.0)) -> list[tuple[torch.Tensor, ...]]:
-    """Seeded generator inputs for static quantization: fresh noise, every class label, a spread of guidance scales.
+                       guidance: tuple[float, ...] = (2.0, 4.0, 8.0, 12.0),
+                       prompt_embeddings: np.ndarray | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """Seeded generator inputs for static quantization: fresh noise, every class label or prompt, a spread of guidance
+    scales.
 
-    The generator's input *is* seeded noise (+ conditioning), so these are the real input distribution.
+    The generator's input *is* seeded noise + conditioning, so these are the real input distribution — for a text
+    student only when the conditioning is encoded prompts (`prompt_embeddings`, sample j takes prompt j % P): real
+    CLIP states have large outlier channels that N(0, 1) stand-ins do not, and int8 ranges are set by them.
     """
     batches = []
     for i in range(count):
         label = i % num_classes if num_classes else 0
         tensors = generator.example_inputs(seed=CALIBRATION_SEED_BASE + i, class_label=label,
                                            guidance_scale=guidance[i % len(guidance)])
+        if prompt_embeddings is not None and "text_embedding" in tensors:
+            row = prompt_embeddings[i % len(prompt_embeddings)][None]
+            tensors["text_embedding"] = torch.from_numpy(np.ascontiguousarray(row))
         batches.append(tuple(tensors.values()))
     return batches
+
+
+# ---- the prompt set of a text student --------------------------------------------------------------------------------
+BUILTIN_PROMPTS = ("a red apple", "a grinning face", "a yellow star", "a blue car", "a green tree", "a cup of hot coffee",
+                   "a cat face", "flag: France")
+MIN_PROMPTS = 2  # the conditioning-sensitivity check compares two prompts
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts a text student is encoded, calibrated and gated with, and where they came from (the manifest's
+    `conditioning.prompts`)."""
+
+    texts: tuple[str, ...]
+    source: str  # file | model | builtin
+    file: str | None = None
+    sha256: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"texts": list(self.texts), "source": self.source}
+        if self.file:
+            data.update(file=self.file, sha256=self.sha256)
+        return data
+
+
+def read_prompts_file(path: str | Path) -> PromptSet:
+    """`--prompts FILE`: UTF-8, one prompt per line; blank lines are skipped. Anything else is one line naming the file."""
+    from cdx.atomic import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--prompts {path}: no such file")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--prompts {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"--prompts {path}: cannot read ({exc.strerror})") from None
+    if "\x00" in text:
+        raise InputError(f"--prompts {path}: not a text file (contains NUL bytes)")
+    texts = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(texts) < MIN_PROMPTS:
+        raise InputError(f"--prompts {path}: {len(texts)} prompt(s); need at least {MIN_PROMPTS}, one per line "
+                         "(the conditioning-sensitivity check compares two)")
+    return PromptSet(texts, "file", str(path), sha256_file(path))
+
+
+def prompt_set(class_names: list[str], prompts_file: str | Path | None = None) -> PromptSet:
+    """The --prompts file, else the captions recorded in the student's cdx.json (its sample-grid prompts), else
+    cdx's built-in set."""
+    if prompts_file is not None:
+        return read_prompts_file(prompts_file)
+    recorded = tuple(dict.fromkeys(name.strip() for name in class_names if name.strip()))
+    if len(recorded) >= MIN_PROMPTS:
+        return PromptSet(recorded, "model")
+    return PromptSet(BUILTIN_PROMPTS, "builtin")

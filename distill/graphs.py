@@ -213,7 +213,7 @@ def component_batches(generator: OneStepGenerator, batches: list[dict[str, np.nd
     return step_batches, decoder_batches
 
 
-GRAPH_ROLES = ("generator", "unet_step", "vae_decoder", "teacher_step")
+GRAPH_ROLES = ("generator", "unet_step", "vae_decoder", "teacher_step", "text_encoder")
 
 
 def graph_for_role(parts: LatentPipelineParts, schedule: dict[str, Any], role: str) -> nn.Module:
@@ -221,6 +221,10 @@ def graph_for_role(parts: LatentPipelineParts, schedule: dict[str, Any], role: s
     latent shape and steps)."""
     if role not in GRAPH_ROLES:
         raise ValueError(f"unknown graph role {role!r}; valid: {', '.join(GRAPH_ROLES)}")
+    if role == "text_encoder":
+        from cdx.distill.text_encoder_graph import TextEncoderGraph
+
+        return TextEncoderGraph(parts).eval()
     latent_shape = tuple(schedule["latent_shape"])
     if role == "vae_decoder":
         return DecoderGraph.of(parts, latent_shape).eval()

@@ -36,7 +36,8 @@ class EagerRunner(Runner):
                 "(source weights_sha256 mismatch)"
             )
         schedule = dict(manifest["schedule"])
-        schedule["latent_shape"] = next(s["shape"] for s in model["inputs"] if s["name"] in ("noise", "latents"))
+        schedule["latent_shape"] = next((s["shape"] for s in model["inputs"] if s["name"] in ("noise", "latents")),
+                                        schedule["latent_shape"])  # the text encoder has no latent input
         schedule["steps"] = schedule["steps"][: model.get("steps", len(schedule["steps"]))]
         self.module = graph_for_role(parts, schedule, model.get("role", "generator"))
 
