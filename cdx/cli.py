@@ -43,19 +43,31 @@ def root(
 def teacher_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")] = Path("out/teacher"),
     data: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder or a folder of class subfolders "
-                                              "(default: /usr/share/datasets/fashion-mnist).")] = None,
+                                              "(default: /usr/share/datasets/fashion-mnist); `emoji` (the Noto emoji "
+                                              "cache of .ci/setup.sh) or an imagefolder with metadata.jsonl trains the "
+                                              "text-to-image teacher.")] = None,
     vae_steps: Annotated[int | None, typer.Option(help="Autoencoder training steps.")] = None,
     unet_steps: Annotated[int | None, typer.Option(help="UNet training steps.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    work_dir: Annotated[Path | None, typer.Option(help="Text-to-image teacher: autoencoder + UNet checkpoints; a rerun "
+                                                  "with the same folder resumes.")] = None,
 ) -> None:
-    """Train the embedded class-conditional latent diffusion teacher (autoencoder + UNet) on Fashion-MNIST."""
+    """Train the embedded class-conditional latent diffusion teacher (autoencoder + UNet) on Fashion-MNIST, or the
+    text-to-image teacher (CLIP text encoder + cross-attention UNet) with --data emoji / a captioned imagefolder."""
     from cdx.atomic import atomic_directory
     from cdx.distill.data import load_dataset
+    from cdx.distill.emoji import is_captioned_data
     from cdx.distill.teacher import TeacherRecipe, train_teacher
     from cdx.ui import console
 
+    if data is not None and is_captioned_data(str(data)):
+        from cdx.distill.text_teacher import run_text_teacher
+
+        info = run_text_teacher(out, str(data), vae_steps, unet_steps, limit, seed, overwrite, work_dir)
+        console.print(f"wrote {out} ({info['train_seconds']['total']:.0f} s)")
+        return
     recipe = TeacherRecipe(seed=seed)
     if vae_steps is not None:
         recipe.vae_steps = vae_steps
@@ -158,6 +170,56 @@ def distill(
         console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s, final loss {result['final_loss']:.4g})")
 
 
+@app.command("distill-decoder")
+def distill_decoder(
+    model: Annotated[str, typer.Option(help="Student pipeline folder: its VAE decoder is the teacher, its UNet makes the "
+                                       "sample latents (default: the embedded Fashion-MNIST student).")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="AutoencoderTiny folder to write.")] = Path("out/tiny_decoder"),
+    data: Annotated[str | None, typer.Option(help="Training images (the formats `cdx distill --data` takes; default "
+                                             "Fashion-MNIST).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Latents per batch (images + student samples).")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    width: Annotated[int, typer.Option(help="Channels of every AutoencoderTiny block (TAESD: 64).")] = 64,
+    depth: Annotated[int, typer.Option(help="AutoencoderTiny blocks per level (TAESD: 3).")] = 3,
+    sample_fraction: Annotated[float, typer.Option(help="Share of each batch from one-step student samples.")] = 0.5,
+    pixel_loss: Annotated[str, typer.Option(help="l1 | l2 | l1+l2.")] = "l1+l2",
+    adversarial_weight: Annotated[float, typer.Option(help="Weight of a hinge GAN term (a patch critic trained here); "
+                                                     "0 = pixel loss only.")] = 0.0,
+    adversarial_start: Annotated[int, typer.Option(help="Step the adversarial term starts at.")] = 0,
+    encoder_weight: Annotated[float, typer.Option(help="Weight of the tiny encoder's latent loss (0 = leave it "
+                                                  "untrained; generation uses only the decoder).")] = 1.0,
+    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (Accelerate).")] = "no",
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint interval (steps).")] = 500,
+    resolution: Annotated[int | None, typer.Option(help="Training image side (default: the teacher's).")] = None,
+    validation_size: Annotated[int, typer.Option(help="Held-out latents of each kind for the card's drift.")] = 64,
+    work_dir: Annotated[Path | None, typer.Option(help="Checkpoints (default: OUT.work).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Distill the VAE decoder into a tiny AutoencoderTiny (TAESD architecture) for `cdx convert --decoder`."""
+    from cdx.defaults import default_student
+    from cdx.distill.decoder import DecoderDistillConfig
+    from cdx.distill.decoder import distill_decoder as run_distill_decoder
+    from cdx.ui import console
+
+    config = DecoderDistillConfig(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth,
+                                  sample_fraction=sample_fraction, pixel_loss=pixel_loss,
+                                  adversarial_weight=adversarial_weight, adversarial_start=adversarial_start,
+                                  encoder_weight=encoder_weight, mixed_precision=mixed_precision,
+                                  checkpoint_every=checkpoint_every, seed=seed, resolution=resolution,
+                                  validation_size=validation_size)
+    config.validate()
+    result = run_distill_decoder(model or default_student(), out, config, data=data, work_dir=work_dir, resume=resume,
+                                 overwrite=overwrite, limit=limit)
+    if result["main_process"]:
+        drift = result["info"]["drift"]["student_samples"]
+        console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s; on student samples "
+                      f"PSNR {drift['psnr_db']:.1f} dB, SSIM {drift['ssim']:.3f} vs the full decoder)")
+
+
 @app.command()
 def sample(
     model: Annotated[str, typer.Option(help="Student (or teacher) pipeline folder.")] = "",
@@ -241,6 +303,9 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 3,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: min(4, cores)).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeded inputs for drift and quality.")] = 64,
+    time_budget: Annotated[float, typer.Option(
+        "--time-budget", help="Seconds for the whole bench: seeds, warm-up and runs shrink to fit, picked from "
+        "measured call times (0 = none).")] = 900.0,
     teacher: Annotated[str | None, typer.Option(help="Teacher to time at full steps and DDIM 8/4/2/1 "
                                                 "(default: the student's own, '' = none).")] = None,
     plots: Annotated[bool, typer.Option(help="Write the PNG plots.")] = True,
@@ -275,7 +340,7 @@ def bench(
     from cdx.benchmarks.report import load_report, render_markdown, write_report
     from cdx.ui import stages
 
-    options = BenchOptions(runs=runs, warmup=warmup, seeds=seeds, teacher=teacher)
+    options = BenchOptions(runs=runs, warmup=warmup, seeds=seeds, teacher=teacher, time_budget_s=time_budget or None)
     if threads is not None:
         options.threads = threads
     old = load_report(compare) if compare else None
