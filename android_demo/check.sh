@@ -216,7 +216,7 @@ run_test() {  # run_test BUNDLE OUT.json [REPLAY_DIR]
     fi
     local jar; jar="$(core_jar)"
     java -cp "$jar:$tools/kotlinc/lib/kotlin-stdlib.jar" org.cdx.androiddemo.CoreCheckKt \
-        --rng "$repo/tests/data/rng_vectors.json" --bundle "$bundle" --out "$out" --replay "$replay"
+        --rng "$repo/tests/data/rng_vectors.json" --tokenizer "$repo/tests/data/tokenizer_vectors.json" --bundle "$bundle" --out "$out" --replay "$replay"
 }
 
 if [ $# -eq 0 ]; then

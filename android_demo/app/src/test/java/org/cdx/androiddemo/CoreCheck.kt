@@ -4,6 +4,7 @@ import org.cdx.androiddemo.core.Benchmark
 import org.cdx.androiddemo.core.Bundle
 import org.cdx.androiddemo.core.BundleError
 import org.cdx.androiddemo.core.CdxNormal
+import org.cdx.androiddemo.core.ClipTokenizer
 import org.cdx.androiddemo.core.DeviceInfo
 import org.cdx.androiddemo.core.DeviceResults
 import org.cdx.androiddemo.core.GoldenComparison
@@ -17,6 +18,7 @@ import org.cdx.androiddemo.core.Manifest
 import org.cdx.androiddemo.core.ModelEntry
 import org.cdx.androiddemo.core.ModelResult
 import org.cdx.androiddemo.core.ModelRunner
+import org.cdx.androiddemo.core.PromptPath
 import org.cdx.androiddemo.core.SeededInputs
 import org.cdx.androiddemo.core.TensorSpec
 import java.io.File
@@ -65,6 +67,35 @@ private fun rngVectors(path: File) {
         val bad = ours.indices.filter { ours[it] != bits[it] }
         check("normal seed=$seed stream=$stream bit-for-bit (${bits.size} values)", bad.isEmpty()) { "elements $bad differ" }
     }
+}
+
+/** The Kotlin CLIP tokenizer against tests/data/tokenizer_vectors.json (transformers' ids, byte-level and merges sets). */
+private fun tokenizerVectors(path: File) {
+    val doc = JsonObject.parse(path.readText(), path.name)
+    check("tokenizer vectors are cdx-clip-bpe-v1", doc.string("name") == "cdx-clip-bpe-v1")
+    val sets = doc.objects("sets")
+    check("tokenizer vector sets present (${sets.size})", sets.isNotEmpty())
+    for (set in sets) {
+        val tokenizer = ClipTokenizer(set.obj("tokenizer"), set.string("vocab_json"), set.string("merges_txt"))
+        val cases = set.objects("cases")
+        val bad = cases.filter { c ->
+            tokenizer.tokenize(c.string("text")) != c.strings("tokens") ||
+                tokenizer.encode(c.string("text")).map { it.toLong() } != c.longs("input_ids")
+        }
+        check("tokenizer ${set.string("name")}: ${cases.size} texts → transformers' BPE symbols and input_ids", bad.isEmpty()) {
+            bad.joinToString("; ") { c -> "'${c.string("text")}' → ${tokenizer.tokenize(c.string("text"))} " +
+                "${tokenizer.encode(c.string("text")).toList()}, expected ${c.longs("input_ids")}" }
+        }
+    }
+}
+
+/** A text student's prompt path: the bundle's tokenizer reproduces its own vectors.json and the golden input_ids. */
+private fun promptPath(bundle: Bundle, model: ModelEntry) {
+    val path = PromptPath(bundle, model)
+    val bad = path.vectorMismatches()
+    check("${model.name}: tokenizer from the manifest reproduces the bundle's vectors.json", bad.isEmpty()) { bad.joinToString("; ") }
+    check("${model.name}: golden.prompts tokenized here = the golden input_ids bit for bit (${model.goldenPrompts.size} prompts)",
+        model.goldenPrompts.isNotEmpty() && Benchmark(bundle, model).seededInputsReproduceGolden() == true)
 }
 
 private fun jsonAndStats() {
@@ -149,7 +180,8 @@ private fun bundleChecks(bundleDir: File, replayDir: File?, scratch: File): List
         val seeds = model.golden!!.seeds
         check("${model.name}: ${golden.samples} golden samples for seeds $seeds", golden.samples == seeds.size && golden.samples > 0)
         val bench = Benchmark(bundle, model)
-        check("${model.name}: seed → cdx-normal-v1 + manifest rules reproduce the golden inputs bit for bit",
+        if (model.role == "text_encoder") promptPath(bundle, model)
+        else check("${model.name}: seed → cdx-normal-v1 + manifest rules reproduce the golden inputs bit for bit",
             bench.seededInputsReproduceGolden(golden) == true)
         val spec = model.outputs.first()
         val expected = golden.outputs.getValue(spec.name)
@@ -158,10 +190,12 @@ private fun bundleChecks(bundleDir: File, replayDir: File?, scratch: File): List
         check("${model.name}: identical outputs → max_abs 0, PSNR capped", same.maxAbs == 0.0 && same.psnrDb == GoldenComparison.PSNR_CAP_DB)
         val shifted = perSample.map { t -> HostTensor(t.name, t.dtype, t.shape, FloatArray(t.count) { (t.get(it) + 0.01).toFloat() }) }
         val off = GoldenComparison.compare(spec, expected, shifted)
-        check("${model.name}: +0.01 everywhere → PSNR ≈ 40 dB on a [0,1] range",
-            Math.abs(off.maxAbs - 0.01) < 1e-5 && Math.abs(off.psnrDb - 40.0) < 0.01) { "max_abs ${off.maxAbs} psnr ${off.psnrDb}" }
+        if (model.role == "generator") {
+            check("${model.name}: +0.01 everywhere → PSNR ≈ 40 dB on a [0,1] range",
+                Math.abs(off.maxAbs - 0.01) < 1e-5 && Math.abs(off.psnrDb - 40.0) < 0.01) { "max_abs ${off.maxAbs} psnr ${off.psnrDb}" }
+        }
 
-        imageCheck(model, expected, golden.samples)
+        if (model.role == "generator") imageCheck(model, expected, golden.samples)
 
         if (replayDir != null) {
             val files = model.outputs.associate { o -> o.name to File(replayDir, "${model.name}.${o.name}.bin") }
@@ -224,10 +258,11 @@ fun main(args: Array<String>) {
     val opts = HashMap<String, String>()
     var i = 0
     while (i < args.size) {
-        require(args[i].startsWith("--") && i + 1 < args.size) { "usage: --rng FILE [--bundle DIR --out FILE [--replay DIR]]" }
+        require(args[i].startsWith("--") && i + 1 < args.size) { "usage: --rng FILE [--tokenizer FILE] [--bundle DIR --out FILE [--replay DIR]]" }
         opts[args[i].removePrefix("--")] = args[i + 1]; i += 2
     }
     opts["rng"]?.let { rngVectors(File(it)) }
+    opts["tokenizer"]?.let { tokenizerVectors(File(it)) }
     jsonAndStats()
     val bundleDir = opts["bundle"]?.let(::File)
     if (bundleDir != null) {

@@ -76,8 +76,22 @@ class Benchmark(private val bundle: Bundle, private val model: ModelEntry, priva
     /** Whether cdx-normal-v1 + the manifest's rules regenerate the golden inputs bit for bit (null: no seeds listed). */
     fun seededInputsReproduceGolden(golden: GoldenSet = GoldenSet.load(bundle, model)): Boolean? {
         if (golden.seeds.isEmpty()) return null
+        if (model.role == "text_encoder") {  // golden sample i = the tokenizer on golden.prompts[i]
+            if (model.goldenPrompts.size != golden.samples) return null
+            val path = PromptPath(bundle, model)
+            return model.goldenPrompts.withIndex().all { (i, prompt) ->
+                path.inputIds(prompt).toLittleEndianBytes().contentEquals(golden.inputs[i][0].toLittleEndianBytes())
+            }
+        }
+        // a text student's golden text_embedding for seed i = its text encoder's golden output for prompt i % n
+        val encoder = bundle.manifest.textEncoderFor(model)
+        val encoderGolden = encoder?.let { GoldenSet.load(bundle, it) }
         return golden.seeds.withIndex().all { (i, seed) ->
-            val ours = SeededInputs.build(bundle.manifest, model, seed, SeededInputs.goldenClassLabel(bundle.manifest, i), null)
+            val text = if (encoder != null && encoderGolden != null) {
+                val spec = encoder.outputs.first()
+                encoderGolden.outputs.getValue(spec.name).slice(i % encoderGolden.samples, encoderGolden.samples, spec.shape)
+            } else null
+            val ours = SeededInputs.build(bundle.manifest, model, seed, SeededInputs.goldenClassLabel(bundle.manifest, i), null, text)
             ours.zip(golden.inputs[i]).all { (a, b) -> a.toLittleEndianBytes().contentEquals(b.toLittleEndianBytes()) }
         }
     }

@@ -41,6 +41,10 @@ class ModelEntry(
     val outputs: List<TensorSpec>,
     val golden: GoldenRef?,
     val export: JsonObject?,
+    /** The `tokenizer` section of a `text_encoder` model (prompt → input_ids, see [ClipTokenizer]); null otherwise. */
+    val tokenizer: JsonObject? = null,
+    /** `golden.prompts`: the prompt of each golden sample (text students), empty otherwise. */
+    val goldenPrompts: List<String> = emptyList(),
 ) {
     /** The Android runtime that runs this artifact, or null (Core ML, or a Core ML-delegated .pte). */
     val runtime: String?
@@ -84,6 +88,17 @@ class Manifest(
 ) {
     class FileEntry(val path: String, val sha256: String, val sizeBytes: Long)
 
+    /** The models a user picks to generate images (text encoders run inside a prompt's path, not on their own). */
+    val generators: List<ModelEntry> get() = models.filter { it.role == "generator" }
+
+    /** The text encoder that runs [generator]'s `text_embedding` from a prompt: same target, preferring fp32. */
+    fun textEncoderFor(generator: ModelEntry): ModelEntry? {
+        if (generator.inputs.none { it.name == SeededInputs.TEXT_INPUT }) return null
+        val encoders = models.filter { it.role == "text_encoder" && it.tokenizer != null && it.whyNotRunnable == null }
+        return encoders.firstOrNull { it.target == generator.target && it.precision == "fp32" }
+            ?: encoders.firstOrNull { it.target == generator.target } ?: encoders.firstOrNull()
+    }
+
     fun model(name: String): ModelEntry =
         models.firstOrNull { it.name == name } ?: throw BundleError("no model '$name' in the manifest (${models.joinToString { it.name }})")
 
@@ -122,6 +137,8 @@ class Manifest(
                         )
                     },
                     export = m.objOrNull("export"),
+                    tokenizer = m.objOrNull("tokenizer"),
+                    goldenPrompts = g?.listOrNull("prompts")?.map { it.toString() } ?: emptyList(),
                 )
             }
             val files = root.objects("files").map {

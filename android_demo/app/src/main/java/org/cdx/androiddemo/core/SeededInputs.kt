@@ -4,12 +4,23 @@ package org.cdx.androiddemo.core
  * Model inputs from a seed, built from the manifest alone (the rule of convert/golden.py `manifest_inputs`):
  * class_label → the chosen class, guidance_scale → the chosen w (default: conditioning.guidance.default),
  * an input named like a constant of the first schedule step → that constant, anything else → cdx-normal-v1 noise
- * with stream = the input's index in the model's input list.
+ * with stream = the input's index in the model's input list. A text student's `text_embedding` comes from its text
+ * encoder run on a prompt ([textEmbedding], see [PromptPath]); without one it is seeded noise like other inputs.
  */
 object SeededInputs {
-    fun build(manifest: Manifest, model: ModelEntry, seed: Long, classLabel: Int, guidance: Double?): List<HostTensor> =
+    const val TEXT_INPUT = "text_embedding"
+
+    fun build(manifest: Manifest, model: ModelEntry, seed: Long, classLabel: Int, guidance: Double?,
+              textEmbedding: HostTensor? = null): List<HostTensor> =
         model.inputs.mapIndexed { stream, spec ->
             when {
+                spec.name == TEXT_INPUT && textEmbedding != null -> {
+                    if (!textEmbedding.shape.contentEquals(spec.shape)) {
+                        throw BundleError("${model.name}: text encoder gave ${textEmbedding.shape.contentToString()}, " +
+                            "$TEXT_INPUT is ${spec.shape.contentToString()}")
+                    }
+                    HostTensor.ofFloats(spec, FloatArray(spec.count) { textEmbedding.get(it).toFloat() })
+                }
                 spec.name == "class_label" -> HostTensor.filled(spec, classLabel.toDouble())
                 spec.name == "guidance_scale" -> HostTensor.filled(spec, guidance ?: defaultGuidance(manifest))
                 manifest.firstStep.containsKey(spec.name) -> HostTensor.filled(spec, manifest.firstStep.getValue(spec.name))
