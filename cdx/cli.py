@@ -220,56 +220,6 @@ def distill_decoder(
                       f"PSNR {drift['psnr_db']:.1f} dB, SSIM {drift['ssim']:.3f} vs the full decoder)")
 
 
-@app.command("distill-decoder")
-def distill_decoder(
-    model: Annotated[str, typer.Option(help="Student pipeline folder: its VAE decoder is the teacher, its UNet makes the "
-                                       "sample latents (default: the embedded Fashion-MNIST student).")] = "",
-    out: Annotated[Path, typer.Option("--out", "-o", help="AutoencoderTiny folder to write.")] = Path("out/tiny_decoder"),
-    data: Annotated[str | None, typer.Option(help="Training images (the formats `cdx distill --data` takes; default "
-                                             "Fashion-MNIST).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option(help="Latents per batch (images + student samples).")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    width: Annotated[int, typer.Option(help="Channels of every AutoencoderTiny block (TAESD: 64).")] = 64,
-    depth: Annotated[int, typer.Option(help="AutoencoderTiny blocks per level (TAESD: 3).")] = 3,
-    sample_fraction: Annotated[float, typer.Option(help="Share of each batch from one-step student samples.")] = 0.5,
-    pixel_loss: Annotated[str, typer.Option(help="l1 | l2 | l1+l2.")] = "l1+l2",
-    adversarial_weight: Annotated[float, typer.Option(help="Weight of a hinge GAN term (a patch critic trained here); "
-                                                     "0 = pixel loss only.")] = 0.0,
-    adversarial_start: Annotated[int, typer.Option(help="Step the adversarial term starts at.")] = 0,
-    encoder_weight: Annotated[float, typer.Option(help="Weight of the tiny encoder's latent loss (0 = leave it "
-                                                  "untrained; generation uses only the decoder).")] = 1.0,
-    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (Accelerate).")] = "no",
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint interval (steps).")] = 500,
-    resolution: Annotated[int | None, typer.Option(help="Training image side (default: the teacher's).")] = None,
-    validation_size: Annotated[int, typer.Option(help="Held-out latents of each kind for the card's drift.")] = 64,
-    work_dir: Annotated[Path | None, typer.Option(help="Checkpoints (default: OUT.work).")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-) -> None:
-    """Distill the VAE decoder into a tiny AutoencoderTiny (TAESD architecture) for `cdx convert --decoder`."""
-    from cdx.defaults import default_student
-    from cdx.distill.decoder import DecoderDistillConfig
-    from cdx.distill.decoder import distill_decoder as run_distill_decoder
-    from cdx.ui import console
-
-    config = DecoderDistillConfig(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth,
-                                  sample_fraction=sample_fraction, pixel_loss=pixel_loss,
-                                  adversarial_weight=adversarial_weight, adversarial_start=adversarial_start,
-                                  encoder_weight=encoder_weight, mixed_precision=mixed_precision,
-                                  checkpoint_every=checkpoint_every, seed=seed, resolution=resolution,
-                                  validation_size=validation_size)
-    config.validate()
-    result = run_distill_decoder(model or default_student(), out, config, data=data, work_dir=work_dir, resume=resume,
-                                 overwrite=overwrite, limit=limit)
-    if result["main_process"]:
-        drift = result["info"]["drift"]["student_samples"]
-        console.print(f"wrote {out} ({result['steps']} steps, {result['seconds']:.0f} s; on student samples "
-                      f"PSNR {drift['psnr_db']:.1f} dB, SSIM {drift['ssim']:.3f} vs the full decoder)")
-
-
 @app.command()
 def sample(
     model: Annotated[str, typer.Option(help="Student (or teacher) pipeline folder.")] = "",
