@@ -262,6 +262,8 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     lora: Annotated[str | None, typer.Option(help="An LCM-LoRA folder (cdx distill --lora-rank): MODEL is then its base "
                                              "(teacher) pipeline; the LoRA is fused into the UNet before export.")] = None,
+    decoder: Annotated[str | None, typer.Option(help="An AutoencoderTiny folder (cdx distill-decoder, or TAESD) in place "
+                                                "of the VAE decoder; the manifest records it and its drift.")] = None,
 ) -> None:
     """Export a student to a target runtime, parity-check every artifact, and write the manifest."""
     from cdx.convert.export import ConvertOptions
@@ -272,7 +274,7 @@ def convert(
     options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
                              passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples,
-                             lora=lora)
+                             lora=lora, decoder=decoder)
     options.validate()
     if model is None:
         from cdx.defaults import default_student

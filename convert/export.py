@@ -66,6 +66,7 @@ class ConvertOptions:
     lora: str | None = None  # an LCM-LoRA folder (cdx distill --lora-rank): fused into the base UNet before export
     prompts: str | None = None  # text students: a file of prompts, one a line (default: the student's cdx.json or built-in)
     text_encoder: bool = True  # text students: also export the text encoder graph + tokenizer files
+    decoder: str | None = None  # an AutoencoderTiny folder (cdx distill-decoder) in place of the VAE decoder
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -314,6 +315,12 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
     say(f"loading {model}")
     parts = load_latent_pipeline(model)
     lora = _fuse_lora(parts, options.lora, say) if options.lora else None
+    full_parts, decoder = parts, None
+    if options.decoder:
+        from cdx.distill.decoder_swap import generator_drift, with_decoder
+
+        say(f"decoder: {options.decoder}")
+        parts, decoder = with_decoder(parts, options.decoder)
     check_sampling_steps(parts.scheduler_config, options.steps)
     prompts, embeddings = _prompts(parts, options, say)
     source = Path(model).resolve() if Path(model).exists() else model
@@ -329,6 +336,9 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
             resolution = generator.output_specs()[0].shape[2:]
             say(f"golden data for {latent_h}x{latent_w} latents ({len(options.seeds)} seeds)")
             batches = seeded_batches(generator, list(options.seeds), parts.num_classes, embeddings)
+            if decoder is not None:
+                drift = decoder.setdefault("drift_vs_full_decoder", {})
+                drift[f"{latent_h}x{latent_w}"] = generator_drift(full_parts, generator, sched, batches)
             names = [s.name for s in generator.input_specs()]
             calibration = [{n: t.numpy() for n, t in zip(names, b, strict=True)}
                            for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes,
@@ -345,7 +355,8 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                 "path": str(source),
                 "name": Path(str(model)).name,
                 "unet_class": type(parts.unet).__name__,
-                "vae_class": type(parts.vae).__name__,
+                "vae_class": type(full_parts.vae).__name__,
+                **({"decoder": decoder} if decoder else {}),
                 "weights_sha256": parts.weights_sha256,
                 **({"lora": lora} if lora else {}),
                 "num_parameters": sum(p.numel() for p in parts.unet.parameters())

@@ -30,7 +30,10 @@ def decoder_weights_sha256(folder: str | Path) -> str:
     """sha256 of the decoder folder's weights file (what the manifest records and the eager runner checks)."""
     from cdx.atomic import sha256_file
 
-    return sha256_file(Path(folder) / WEIGHTS_FILE)
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(f"--decoder {folder}: missing {WEIGHTS_FILE}")
+    return sha256_file(path)
 
 
 def load_tiny_decoder(folder: str | Path) -> AutoencoderTiny:
@@ -91,3 +94,23 @@ def image_drift(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
     from cdx.metrics import max_abs_diff, psnr, ssim
 
     return {"psnr_db": psnr(reference, test), "ssim": ssim(reference, test), "max_abs": max_abs_diff(reference, test)}
+
+
+@torch.inference_mode()
+def generator_drift(full_parts: LatentPipelineParts, generator: torch.nn.Module, schedule: dict[str, Any],
+                    batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Drift of a generator built with a tiny decoder vs the same generator with the full decoder, on the same inputs
+    (golden seeds): what swapping the decoder costs, recorded in the manifest beside the parity of each artifact."""
+    from cdx.distill.generator import OneStepGenerator
+
+    full_schedule = {**schedule, "latent_scaling_factor": full_parts.latent_scaling_factor,
+                     "latent_shift_factor": full_parts.latent_shift_factor}
+    full = OneStepGenerator(full_parts, full_schedule).eval()
+    names = [s.name for s in generator.input_specs()]
+    reference, test = [], []
+    for batch in batches:
+        args = [torch.from_numpy(batch[name]) for name in names]
+        reference.append(full(*args).numpy())
+        test.append(generator(*args).numpy())
+    return {**image_drift(np.concatenate(reference), np.concatenate(test)), "seeds": len(batches),
+            "measured_on": "the eager generator's images, same inputs, full vs tiny decoder"}

@@ -35,6 +35,14 @@ class EagerRunner(Runner):
                 f"{source['path']}: weights differ from the ones this artifact was exported from "
                 "(source weights_sha256 mismatch)"
             )
+        if source.get("decoder"):  # exported with a tiny decoder (cdx convert --decoder): the same one, checked
+            from cdx.distill.decoder_swap import decoder_weights_sha256, with_decoder
+
+            folder = source["decoder"]["path"]
+            if decoder_weights_sha256(folder) != source["decoder"]["sha256"]:
+                raise ChecksumError(f"{folder}: decoder weights differ from the ones this artifact was exported with "
+                                    "(source.decoder sha256 mismatch)")
+            parts, _ = with_decoder(parts, folder)
         schedule = dict(manifest["schedule"])
         schedule["latent_shape"] = next((s["shape"] for s in model["inputs"] if s["name"] in ("noise", "latents")),
                                         schedule["latent_shape"])  # the text encoder has no latent input
