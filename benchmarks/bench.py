@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from cdx.benchmarks.budget import DEFAULT_TIME_BUDGET_S, Budget
 from cdx.errors import CdxError, InputError
-from cdx.golden_io import contrast_batches, manifest_inputs
+from cdx.golden_io import contrast_batches, manifest_inputs, prompt_tensors
 from cdx.manifest import load_manifest
 from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, psnr_peak, ssim
 from cdx.runtimes.base import runtime_for
@@ -45,10 +47,13 @@ class BenchOptions:
     teacher: str | None = None  # None: the student's own teacher (its cdx.json) when found; "": no teacher rows
     teacher_steps: tuple[int, ...] = (50, 8, 4, 2, 1)  # the first is the teacher's full sampler
     inception: bool = True  # Inception KID per row (when the weights are installed)
+    time_budget_s: float | None = DEFAULT_TIME_BUDGET_S  # whole bench; seeds/runs shrink to fit (None or 0: unlimited)
 
     def validate(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.threads < 1 or self.seeds < 1:
             raise InputError("--runs, --threads and --seeds must be >= 1 and --warmup >= 0")
+        if self.time_budget_s is not None and self.time_budget_s < 0:
+            raise InputError(f"--time-budget {self.time_budget_s:g}: must be >= 0 seconds (0 = no budget)")
         if not self.teacher_steps or min(self.teacher_steps) < 1:
             raise InputError("teacher steps must be >= 1")
 
@@ -112,6 +117,7 @@ def _row(model: dict[str, Any], record: dict[str, Any], size: int | None, folder
         "target": "torch" if eager else model["target"],
         "format": "eager" if eager else model["format"],
         "precision": "fp32" if eager else model["precision"],
+        "steps": int(model.get("steps", 1)),
         "runtime": record["runtime"],
         "threads": record["threads"],
         "file_size_bytes": size,
@@ -120,6 +126,8 @@ def _row(model: dict[str, Any], record: dict[str, Any], size: int | None, folder
         "first_run_ms": record["first_run_ms"],
         "latency": record["latency"],
         "peak_rss_mb": record["peak_rss_mb"],
+        **({"rss_before_load_mb": record["rss_before_load_mb"]} if "rss_before_load_mb" in record else {}),
+        **({"plan": record["plan"]} if "plan" in record else {}),
     }
 
 
@@ -150,7 +158,7 @@ def find_teacher(manifest: dict[str, Any], requested: str | None) -> str | None:
 
 
 def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, np.ndarray]], runtimes: list[str],
-                  options: BenchOptions, base: dict[str, Any], scratch: Path, passes: list[str] | None,
+                  options: BenchOptions, runs: _Runs, passes: list[str] | None,
                   say: Progress) -> tuple[list[tuple[dict[str, Any], np.ndarray]], list[str]]:
     """The teacher's rows on eager torch and on each of `runtimes`, every step count: (row, images) pairs, notes."""
     from cdx.benchmarks.bench_teacher import prepare_teacher, teacher_inputs, teacher_row_name
@@ -158,6 +166,7 @@ def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, n
 
     guidance = float(first["conditioning"].get("guidance", {}).get("default", 3.0))
     latent_shape = tuple(samples[0]["noise"].shape)
+    scratch = runs.scratch
     graphs = prepare_teacher(teacher, latent_shape, guidance, runtimes, options.teacher_steps, scratch, passes, say)
     rows: list[tuple[dict[str, Any], np.ndarray]] = []
     if not graphs.manifests:
@@ -167,9 +176,9 @@ def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, n
     for runtime, manifest_path in graphs.manifests.items():
         say(f"teacher DDIM {', '.join(map(str, options.teacher_steps))} on {runtime} (guidance {guidance})")
         tag = f"teacher.{runtime}"
-        record = _worker({**base, "kind": "teacher", "teacher_manifest": str(manifest_path), "runtime": runtime,
-                          "steps": list(options.teacher_steps), "inputs_path": str(inputs_path),
-                          "outputs_prefix": str(scratch / tag)}, scratch, tag, options.threads)
+        record = runs.call({"kind": "teacher", "teacher_manifest": str(manifest_path), "runtime": runtime,
+                            "steps": list(options.teacher_steps), "inputs_path": str(inputs_path),
+                            "outputs_prefix": str(scratch / tag)}, tag, outputs=False)
         for steps in options.teacher_steps:
             full = steps == options.teacher_steps[0]
             timing = record["by_steps"][str(steps)]
@@ -178,7 +187,8 @@ def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, n
                    "precision": "fp32", "runtime": runtime, "threads": record["threads"], "file_size_bytes": None,
                    "import_ms": record["import_ms"], "cold_load_ms": record["cold_load_ms"],
                    "first_run_ms": timing["first_run_ms"], "latency": timing["latency"],
-                   "peak_rss_mb": record["peak_rss_mb"], "teacher_steps": steps, "teacher_full": full}
+                   "peak_rss_mb": record["peak_rss_mb"], "teacher_steps": steps, "teacher_full": full,
+                   "rss_before_load_mb": record["rss_before_load_mb"], "plan": timing["plan"]}
             if record.get("providers"):
                 row["providers"] = record["providers"]
             rows.append((row, np.load(scratch / f"{tag}.{steps}.npy")))
@@ -202,21 +212,88 @@ def _executorch_passes(manifests: dict[Path, dict[str, Any]]) -> list[str] | Non
     return None
 
 
+class _Runs:
+    """The bench's worker calls under one time budget: the first picks the seed count, every later one uses it."""
+
+    def __init__(self, budget: Budget, base: dict[str, Any], scratch: Path, threads: int, say: Progress):
+        self.budget, self.base, self.scratch, self.threads, self.say = budget, base, scratch, threads, say
+        self.seeds: int | None = None  # chosen by the first worker (all requested when there is no budget)
+
+    def call(self, spec: dict[str, Any], tag: str, outputs: bool = True) -> Measured | dict[str, Any]:
+        share = self.budget.share()
+        spec = {**self.base, **spec, "budget_s": share, "choose_seeds": self.seeds is None}
+        start = time.perf_counter()
+        result = _run_worker(spec, self.scratch, tag, self.threads) if outputs else \
+            _worker(spec, self.scratch, tag, self.threads)
+        self.budget.spent(time.perf_counter() - start)
+        record = result.record if isinstance(result, Measured) else result
+        plan = record.get("plan")
+        if plan and self.seeds is None:
+            self.seeds = plan["seeds"]
+            if share is not None:
+                self.say(f"time budget {self.budget.total_s:g} s: {plan['seeds']} of {len(self.base['seeds'])} seeds "
+                         f"(a call took {plan['call_ms']:.0f} ms)")
+        if plan and plan["limited"]:
+            self.say(f"  {tag}: {plan['runs']} timed runs after {plan['warmup']} warm-up, {plan['seeds']} seeds "
+                     f"(budget share {plan['budget_s']:.0f} s)")
+        return result
+
+
+def _worker_count(manifests: dict[Path, dict[str, Any]], options: BenchOptions, teacher: bool) -> int:
+    """How many worker processes the bench will start (the budget is shared out over them)."""
+    from cdx.benchmarks.bench_teacher import EXPORTED_RUNTIMES
+
+    runnable = [(m, model) for m in manifests.values() for model in m["models"] if not why_not_runnable(model)]
+    eager = {_eager_key(model, m) for m, model in runnable} if options.include_eager else set()
+    runtimes = {runtime_for(model, None) for _, model in runnable if model.get("role", "generator") == "generator"}
+    return len(runnable) + len(eager) + (1 + len(runtimes & set(EXPORTED_RUNTIMES)) if teacher else 0)
+
+
+def _save_inputs(root: Path, model: dict[str, Any], manifest: dict[str, Any], seeds: list[int],
+                 path: Path) -> list[dict[str, np.ndarray]]:
+    """The model's seeded inputs (and their contrast-conditioning twins) in `path`; the inputs."""
+    from cdx.benchmarks.worker import save_inputs
+
+    samples = manifest_inputs(model, manifest, seeds, root)
+    prompts = prompt_tensors(root, manifest)  # text students: the contrast is the next prompt
+    save_inputs(path, samples, contrast_batches([s["name"] for s in model["inputs"]], samples,
+                                                manifest["conditioning"].get("num_classes"), prompts[1] if prompts else None))
+    return samples
+
+
+def _eager_key(model: dict[str, Any], manifest: dict[str, Any]) -> tuple:
+    """Models sharing one eager float baseline: same weights, role, input shapes and steps."""
+    return (manifest["source"]["weights_sha256"], model.get("role", "generator"),
+            *(tuple(s["shape"]) for s in model["inputs"]), model.get("steps", 1))
+
+
+def _variant(model: dict[str, Any], manifest: dict[str, Any], runtime: str, eager: bool) -> tuple:
+    """What makes a generator row and a components row the same artifact, from the manifests alone: the weights, the
+    decoder, the runtime, target/format/precision and resolution (the role is what differs)."""
+    decoder = json.dumps(model.get("decoder") or manifest.get("decoder"), sort_keys=True)
+    kind = ("torch", "eager", "fp32") if eager else (model["target"], model["format"], model["precision"])
+    return (manifest["source"]["weights_sha256"], decoder, runtime, *kind, tuple(model.get("resolution") or ()))
+
+
 def bench(folders: str | Path | list[str | Path], options: BenchOptions | None = None,
           progress: Progress | None = None) -> dict[str, Any]:
     """Measure every model in `folders`; returns the report dict (see `report.schema.json`)."""
     from cdx.benchmarks.bench_quality import add_quality
+    from cdx.benchmarks.memory_tiers import BUDGET_SOURCE, memory_fit, tiers_table
     from cdx.benchmarks.report import machine_info, new_report
-    from cdx.benchmarks.worker import save_inputs
 
     options = options or BenchOptions()
     options.validate()
     say = progress or (lambda _msg: None)
     roots = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
     manifests = {root: load_manifest(root, verify=True) for root in roots}
+    first = next(iter(manifests.values()))
+    teacher = find_teacher(first, options.teacher)
     seeds = list(range(options.seeds))
     base = {"threads": options.threads, "runs": options.runs, "warmup": options.warmup, "seeds": seeds}
+    budget = Budget(options.time_budget_s, _worker_count(manifests, options, bool(teacher)))
     results: list[dict[str, Any]] = []
+    variants: dict[int, tuple] = {}  # index in `results` → its `_variant` (per-component split)
     skipped: list[dict[str, Any]] = []
     notes: list[str] = []
     grid: dict[str, np.ndarray] = {}
@@ -225,6 +302,7 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
     first_samples: list[dict[str, np.ndarray]] | None = None
     with tempfile.TemporaryDirectory(prefix="cdx-bench-") as tmp:
         scratch = Path(tmp)
+        runs = _Runs(budget, base, scratch, options.threads, say)
         eager_cache: dict[tuple, tuple[Measured, int]] = {}
         for root, manifest in manifests.items():
             for model in manifest["models"]:
@@ -236,23 +314,19 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                                     "reason": reason, "parity_at_convert": model.get("parity", {}).get("checked")})
                     continue
                 role = model.get("role", "generator")
-                key = (manifest["source"]["weights_sha256"], role, *(tuple(s["shape"]) for s in model["inputs"]),
-                       model.get("steps", 1))
+                key = _eager_key(model, manifest)
                 tag = f"{root.name}.{model['name']}"
-                samples = manifest_inputs(model, manifest, seeds)
-                if role == "generator" and first_samples is None:
-                    first_samples = samples
-                contrast = contrast_batches([s["name"] for s in model["inputs"]], samples,
-                                            manifest["conditioning"].get("num_classes"))
                 inputs_path = scratch / f"{tag}.inputs.npz"
-                save_inputs(inputs_path, samples, contrast)
+                samples = _save_inputs(root, model, manifest, seeds[:runs.seeds] if runs.seeds else seeds, inputs_path)
+                spec = {"folder": str(root.resolve()), "model": model["name"], "inputs_path": str(inputs_path)}
                 if options.include_eager and key not in eager_cache:
-                    say(f"eager PyTorch baseline for {model['name']} ({options.seeds} seeds)")
-                    measured = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"],
-                                            "runtime": "torch", "inputs_path": str(inputs_path)},
-                                           scratch, f"{tag}.torch", options.threads)
+                    say(f"eager PyTorch baseline for {model['name']} ({len(samples)} seeds)")
+                    measured = runs.call({**spec, "runtime": "torch"}, f"{tag}.torch")
+                    if len(samples) != runs.seeds:  # the first worker chose fewer seeds: the rest use them
+                        samples = _save_inputs(root, model, manifest, seeds[:runs.seeds], inputs_path)
                     eager_row = _row(model, measured.record, None, str(root), eager=True)
                     results.append(eager_row)
+                    variants[len(results) - 1] = _variant(model, manifest, "torch", eager=True)
                     eager_cache[key] = (measured, len(results) - 1)
                     grid[eager_row["name"]] = measured.outputs[:GRID_SAMPLES]
                     if role == "generator":
@@ -260,27 +334,29 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                         baseline[len(results) - 1] = len(results) - 1
                 runtime = runtime_for(model, None)
                 say(f"{model['name']} on {runtime}")
-                measured = _run_worker({**base, "folder": str(root.resolve()), "model": model["name"], "runtime": runtime,
-                                        "inputs_path": str(inputs_path)}, scratch, f"{tag}.{runtime}", options.threads)
+                measured = runs.call({**spec, "runtime": runtime}, f"{tag}.{runtime}")
+                if len(samples) != runs.seeds:
+                    samples = _save_inputs(root, model, manifest, seeds[:runs.seeds], inputs_path)
+                if role == "generator" and first_samples is None:
+                    first_samples = samples
                 row = _row(model, measured.record, size, str(root))
                 if key in eager_cache:
                     eager = eager_cache[key][0]
                     row["drift_vs_eager"] = _drift(eager, measured, psnr_peak(model["outputs"][0], eager.outputs))
                     row["speedup_vs_eager"] = eager.record["latency"]["median_ms"] / row["latency"]["median_ms"]
                 results.append(row)
+                variants[len(results) - 1] = _variant(model, manifest, runtime, eager=False)
                 grid[f"{row['name']} ({row['runtime']})"] = measured.outputs[:GRID_SAMPLES]
                 if role == "generator":
                     images[len(results) - 1] = measured.outputs
                     if key in eager_cache:
                         baseline[len(results) - 1] = eager_cache[key][1]
-        first = next(iter(manifests.values()))
-        teacher = find_teacher(first, options.teacher)
         if teacher and first_samples is None:
             notes.append("no generator model to compare the teacher with: no teacher rows")
         elif teacher:
             student_index = next((i for i, r in enumerate(results) if r["format"] == "eager" and i in images), None)
             teacher_rows, teacher_notes = _teacher_rows(teacher, first, first_samples, _teacher_runtimes(results),
-                                                        options, base, scratch, _executorch_passes(manifests), say)
+                                                        options, runs, _executorch_passes(manifests), say)
             notes += teacher_notes
             eager_teacher = {row["teacher_steps"]: out for row, out in teacher_rows if row["runtime"] == "torch"}
             for row, out in teacher_rows:
@@ -293,9 +369,19 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
                     baseline[len(results) - 1] = student_index
                 if row["teacher_full"] and row["runtime"] == "torch":
                     grid[f"{row['name']} ({row['runtime']})"] = out[:GRID_SAMPLES]
+    for row in results:
+        if row["role"] != "teacher":
+            row["memory"] = memory_fit(row["peak_rss_mb"], row.get("file_size_bytes"))
     report = new_report(roots, first, options, results, machine_info())
+    report["settings"] |= {"seeds": runs.seeds or options.seeds, "seeds_requested": options.seeds,
+                           "time_budget_s": budget.total_s or 0.0}
     report["skipped"] = skipped
     report["notes"] = notes
+    report["components"] = component_splits(results, variants)
+    if not report["components"] and any(r["role"] == "generator" for r in results):
+        notes.append("no per-component split: bench a `cdx convert --mode components` folder of the same model and "
+                     "target alongside the generator folder to time the UNet step and the decoder separately")
+    report["memory_tiers"] = {"source": BUDGET_SOURCE, "tiers": tiers_table()}
     _add_teacher_ratios(report)
     labels = _labels(first_samples)
     # Inception features for the artifacts, their float students and the eager teacher (teacher rows on other
@@ -304,6 +390,38 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
     add_quality(report, images, baseline, labels, options.inception, slow, say)
     report["_grid"] = grid  # images for the plots; dropped before the JSON is written
     return report
+
+
+def component_splits(results: list[dict[str, Any]], variants: dict[int, tuple]) -> list[dict[str, Any]]:
+    """Per runtime and artifact variant: the UNet step's and the decoder's latency, the generator's, the decoder share.
+
+    Rows pair up by `_variant` (manifest fields), so a generator folder and a `--mode components` folder of the same
+    student, target and precision give one split; `steps` calls of the step graph plus one decoder call are what the
+    generator does in one graph.
+    """
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for index, variant in variants.items():
+        row = results[index]
+        groups.setdefault(variant, {}).setdefault(row["role"], row)
+    splits = []
+    for variant, rows in groups.items():
+        step, decoder, generator = rows.get("unet_step"), rows.get("vae_decoder"), rows.get("generator")
+        if step is None or decoder is None:
+            continue
+        steps = int(generator.get("steps", 1)) if generator else int(step.get("steps", 1))
+        unet_ms, decoder_ms = step["latency"]["median_ms"], decoder["latency"]["median_ms"]
+        total = steps * unet_ms + decoder_ms
+        split: dict[str, Any] = {
+            "runtime": step["runtime"], "target": step["target"], "format": step["format"],
+            "precision": step["precision"], "resolution": list(variant[-1]), "steps": steps,
+            "unet_step": step["name"], "unet_step_ms": unet_ms, "vae_decoder": decoder["name"], "decoder_ms": decoder_ms,
+            "components_ms": total, "decoder_share": decoder_ms / total,
+        }
+        if generator:
+            split |= {"generator": generator["name"], "generator_ms": generator["latency"]["median_ms"],
+                      "decoder_share_of_generator": min(decoder_ms / generator["latency"]["median_ms"], 1.0)}
+        splits.append(split)
+    return splits
 
 
 def _labels(samples: list[dict[str, np.ndarray]] | None) -> np.ndarray | None:

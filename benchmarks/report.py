@@ -135,13 +135,67 @@ def _quality_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _budget_line(settings: dict[str, Any]) -> str:
+    """What the time budget chose (empty without one)."""
+    if not settings.get("time_budget_s"):
+        return ""
+    chosen = settings.get("seeds", "?")
+    asked = settings.get("seeds_requested", chosen)
+    return (f" Time budget {settings['time_budget_s']:g} s (`--time-budget`): {chosen} of {asked} seeds; "
+            "each row's runs are in its latency record.")
+
+
+def _components_lines(report: dict[str, Any]) -> list[str]:
+    splits = report.get("components") or []
+    if not splits:
+        return []
+    lines = ["", "## Per-component latency (UNet step and decoder graphs, same runtime)", "",
+             "Median ms of the `--mode components` graphs; the split is steps × UNet step + decoder, the generator is "
+             "the one-graph artifact of the same weights, target and precision.", "",
+             "| runtime | precision | resolution | UNet step ms | decoder ms | steps | steps × UNet + decoder ms "
+             "| generator ms | decoder share | decoder / generator |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in splits:
+        resolution = "×".join(map(str, c.get("resolution") or [])) or "—"
+        share_gen = c.get("decoder_share_of_generator")
+        lines.append(f"| {c['runtime']} | {c['precision']} | {resolution} | {_fmt(c['unet_step_ms'], 2)} | "
+                     f"{_fmt(c['decoder_ms'], 2)} | {c['steps']} | {_fmt(c['components_ms'], 2)} | "
+                     f"{_fmt(c.get('generator_ms'), 2)} | {c['decoder_share']:.0%} | "
+                     f"{'—' if share_gen is None else f'{share_gen:.0%}'} |")
+    return lines
+
+
+def _memory_lines(report: dict[str, Any]) -> list[str]:
+    rows = [r for r in report["results"] if "memory" in r]
+    if not rows:
+        return []
+    tiers = [t["ram_gb"] for t in (report.get("memory_tiers") or {}).get("tiers", [])] or \
+        [int(k.removesuffix("GB")) for k in rows[0]["memory"]["tiers"]]
+    source = (report.get("memory_tiers") or {}).get("source", "estimates")
+    lines = ["", "## Runtime memory (peak RSS of each runtime's own worker process)", "",
+             f"Fits a phone tier: yes = under every app budget of that RAM size; entitlement/android = only with iOS's "
+             f"increased-memory-limit entitlement or Android's larger budget; no = neither. Budgets: {source}.", "",
+             "| model | runtime | precision | size MB | peak RSS MB | RSS before load MB | peak RSS / size | "
+             + " | ".join(f"{t} GB" for t in tiers) + " |",
+             "|---|---|---|---:|---:|---:|---:|" + "---|" * len(tiers)]
+    for r in rows:
+        size, memory = r.get("file_size_bytes"), r["memory"]
+        ratio = memory.get("rss_over_size")
+        lines.append(f"| {r['name']} | {r['runtime']} | {r['precision']} | {_fmt(size / 1e6 if size else None, 2)} | "
+                     f"{_fmt(r['peak_rss_mb'])} | {_fmt(r.get('rss_before_load_mb'))} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}×'} | "
+                     + " | ".join(memory["tiers"].get(f"{t}GB", "—") for t in tiers) + " |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Tables a person wants to read: latency and drift per artifact, distillation speed-up, quality, phones."""
     settings, machine = report["settings"], report["machine"]
     lines = [
         f"# cdx bench — {report['source'].get('name', report['source']['path'])}", "",
         f"{machine['cpu']}, {settings['threads']} threads, {settings['runs']} timed runs after {settings['warmup']} "
-        f"warm-up, drift over {settings.get('seeds', '?')} seeded inputs; {report['created_at']}.", "",
+        f"warm-up, drift over {settings.get('seeds', '?')} seeded inputs; {report['created_at']}."
+        f"{_budget_line(settings)}", "",
         "## Latency and drift vs the eager float student", "",
         "The teacher runs on every runtime an artifact runs on (its guided UNet step exported for it); "
         "\"× teacher full\" divides the teacher's full sampler on the runtime in brackets by the row's time.", "",
@@ -160,6 +214,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(drift.get('ssim'), 4)} | {_fmt(cond, 2)} | {_ratio(r.get('speedup_vs_eager'))} | "
             f"{_teacher_ratio(r.get('speedup_vs_teacher_full'))} | {_teacher_ratio(r.get('speedup_vs_teacher_full_eager'))} |"
         )
+    lines += _components_lines(report)
+    lines += _memory_lines(report)
     lines += _quality_lines(report)
     notes = [*report.get("notes", []), *([report["quality_note"]] if report.get("quality_note") else [])]
     if notes:

@@ -52,6 +52,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from cdx.metrics import percentile_stats
     from cdx.runtimes.base import RUNTIMES, open_runner
 
+    started = time.perf_counter()
     folder = Path(spec["folder"])
     manifest = load_manifest(folder, verify=True)
     model = find_model(manifest, spec["model"])
@@ -73,12 +74,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     outputs = [runner.run(samples[0])]
     first_run_ms = (time.perf_counter() - start) * 1e3
-    outputs += [runner.run(sample) for sample in samples[1:]]
+    call_s = first_run_ms / 1e3
+    if len(samples) > 1:  # a warm call: what every later call costs (the first one also pays lazy initialisation)
+        start = time.perf_counter()
+        outputs.append(runner.run(samples[1]))
+        call_s = min(call_s, time.perf_counter() - start)
+    plan = _plan(spec, call_s, len(samples), bool(contrast), started)
+    outputs += [runner.run(sample) for sample in samples[len(outputs):plan.seeds]]
+    outputs = outputs[:plan.seeds]
 
-    for _ in range(spec["warmup"]):
+    for _ in range(plan.warmup):
         runner.run(samples[0])
     timings = []
-    for _ in range(spec["runs"]):
+    for _ in range(plan.runs):
         start = time.perf_counter()
         runner.run(samples[0])
         timings.append((time.perf_counter() - start) * 1e3)
@@ -86,7 +94,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     name = runner.output_names[0]
     np.save(spec["outputs_path"], np.concatenate([o[name] for o in outputs]))
     if contrast:
-        np.save(spec["contrast_path"], np.concatenate([runner.run(b)[name] for b in contrast]))
+        np.save(spec["contrast_path"], np.concatenate([runner.run(b)[name] for b in contrast[:plan.seeds]]))
     return {
         **runner.describe(),
         "import_ms": import_ms,
@@ -95,7 +103,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "latency": percentile_stats(timings),
         "rss_before_load_mb": rss_before,
         "peak_rss_mb": _rss_mb(),
+        "plan": plan.as_dict(spec.get("budget_s") or 0.0, call_s * 1e3),
     }
+
+
+def _plan(spec: dict[str, Any], call_s: float, seeds: int, contrast: bool, started: float) -> Any:
+    """Seeds/warm-up/runs for this worker: as asked, or what fits what is left of `spec['budget_s']` (budget.py)."""
+    from cdx.benchmarks.budget import plan_calls
+
+    budget = spec.get("budget_s")
+    left = None if budget is None else budget - (time.perf_counter() - started)  # <= 0: the minimum plan
+    return plan_calls(left, call_s, seeds, spec["warmup"], spec["runs"], contrast,
+                      choose_seeds=spec.get("choose_seeds", True))
 
 
 def _open_graph(folder: Path, manifest: dict[str, Any], model: dict[str, Any], runtime: str, threads: int | None) -> Any:
@@ -112,6 +131,7 @@ def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
     Its step and decoder graphs come from `spec['teacher_manifest']` (bench_teacher.py); the loop is
     `loops.run_teacher`, the same on every runtime.
     """
+    from cdx.benchmarks.budget import plan_calls
     from cdx.distill.loops import run_teacher
     from cdx.metrics import percentile_stats
     from cdx.runtimes.base import RUNTIMES
@@ -122,33 +142,44 @@ def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     importlib.import_module(RUNTIMES[spec["runtime"]][0])
     import_ms = (time.perf_counter() - start) * 1e3
+    rss_before = _rss_mb()
     start = time.perf_counter()
     step, decoder = (_open_graph(path.parent, manifest, model, spec["runtime"], spec.get("threads"))
                      for model in manifest["models"])
     cold_load_ms = (time.perf_counter() - start) * 1e3
     prediction_type = manifest["schedule"]["prediction_type"]
     by_steps: dict[str, Any] = {}
-    for steps in spec["steps"]:
+    budget = spec.get("budget_s")
+    started = time.perf_counter()
+    for index, steps in enumerate(spec["steps"]):
         schedule = manifest["schedule"]["ddim"][str(steps)]
 
         def sample(inputs: dict[str, np.ndarray], schedule: list[dict[str, Any]] = schedule) -> np.ndarray:
             return run_teacher(step, decoder, schedule, inputs, prediction_type)
 
+        step_started = time.perf_counter()
         start = time.perf_counter()
         images = [sample(samples[0])]
         first_run_ms = (time.perf_counter() - start) * 1e3
         images += [sample(inputs) for inputs in samples[1:]]
-        for _ in range(spec["warmup"]):
+        call_s = min(first_run_ms / 1e3, (time.perf_counter() - start) / len(samples))
+        share = None
+        if budget is not None:  # what is left, shared out over the step counts still to run in proportion to their steps
+            left = budget - (time.perf_counter() - started)
+            share = max(left, 0.0) * steps / sum(spec["steps"][index:]) - (time.perf_counter() - step_started)
+        plan = plan_calls(share, call_s, len(samples), spec["warmup"], spec["runs"], choose_seeds=False)
+        for _ in range(plan.warmup):
             sample(samples[0])
         timings = []
-        for _ in range(spec["runs"]):
+        for _ in range(plan.runs):
             start = time.perf_counter()
             sample(samples[0])
             timings.append((time.perf_counter() - start) * 1e3)
         np.save(f"{spec['outputs_prefix']}.{steps}.npy", np.concatenate(images))
-        by_steps[str(steps)] = {"first_run_ms": first_run_ms, "latency": percentile_stats(timings)}
+        by_steps[str(steps)] = {"first_run_ms": first_run_ms, "latency": percentile_stats(timings),
+                                "plan": plan.as_dict(share or 0.0, call_s * 1e3)}
     return {**step.describe(), "import_ms": import_ms, "cold_load_ms": cold_load_ms, "by_steps": by_steps,
-            "peak_rss_mb": _rss_mb()}
+            "rss_before_load_mb": rss_before, "peak_rss_mb": _rss_mb()}
 
 
 def main() -> None:

@@ -47,6 +47,8 @@ def test_bench_writes_a_valid_report(onnx_export: Path, tmp_path: Path) -> None:
     assert drift["max_abs"] <= 1e-4 and drift["samples"] == 6 and drift["ssim"] > 0.999
     assert drift["conditioning_sensitivity"]["ratio"] == pytest.approx(1.0, abs=1e-3)
     assert ort_row["file_size_bytes"] > 1_000_000 and ort_row["peak_rss_mb"] > 10
+    assert loaded["settings"]["time_budget_s"] == 900 and loaded["settings"]["seeds"] == 6  # the default budget fits
+    assert ort_row["plan"] == {**ort_row["plan"], "seeds": 6, "runs": 5, "warmup": 1, "limited": False}
     assert "| generator_16x16 | onnxruntime | fp32 |" in md_path.read_text()
     assert set(loaded["plots"]) == {"latency", "drift vs size", "image grid"}
     for name in loaded["plots"].values():
@@ -234,3 +236,75 @@ def test_teacher_graphs_export_for_executorch_and_sample_like_the_eager_teacher(
         images[runtime] = np.load(tmp_path / f"{runtime}.2.npy")
     assert images["torch"].shape == (2, 1, 32, 32)
     np.testing.assert_allclose(images["executorch"], images["torch"], atol=1e-3)
+
+
+def test_time_budget_plan_shrinks_seeds_then_runs_then_warmup_but_never_below_the_minimum() -> None:
+    from cdx.benchmarks.budget import CallPlan, plan_calls
+
+    assert plan_calls(None, 10.0, 64, 3, 20) == CallPlan(64, 3, 20, False)
+    assert plan_calls(1e6, 0.01, 64, 3, 20, contrast=True) == CallPlan(64, 3, 20, False)
+    # 10 calls of 1 s: 2 seeds (+2 contrast) and 3 runs are the floor; 3 left → 1 more seed (2 calls), 1 more run
+    assert plan_calls(10.0, 1.0, 64, 3, 20, contrast=True) == CallPlan(3, 0, 4, True)
+    assert plan_calls(40.0, 1.0, 4, 3, 20) == CallPlan(4, 3, 20, False)
+    assert plan_calls(30.0, 1.0, 4, 3, 30) == CallPlan(4, 0, 26, True)
+    assert plan_calls(0.0, 1.0, 64, 3, 20) == CallPlan(2, 0, 3, True)
+    assert plan_calls(0.0, 1.0, 5, 3, 20, choose_seeds=False) == CallPlan(5, 0, 3, True)  # seeds fixed by the first
+
+
+def test_memory_verdict_per_phone_tier() -> None:
+    from cdx.benchmarks.memory_tiers import MB, TIERS, memory_fit
+
+    small = memory_fit(500.0, 100 * MB)
+    assert set(small["tiers"].values()) == {"yes"} and small["rss_over_size"] == pytest.approx(5.0)
+    assert len(small["tiers"]) == len(TIERS) == 4
+    big = memory_fit(5000.0, None)  # e.g. SD-1.5 ORT fp16 here: only big phones with a raised limit
+    assert big["tiers"] == {"4GB": "no", "6GB": "no", "8GB": "entitlement/android", "12GB": "entitlement/android"}
+    assert "rss_over_size" not in big
+    assert memory_fit(9000.0, 1)["tiers"]["12GB"] == "no"
+
+
+@pytest.fixture(scope="module")
+def onnx_components(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cdx.convert.export import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("exports") / "components"
+    convert(tiny_sd, out, ConvertOptions(target="onnx", mode="components", seeds=(0,)))
+    return out
+
+
+def test_bench_splits_unet_step_and_decoder_under_a_time_budget(onnx_export: Path, onnx_components: Path,
+                                                               tmp_path: Path) -> None:
+    """A generator folder and a components folder of the same student: one split row per runtime (paired by the
+    manifests), the decoder's share of it; a budget too small for anything gives every worker the minimum plan, and the
+    first worker's seed count is every row's; each row has its peak RSS and phone-tier verdict; the report validates."""
+    from cdx.benchmarks.bench import BenchOptions, bench
+    from cdx.benchmarks.budget import MIN_RUNS, MIN_SEEDS
+    from cdx.benchmarks.report import validate_report, write_report
+
+    report = bench([onnx_export, onnx_components], BenchOptions(runs=8, warmup=2, threads=2, seeds=5, teacher="",
+                                                                 inception=False, include_eager=False,
+                                                                 time_budget_s=1e-3))
+    json_path, md_path = write_report(report, tmp_path, plots=False)
+    loaded = json.loads(json_path.read_text())
+    validate_report(loaded)
+    rows = {r["role"]: r for r in loaded["results"]}
+    assert set(rows) == {"generator", "unet_step", "vae_decoder"}
+    [split] = loaded["components"]
+    assert split["runtime"] == "onnxruntime" and split["steps"] == 1 and split["resolution"] == [64, 64]
+    assert split["unet_step_ms"] == rows["unet_step"]["latency"]["median_ms"]
+    assert split["decoder_ms"] == rows["vae_decoder"]["latency"]["median_ms"]
+    assert split["generator_ms"] == rows["generator"]["latency"]["median_ms"]
+    assert split["components_ms"] == pytest.approx(split["unet_step_ms"] + split["decoder_ms"])
+    assert split["decoder_share"] == pytest.approx(split["decoder_ms"] / split["components_ms"])
+    assert 0 < split["decoder_share"] < 1
+    assert loaded["settings"] | {"seeds": MIN_SEEDS, "seeds_requested": 5} == loaded["settings"]
+    for row in rows.values():
+        assert row["plan"]["limited"] and row["plan"]["seeds"] == MIN_SEEDS and row["plan"]["warmup"] == 0
+        assert row["latency"]["runs"] == MIN_RUNS
+        assert row["peak_rss_mb"] > row["rss_before_load_mb"] > 0
+        assert row["memory"]["rss_over_size"] > 1 and row["memory"]["tiers"]["4GB"] == "yes"
+    markdown = md_path.read_text()
+    assert "## Per-component latency" in markdown and "| onnxruntime | fp32 | 64×64 |" in markdown
+    assert "## Runtime memory" in markdown and f"{MIN_SEEDS} of 5 seeds" in markdown
+    with pytest.raises(ManifestError, match="decoder_share"):
+        validate_report({**loaded, "components": [{**split, "decoder_share": 1.5}]})
