@@ -105,7 +105,8 @@ def distill(
     data: Annotated[str | None, typer.Option(help="Training images: an imagefolder with metadata.jsonl (file_name, text), "
                                              "WebDataset .tar shards (a .tar, a folder of them, a glob or {000..009} "
                                              "range), class subfolders, a Fashion-MNIST IDX folder (the default), or "
-                                             "hf:org/name (a Hub dataset; needs the network).")] = None,
+                                             "hf:org/name (a Hub dataset; needs the network), or emoji (the "
+                                             "Noto emoji cache of .ci/setup.sh).")] = None,
     cache_latents: Annotated[Path | None, typer.Option(help="Encode the data once with the teacher's VAE into this "
                                                        "folder; later runs read the latents from it.")] = None,
     caption_dropout: Annotated[float, typer.Option(help="Text teachers: replace a caption by the empty prompt with this "
@@ -163,6 +164,10 @@ def distill(
     if method not in METHODS:
         raise CdxError(f"unknown --method {method!r}; valid: {', '.join(METHODS)}")
     config.method, config.variance_reduction = method, variance_reduction
+    if data == "emoji":  # the Noto emoji cache (.ci/setup.sh), train split, as an imagefolder at the run's size
+        from cdx.distill.emoji import emoji_imagefolder
+
+        data = str(emoji_imagefolder(resolution or 32))
     result = distill_student(teacher or default_teacher(), out, config, data=data, work_dir=work_dir, resume=resume,
                              overwrite=overwrite, limit=limit, rollout_cache=rollout_cache,
                              data_options=DataOptions(cache_latents, strict, shuffle_buffer))
