@@ -269,6 +269,11 @@ def convert(
                                              "(teacher) pipeline; the LoRA is fused into the UNet before export.")] = None,
     decoder: Annotated[str | None, typer.Option(help="An AutoencoderTiny folder (cdx distill-decoder, or TAESD) in place "
                                                 "of the VAE decoder; the manifest records it and its drift.")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Text students: a UTF-8 file, one prompt per line (>= 2), encoded by "
+                                                "the student's text encoder for golden data, int8 calibration and the "
+                                                "parity gate. Default: the captions in its cdx.json, else built-ins.")] = None,
+    text_encoder: Annotated[bool, typer.Option(help="Text students: also export the text encoder graph (input_ids → "
+                                               "text_embedding) and the tokenizer files, so a device can take a prompt.")] = True,
 ) -> None:
     """Export a student to a target runtime, parity-check every artifact, and write the manifest."""
     from cdx.convert.export import ConvertOptions
@@ -279,7 +284,7 @@ def convert(
     options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
                              passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples,
-                             lora=lora, decoder=decoder)
+                             lora=lora, decoder=decoder, prompts=prompts, text_encoder=text_encoder)
     options.validate()
     if model is None:
         from cdx.defaults import default_student

@@ -63,7 +63,7 @@ def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]
         for i, b in enumerate(batches):
             if embeddings is not None:
                 j = next((k for k, row in enumerate(embeddings) if np.array_equal(row, b["text_embedding"][0])), i)
-                other = embeddings[(j + 1) % len(embeddings)][None]
+                other = embeddings[(j + 1) % len(embeddings)][None].copy()
             else:
                 other = rng.normal(CONTRAST_SEED_BASE + i, b["text_embedding"].shape, input_names.index("text_embedding"))
             out.append({**b, "text_embedding": other.astype(np.float32)})
@@ -71,19 +71,20 @@ def contrast_batches(input_names: list[str], batches: list[dict[str, np.ndarray]
     return None
 
 
-def text_encoder_model(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest's `text_encoder` entry (a text student converted with prompts), or None."""
-    return next((m for m in manifest["models"] if m.get("role") == "text_encoder"), None)
-
-
 def prompt_tensors(folder: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(input_ids [P, L], text_embedding [P, L, D]) of the manifest's prompts: the text encoder's golden data, which is
-    what every graph's `text_embedding` input is built from (`conditioning.prompts`), or None without prompts."""
-    model = text_encoder_model(manifest)
-    if model is None or not manifest["conditioning"].get("prompts"):
+    """(input_ids [P, L], text_embedding [P, L, D]) of the manifest's prompts (`conditioning.prompts`): what every
+    graph's `text_embedding` input is built from, or None for a manifest without prompts."""
+    from cdx.manifest import resolve_inside
+
+    conditioning = manifest["conditioning"]
+    prompts = conditioning.get("prompts")
+    if not prompts:
         return None
-    inputs, outputs = read_golden(folder, model)
-    return inputs["input_ids"], outputs["text_embedding"]
+    count = len(prompts["texts"])
+    shape = conditioning["embedding_shape"]
+    ids = np.fromfile(resolve_inside(folder, prompts["input_ids"]), dtype="<i8").reshape(count, shape[1])
+    embeddings = np.fromfile(resolve_inside(folder, prompts["text_embedding"]), dtype="<f4").reshape(count, *shape[1:])
+    return ids.astype(np.int64), embeddings.astype(np.float32)
 
 
 def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list[int],
@@ -94,7 +95,7 @@ def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list
     seed's index; w is the manifest's default; step-graph constants are the first schedule step. For the generator
     this is exactly what `example_inputs` gives, so any runtime (or app) can regenerate the golden inputs.
     A text student converted with prompts (`conditioning.prompts`) takes, for the seed at index i, the encoded prompt
-    i % P (`text_embedding`) or its token ids (`input_ids`), read from the text encoder's golden data in `folder`.
+    i % P (`text_embedding`) or its token ids (`input_ids`), read from the files `conditioning.prompts` names in `folder`.
     """
     conditioning = manifest["conditioning"]
     first_step = manifest["schedule"]["steps"][0]
@@ -112,7 +113,7 @@ def manifest_inputs(model: dict[str, Any], manifest: dict[str, Any], seeds: list
             name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
             if prompts is not None and name in ("input_ids", "text_embedding"):
                 rows = prompts[0] if name == "input_ids" else prompts[1]
-                value = rows[i % len(rows)][None]
+                value = rows[i % len(rows)][None].copy()
             elif name == "class_label":
                 value = np.full(shape, i % (conditioning.get("num_classes") or 1))
             elif name == "guidance_scale":

@@ -42,6 +42,9 @@ def validate_manifest(data: dict[str, Any], where: str = "manifest") -> None:
     if len(names) != len(set(names)):
         raise ManifestError(f"{where}: model names must be unique, got {names}")
     listed = {f["path"] for f in data["files"]}
+    for rel in prompt_files(data):
+        if rel not in listed:
+            raise ManifestError(f"{where}: conditioning.prompts refers to {rel!r}, which is not in 'files'")
     for model in data["models"]:
         for rel in model_files(model):
             if not _is_listed(rel, listed):
@@ -58,6 +61,12 @@ def model_files(model: dict[str, Any]) -> list[str]:
     """Every file a model entry refers to: the artifact, its external weight files, its golden data, its tokenizer files."""
     tokenizer = (model.get("tokenizer") or {}).get("files", {})
     return [model["file"], *model.get("external_data", []), *_golden_paths(model), *tokenizer.values()]
+
+
+def prompt_files(data: dict[str, Any]) -> list[str]:
+    """The encoded prompts' files a text student's manifest names (`conditioning.prompts`)."""
+    prompts = data.get("conditioning", {}).get("prompts") or {}
+    return [prompts[key] for key in ("input_ids", "text_embedding") if key in prompts]
 
 
 def _golden_paths(model: dict[str, Any]) -> list[str]:
@@ -105,7 +114,7 @@ def new_manifest(**fields: Any) -> dict[str, Any]:
 def write_manifest(folder: str | Path, data: dict[str, Any]) -> Path:
     """Fill 'files' from the folder (every file the models name), validate, then write atomically."""
     root = Path(folder)
-    referenced: list[str] = []
+    referenced: list[str] = prompt_files(data)
     for model in data["models"]:
         referenced += model_files(model)
     data = {**data, "files": file_entries(root, referenced)}

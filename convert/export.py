@@ -25,6 +25,7 @@ from cdx.convert.golden import (
     seeded_batches,
     stack,
     write_golden,
+    write_prompts,
 )
 from cdx.convert.parity import parity_gate
 from cdx.distill.consistency import check_sampling_steps
@@ -65,7 +66,7 @@ class ConvertOptions:
     calibration_samples: int = CALIBRATION_SAMPLES
     lora: str | None = None  # an LCM-LoRA folder (cdx distill --lora-rank): fused into the base UNet before export
     prompts: str | None = None  # text students: a file of prompts, one a line (default: the student's cdx.json or built-in)
-    text_encoder: bool = True  # text students: also export the text encoder graph + tokenizer files
+    text_encoder: bool = False  # text students: also export the text encoder graph + tokenizer (`cdx convert` does)
     decoder: str | None = None  # an AutoencoderTiny folder (cdx distill-decoder) in place of the VAE decoder
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +99,10 @@ class ConvertOptions:
             raise InputError(f"--latent-size {', '.join(map(str, self.latent_sizes))}: sizes must be >= 1")
         if self.lora is not None and not (Path(self.lora) / "pytorch_lora_weights.safetensors").is_file():
             raise InputError(f"--lora {self.lora}: no pytorch_lora_weights.safetensors there")
+        if self.prompts is not None:
+            from cdx.convert.golden import read_prompts_file
+
+            read_prompts_file(self.prompts)
 
 
 def _model_entry(name: str, graph: Graph, resolution: tuple[int, int] | None, artifact: Artifact, target: str,
@@ -123,10 +128,10 @@ def _model_entry(name: str, graph: Graph, resolution: tuple[int, int] | None, ar
     return entry
 
 
-def _conditioning_section(parts: LatentPipelineParts, prompts: PromptSet | None = None) -> dict[str, Any]:
+def _conditioning_section(parts: LatentPipelineParts, prompts: dict[str, Any] | None = None) -> dict[str, Any]:
     section: dict[str, Any] = {"type": parts.conditioning}
     if prompts is not None:
-        section["prompts"] = prompts.as_dict()
+        section["prompts"] = prompts
     if parts.num_classes:
         section["num_classes"] = parts.num_classes
     if parts.class_names:
@@ -290,6 +295,16 @@ def _prompts(parts: LatentPipelineParts, options: ConvertOptions,
     return prompts, encode(parts, list(prompts.texts))
 
 
+def _write_prompts(parts: LatentPipelineParts, prompts: PromptSet | None, embeddings: np.ndarray | None,
+                   staging: Path) -> dict[str, Any] | None:
+    """The encoded prompts' files (every text input is rebuilt from them) and the manifest's record of them."""
+    if prompts is None or embeddings is None:
+        return None
+    from cdx.distill.text_encoder_graph import tokenize
+
+    return write_prompts(staging, prompts, tokenize(parts, list(prompts.texts)), embeddings)
+
+
 def _export_text_encoder(parts: LatentPipelineParts, prompts: PromptSet, staging: Path, options: ConvertOptions,
                          say: Progress) -> list[dict[str, Any]]:
     """The text encoder graph (float), gated on the prompts' token ids, with the tokenizer section and files."""
@@ -326,6 +341,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
     source = Path(model).resolve() if Path(model).exists() else model
     sizes = options.latent_sizes or (None,)
     with atomic_directory(out, overwrite=options.overwrite) as staging:
+        prompt_record = _write_prompts(parts, prompts, embeddings, staging)
         models: list[dict[str, Any]] = []
         schedule: dict[str, Any] = {}
         for size in sizes:
@@ -362,7 +378,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                 "num_parameters": sum(p.numel() for p in parts.unet.parameters())
                 + sum(p.numel() for p in parts.vae.decoder.parameters()),
             },
-            conditioning=_conditioning_section(parts, prompts),
+            conditioning=_conditioning_section(parts, prompt_record),
             schedule=schedule,
             rng=rng.describe(),
             models=models,

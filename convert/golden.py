@@ -30,10 +30,17 @@ def seeded_batches(generator: ExportableGraph, seeds: list[int], num_classes: in
     return batches
 
 
+def _row(prompt_embeddings: np.ndarray, index: int) -> np.ndarray:
+    """Prompt `index % P` as a [1, L, D] array with its own memory (a [None] view has a 0 stride torch.export
+    and ExecuTorch refuse)."""
+    k = index % len(prompt_embeddings)
+    return prompt_embeddings[k : k + 1].copy()
+
+
 def _with_prompt(batch: dict[str, np.ndarray], prompt_embeddings: np.ndarray | None, index: int) -> dict[str, np.ndarray]:
     if prompt_embeddings is None or "text_embedding" not in batch:
         return batch
-    return {**batch, "text_embedding": np.ascontiguousarray(prompt_embeddings[index % len(prompt_embeddings)][None])}
+    return {**batch, "text_embedding": _row(prompt_embeddings, index)}
 
 
 @torch.inference_mode()
@@ -78,8 +85,7 @@ def calibration_inputs(generator: ExportableGraph, count: int, num_classes: int 
         tensors = generator.example_inputs(seed=CALIBRATION_SEED_BASE + i, class_label=label,
                                            guidance_scale=guidance[i % len(guidance)])
         if prompt_embeddings is not None and "text_embedding" in tensors:
-            row = prompt_embeddings[i % len(prompt_embeddings)][None]
-            tensors["text_embedding"] = torch.from_numpy(np.ascontiguousarray(row))
+            tensors["text_embedding"] = torch.from_numpy(_row(prompt_embeddings, i))
         batches.append(tuple(tensors.values()))
     return batches
 
@@ -138,3 +144,10 @@ def prompt_set(class_names: list[str], prompts_file: str | Path | None = None) -
     if len(recorded) >= MIN_PROMPTS:
         return PromptSet(recorded, "model")
     return PromptSet(BUILTIN_PROMPTS, "builtin")
+
+
+def write_prompts(folder: Path, prompts: PromptSet, input_ids: np.ndarray, embeddings: np.ndarray) -> dict[str, Any]:
+    """Write the encoded prompts (the text encoder's golden files) and return the manifest's `conditioning.prompts`."""
+    entry = write_golden(folder, {"input_ids": input_ids}, {"text_embedding": embeddings}, "text_encoder")
+    return {**prompts.as_dict(), "input_ids": entry["inputs"]["input_ids"],
+            "text_embedding": entry["outputs"]["text_embedding"]}

@@ -60,10 +60,20 @@ class TextEncoderGraph(nn.Module):
         if parts.text_encoder is None or parts.tokenizer is None:
             raise UnsupportedError(f"{parts.path}: no text_encoder/ and tokenizer/ to export (a text student needs both)")
         self.text_encoder = parts.text_encoder
+        # transformers' plain attention (matmul + softmax): its SDPA path slices the mask into `aten.alias`, which
+        # coremltools cannot convert; same numerics (tested), and one graph serves every target.
+        self.text_encoder.set_attn_implementation("eager")
         self.length = parts.text_sequence_length
         self.hidden = int(parts.text_encoder.config.hidden_size)
         self.vocab_size = int(parts.text_encoder.config.vocab_size)
         self._example = example_ids if example_ids is not None else tokenize(parts, ["an image"])
+        # Constants instead of what transformers builds per call, so the graph is plain ops every target takes: the
+        # causal mask (built with `expand` + mask logic that ExecuTorch leaves on portable kernels) and the position
+        # ids (a full slice of its buffer becomes `aten.alias`, which coremltools cannot convert).
+        upper = torch.ones(self.length, self.length, dtype=torch.bool).triu(1)
+        mask = torch.zeros(self.length, self.length).masked_fill(upper, torch.finfo(torch.float32).min)
+        self.register_buffer("causal_mask", mask[None, None].clone(), persistent=False)
+        self.register_buffer("position_ids", torch.arange(self.length)[None].clone(), persistent=False)
 
     def contains(self) -> list[str]:
         return ["text_encoder"]
@@ -78,11 +88,17 @@ class TextEncoderGraph(nn.Module):
 
     def example_inputs(self, seed: int = 0, **_: Any) -> dict[str, torch.Tensor]:
         """The token ids of one real prompt (`seed` picks which of the example prompts)."""
-        row = self._example[seed % len(self._example)]
-        return {"input_ids": torch.from_numpy(np.ascontiguousarray(row[None]))}
+        row = torch.from_numpy(self._example[seed % len(self._example)].copy())
+        return {"input_ids": row[None]}  # unsqueeze, not numpy's [None]: its 0 stride is refused by ExecuTorch
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids)[0]
+        """CLIPTextTransformer's last hidden state (embeddings → causal encoder → final LayerNorm) with the constants
+        above, and without the pooled output (an argmax gather no generator uses): equal to
+        `text_encoder(input_ids)[0]` (tested)."""
+        model = self.text_encoder.text_model
+        hidden = model.embeddings(input_ids=input_ids, position_ids=self.position_ids)
+        hidden = model.encoder(inputs_embeds=hidden, causal_attention_mask=self.causal_mask).last_hidden_state
+        return model.final_layer_norm(hidden)
 
 
 def tokenize(parts: LatentPipelineParts, prompts: list[str]) -> np.ndarray:
