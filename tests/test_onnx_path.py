@@ -116,7 +116,7 @@ def test_manifest_alone_regenerates_the_golden_inputs(onnx_export: Path) -> None
     data = load_manifest(onnx_export)
     model = data["models"][0]
     inputs, _ = read_golden(onnx_export, model)
-    rebuilt = manifest_inputs(model, data, model["golden"]["seeds"])
+    rebuilt = manifest_inputs(model, data, model["golden"]["seeds"], onnx_export)  # text inputs: the encoded prompts
     for i, batch in enumerate(rebuilt):
         for name, value in batch.items():
             assert value.dtype == inputs[name].dtype and np.array_equal(value, inputs[name][i : i + 1])
