@@ -389,6 +389,7 @@ def bench(folders: str | Path | list[str | Path], options: BenchOptions | None =
     slow = {i for i in images if not (results[i]["target"] == "teacher" and results[i]["runtime"] != "torch")}
     add_quality(report, images, baseline, labels, options.inception, slow, say)
     report["_grid"] = grid  # images for the plots; dropped before the JSON is written
+    report["_grid_columns"] = grid_columns(first)
     return report
 
 
@@ -422,6 +423,14 @@ def component_splits(results: list[dict[str, Any]], variants: dict[int, tuple]) 
                       "decoder_share_of_generator": min(decoder_ms / generator["latency"]["median_ms"], 1.0)}
         splits.append(split)
     return splits
+
+
+def grid_columns(manifest: dict[str, Any]) -> list[str] | None:
+    """The image grid's column labels: the prompt each seed was given (text students: prompt i % P, the manifest's
+    rule), else its class name (labels cycle the same way)."""
+    conditioning = manifest["conditioning"]
+    names = (conditioning.get("prompts") or {}).get("texts") or conditioning.get("class_names")
+    return [names[i % len(names)] for i in range(GRID_SAMPLES)] if names else None
 
 
 def _labels(samples: list[dict[str, np.ndarray]] | None) -> np.ndarray | None:

@@ -65,8 +65,11 @@ def drift_vs_size(report: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def image_grid(grid: dict[str, np.ndarray], path: Path) -> Path | None:
-    """One row per sampler/artifact (teacher full | eager float student | each artifact), same seeds per column."""
+def image_grid(grid: dict[str, np.ndarray], path: Path, columns: list[str] | None = None) -> Path | None:
+    """One row per sampler/artifact (teacher full | eager float student | each artifact), same seeds per column;
+    `columns` labels each column with its conditioning (a text student's prompt, a class name)."""
+    import textwrap
+
     rows = [(name, images) for name, images in grid.items() if images.ndim == 4 and images.shape[1] in (1, 3)]
     if not rows:
         return None
@@ -83,18 +86,21 @@ def image_grid(grid: dict[str, np.ndarray], path: Path) -> Path | None:
                 ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1)
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle("Same seeds and labels per column", fontsize=8)
+            if r == 0 and columns and c < len(columns):
+                ax.set_title(textwrap.shorten(columns[c], 40), fontsize=5, wrap=True)
+    fig.suptitle("Same seeds and prompts per column" if columns else "Same seeds and labels per column", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def draw_plots(report: dict[str, Any], grid: dict[str, np.ndarray], out: Path) -> dict[str, str]:
+def draw_plots(report: dict[str, Any], grid: dict[str, np.ndarray], out: Path,
+               columns: list[str] | None = None) -> dict[str, str]:
     """Write every plot that has data into `out`; returns {title: file name} for the report."""
     drawn = {
         "latency": latency_bars(report, out / "latency.png"),
         "drift vs size": drift_vs_size(report, out / "drift_vs_size.png"),
-        "image grid": image_grid(grid, out / "image_grid.png"),
+        "image grid": image_grid(grid, out / "image_grid.png", columns),
     }
     return {title: path.name for title, path in drawn.items() if path is not None}

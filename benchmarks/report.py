@@ -250,11 +250,12 @@ def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True
     """Validate, draw the plots, then write `report.json` and `report.md` atomically."""
     out = Path(out_dir)
     grid = report.pop("_grid", None)
+    columns = report.pop("_grid_columns", None)
     if plots:
         from cdx.benchmarks.plots import draw_plots
 
         out.mkdir(parents=True, exist_ok=True)
-        report["plots"] = draw_plots(report, grid or {}, out)
+        report["plots"] = draw_plots(report, grid or {}, out, columns)
     validate_report(report)
     json_path, md_path = out / "report.json", out / "report.md"
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")

@@ -4,6 +4,11 @@ A bundle is a `cdx convert` folder cut down to the chosen models: the artifact(s
 section) and golden data — the seeded inputs and the float model's outputs as raw little-endian `.bin`, plus each
 image output as one PNG per seed — every file listed with its sha256. Opening a bundle verifies every checksum and
 refuses any path (in the manifest or inside a zip) that escapes the bundle.
+
+A text student's bundle also carries what a device needs to take a prompt: the `text_encoder` model (added when a
+chosen model takes `text_embedding`), its tokenizer files (`tokenizer/vocab.json`, `merges.txt`, `vectors.json`,
+described by that model's `tokenizer` section) and the encoded prompts of `conditioning.prompts` (see
+`cdx/distill/text_encoder_graph.py` for the format).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from cdx.atomic import atomic_directory, atomic_write_bytes, refuse_existing
 from cdx.errors import InputError, ManifestError
-from cdx.manifest import MANIFEST_NAME, load_manifest, model_files, resolve_inside, write_manifest
+from cdx.manifest import MANIFEST_NAME, load_manifest, model_files, prompt_files, resolve_inside, write_manifest
 
 
 def _select(manifest: dict[str, Any], names: list[str] | None, source: Path) -> list[dict[str, Any]]:
@@ -32,7 +37,10 @@ def _select(manifest: dict[str, Any], names: list[str] | None, source: Path) -> 
     missing = [n for n in names if n not in known]
     if missing:
         raise InputError(f"{source}: no model {missing[0]!r} in the manifest (have: {', '.join(known)})")
-    return [known[n] for n in names]
+    chosen = [known[n] for n in names]
+    takes_text = any(spec["name"] == "text_embedding" for m in chosen for spec in m["inputs"])
+    encoders = [m for m in models if m.get("role") == "text_encoder" and m not in chosen]
+    return chosen + (encoders[:1] if takes_text and not any(m.get("role") == "text_encoder" for m in chosen) else [])
 
 
 def _copy(source: Path, staging: Path, rel: str) -> None:
@@ -105,6 +113,8 @@ def make_bundle(source: str | Path, out: str | Path, models: list[str] | None = 
             if images:
                 entry["golden"]["images"] = images
             entries.append(entry)
+        for rel in prompt_files(manifest):
+            _copy(source, staging, rel)
         data = {k: v for k, v in manifest.items() if k != "files"}
         data["models"] = entries
         data["bundle"] = {"target": targets[0], "models": [m["name"] for m in entries], "source_folder": source.name}
