@@ -503,11 +503,14 @@ def demo(
     distill_steps: Annotated[int | None, typer.Option(help="With --distill: override the recipe's step count.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Use a non-empty --workdir, replacing the demo's own folders in it.")] = (
         False),
+    model: Annotated[str, typer.Option(help="fashion: the class-conditional Fashion-MNIST student; emoji: the "
+                                       "text-to-image emoji student (prompts, text encoder graph); or a student folder.")] = (
+        "fashion"),
 ) -> None:
-    """The main job on the embedded Fashion-MNIST student: convert → bench → report (no download, no training)."""
+    """The main job on an embedded student: convert → bench → report (no download, no training)."""
     from cdx.demo import run_demo
 
-    run_demo(workdir, runs=runs, distill=distill, distill_steps=distill_steps, overwrite=overwrite)
+    run_demo(workdir, runs=runs, distill=distill, distill_steps=distill_steps, overwrite=overwrite, model=model)
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""`cdx demo`: the main job end to end on the embedded Fashion-MNIST student — convert (3 targets) → bench → report.
+"""`cdx demo`: the main job end to end on an embedded student — convert (3 targets) → bench → report.
 
-No download and no training by default (the teacher and student are committed under `cdx/assets/`);
-`--distill` first re-distills the student from the committed teacher with its recorded recipe.
+`--model fashion` (the default): the class-conditional Fashion-MNIST student; `--model emoji`: the text-to-image
+emoji student (a stock LatentConsistencyModelPipeline with a CLIP text encoder), converted with its prompts and its
+text encoder graph, benched with a prompt-labelled image grid; or any student folder. No download and no training
+by default (teachers and students are committed under `cdx/assets/`); `--distill` first re-distills the Fashion
+student from the committed teacher with its recorded recipe.
 """
 
 from __future__ import annotations
@@ -18,6 +21,25 @@ DEMO_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("coreml", "coreml", ("fp16", "palettize6")),
 )
 DEMO_FOLDERS = (*(name for name, _, _ in DEMO_TARGETS), "report", "student", "student.work")
+EMOJI_STUDENT_DIR = "emoji_student"
+DEMO_MODELS = ("fashion", "emoji")
+
+
+def demo_student(model: str) -> str:
+    """The student folder of `--model`: an embedded one by name, or a student folder (e.g. a tiny test pipeline)."""
+    from cdx.defaults import ASSETS, default_student
+
+    if model == "fashion":
+        return default_student()
+    if model == "emoji":
+        folder = ASSETS / EMOJI_STUDENT_DIR
+        if not (folder / "model_index.json").is_file():
+            raise InputError(f"--model emoji: the embedded emoji student is missing ({folder}); distill it with "
+                             "`cdx distill --data emoji` from the emoji teacher (see its model card)")
+        return str(folder)
+    if (Path(model) / "model_index.json").is_file():
+        return model
+    raise InputError(f"--model {model!r}: not one of {', '.join(DEMO_MODELS)} nor a student folder with model_index.json")
 
 
 def check_workdir(workdir: Path, overwrite: bool) -> None:
@@ -51,24 +73,29 @@ def _redistill(workdir: Path, student: str, distill_steps: int | None) -> str:
 
 
 def run_demo(workdir: Path, runs: int = 20, distill: bool = False, distill_steps: int | None = None,
-             seeds: int = 64, overwrite: bool = False) -> Path:
-    """Convert the embedded student to every target, bench them together with the teacher; return report.md.
+             seeds: int = 64, overwrite: bool = False, model: str = "fashion") -> Path:
+    """Convert the student `model` (see `demo_student`) to every target, bench them together with its teacher;
+    return report.md. Text students also get their text encoder graph and tokenizer in each folder.
 
     A non-empty `workdir` is refused unless `overwrite` (see `check_workdir`)."""
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.report import render_markdown, write_report
     from cdx.convert.export import ConvertOptions, convert
-    from cdx.defaults import default_student
 
+    if distill and model != "fashion":
+        raise InputError(f"--distill re-distills the Fashion student only; the {model} student's model card gives its "
+                         "distillation command")
     workdir = Path(workdir)
     check_workdir(workdir, overwrite)
     report_dir = workdir / "report"
     folders = [workdir / name for name, _, _ in DEMO_TARGETS]
-    student = _redistill(workdir, default_student(), distill_steps) if distill else default_student()
+    student = demo_student(model)
+    student = _redistill(workdir, student, distill_steps) if distill else student
     with stages("demo") as say:
         for folder, (_, target, quants) in zip(folders, DEMO_TARGETS, strict=True):
             say(f"convert → {target} ({', '.join(quants)})")
-            convert(student, folder, ConvertOptions(target=target, quants=quants, overwrite=overwrite), progress=say)
+            convert(student, folder, ConvertOptions(target=target, quants=quants, overwrite=overwrite, text_encoder=True),
+                    progress=say)
         report = bench(folders, BenchOptions(runs=runs, seeds=seeds), progress=say)
         _, md_path = write_report(report, report_dir)
     print(render_markdown(report))
