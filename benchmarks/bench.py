@@ -270,7 +270,7 @@ def _eager_key(model: dict[str, Any], manifest: dict[str, Any]) -> tuple:
 def _variant(model: dict[str, Any], manifest: dict[str, Any], runtime: str, eager: bool) -> tuple:
     """What makes a generator row and a components row the same artifact, from the manifests alone: the weights, the
     decoder, the runtime, target/format/precision and resolution (the role is what differs)."""
-    decoder = json.dumps(model.get("decoder") or manifest.get("decoder"), sort_keys=True)
+    decoder = (manifest["source"].get("decoder") or {}).get("sha256")  # `cdx convert --decoder`: a tiny decoder
     kind = ("torch", "eager", "fp32") if eager else (model["target"], model["format"], model["precision"])
     return (manifest["source"]["weights_sha256"], decoder, runtime, *kind, tuple(model.get("resolution") or ()))
 
@@ -419,7 +419,8 @@ def component_splits(results: list[dict[str, Any]], variants: dict[int, tuple]) 
             "components_ms": total, "decoder_share": decoder_ms / total,
         }
         if generator:
-            split |= {"generator": generator["name"], "generator_ms": generator["latency"]["median_ms"],
+            split |= {"generator": generator["name"], "generator_folder": generator.get("folder", ""),
+                      "generator_ms": generator["latency"]["median_ms"],
                       "decoder_share_of_generator": min(decoder_ms / generator["latency"]["median_ms"], 1.0)}
         splits.append(split)
     return splits
