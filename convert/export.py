@@ -99,6 +99,10 @@ class ConvertOptions:
             raise InputError(f"--latent-size {', '.join(map(str, self.latent_sizes))}: sizes must be >= 1")
         if self.lora is not None and not (Path(self.lora) / "pytorch_lora_weights.safetensors").is_file():
             raise InputError(f"--lora {self.lora}: no pytorch_lora_weights.safetensors there")
+        if self.decoder is not None:
+            from cdx.distill.decoder_swap import check_decoder_folder
+
+            check_decoder_folder(self.decoder)
         if self.prompts is not None:
             from cdx.convert.golden import read_prompts_file
 

@@ -36,10 +36,8 @@ def decoder_weights_sha256(folder: str | Path) -> str:
     return sha256_file(path)
 
 
-def load_tiny_decoder(folder: str | Path) -> AutoencoderTiny:
-    """An `AutoencoderTiny` folder (safetensors only), or one line naming what is wrong with it."""
-    from cdx.distill.loading import _from_pretrained
-
+def check_decoder_folder(folder: str | Path) -> None:
+    """What can be said of a `--decoder` folder before any model loads: it exists and holds an AutoencoderTiny."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not folder.is_dir():
@@ -55,7 +53,14 @@ def load_tiny_decoder(folder: str | Path) -> AutoencoderTiny:
                          "(a folder written by `cdx distill-decoder`, or TAESD)")
     if not (folder / WEIGHTS_FILE).is_file():
         raise InputError(f"--decoder {folder}: missing {WEIGHTS_FILE}")
-    return _from_pretrained(AutoencoderTiny, folder)
+
+
+def load_tiny_decoder(folder: str | Path) -> AutoencoderTiny:
+    """An `AutoencoderTiny` folder (safetensors only), or one line naming what is wrong with it."""
+    from cdx.distill.loading import _from_pretrained
+
+    check_decoder_folder(folder)
+    return _from_pretrained(AutoencoderTiny, Path(folder))
 
 
 def check_decoder_fits(decoder: torch.nn.Module, parts: LatentPipelineParts, where: str) -> None:

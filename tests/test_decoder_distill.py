@@ -1,0 +1,152 @@
+"""`cdx distill-decoder` on a tiny random VAE: the pixel loss falls, the folder is a real AutoencoderTiny, and
+`cdx convert --decoder` builds a generator that passes its own parity gate and records its drift vs the full decoder;
+bad decoder folders are one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdx.distill.data import ImageDataset
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cdx.tiny_models import build_tiny_class_pipeline
+
+    return build_tiny_class_pipeline(tmp_path_factory.mktemp("models") / "student")
+
+
+@pytest.fixture(scope="module")
+def trained(student: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny decoder distilled for a handful of steps (the adversarial term switched on halfway)."""
+    from cdx.distill.decoder import DecoderDistillConfig, distill_decoder
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 16, 16, generator=generator) * 2 - 1
+    data = ImageDataset(images, torch.arange(64) % 4, ["a", "b", "c", "d"])
+    config = DecoderDistillConfig(steps=STEPS, batch_size=8, lr=3e-3, width=8, depth=1, checkpoint_every=STEPS,
+                                  adversarial_weight=0.05, adversarial_start=STEPS // 2, validation_size=4)
+    out = tmp_path_factory.mktemp("decoders") / "tiny"
+    return out, distill_decoder(student, out, config, data=data, show=False)
+
+
+def test_pixel_loss_falls_and_every_loss_term_runs(trained: tuple[Path, dict]) -> None:
+    history = trained[1]["history"]
+    assert len(history) == STEPS
+    first = np.mean([h["pixel"] for h in history[:5]])
+    last = np.mean([h["pixel"] for h in history[-5:]])
+    assert last < 0.7 * first, (first, last)
+    assert "encoder" in history[0] and "critic" not in history[0]
+    assert "critic" in history[-1] and "adversarial" in history[-1]  # from adversarial_start on
+
+
+def test_folder_loads_with_autoencoder_tiny_and_decodes_like_the_trained_model(trained: tuple[Path, dict],
+                                                                                student: Path) -> None:
+    from diffusers import AutoencoderTiny
+
+    from cdx.distill.decoder_swap import with_decoder
+    from cdx.distill.loading import load_latent_pipeline
+
+    folder, result = trained
+    tiny = AutoencoderTiny.from_pretrained(folder)
+    assert float(tiny.config.scaling_factor) == 1.0 and tiny.config.latent_channels == 4
+    parts, record = with_decoder(load_latent_pipeline(student), folder)
+    assert parts.vae_scale_factor == 2 and parts.latent_scaling_factor == 1.0
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(tiny.decode(latents).sample, parts.vae.decode(latents).sample)
+    info = json.loads((folder / "cdx.json").read_text())
+    assert info["kind"] == "tiny_decoder" and info["steps"] == STEPS
+    assert set(info["drift"]) >= {"image_latents", "student_samples"}
+    card = (folder / "README.md").read_text()
+    assert "cdx distill-decoder" in card and "--width 8" in card and "PSNR" in card
+    assert record["num_parameters"] == info["decoder_parameters"] == result["info"]["decoder_parameters"]
+
+
+def test_convert_with_decoder_passes_the_gate_and_records_the_drift(trained: tuple[Path, dict], student: Path,
+                                                                    tmp_path: Path) -> None:
+    from cdx.atomic import sha256_file
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.distill.decoder_swap import generator_drift, with_decoder
+    from cdx.distill.generator import build_generator
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.golden_io import read_golden
+    from cdx.manifest import load_manifest
+    from cdx.runtimes import load_runner
+
+    folder = trained[0]
+    out = tmp_path / "onnx"
+    convert(student, out, ConvertOptions(target="onnx", seeds=(0, 1), decoder=str(folder)))
+    data = load_manifest(out)
+    model = data["models"][0]
+    assert model["parity"]["passed"] and model["parity"]["checked"] == "numeric"
+    decoder = data["source"]["decoder"]
+    assert decoder["class"] == "AutoencoderTiny"
+    assert decoder["sha256"] == sha256_file(folder / "diffusion_pytorch_model.safetensors")
+    assert data["source"]["vae_class"] == "AutoencoderKL" and decoder["replaces"]["class"] == "AutoencoderKL"
+    drift = decoder["drift_vs_full_decoder"]["8x8"]
+    # the recorded drift is the full-vs-tiny eager generator on the golden inputs, recomputed here
+    full = load_latent_pipeline(student)
+    tiny_parts, _ = with_decoder(load_latent_pipeline(student), folder)
+    generator, schedule = build_generator(tiny_parts)
+    inputs, outputs = read_golden(out, model)
+    batches = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(2)]
+    again = generator_drift(full, generator, schedule, batches)
+    assert drift["psnr_db"] == pytest.approx(again["psnr_db"], abs=1e-6) and drift["seeds"] == 2
+    assert np.isfinite(drift["psnr_db"]) and 0 < drift["psnr_db"] < 60  # a random-ish tiny decoder: not the full one
+    # the eager runner rebuilds the generator with the same tiny decoder: it reproduces the golden images
+    eager = load_runner(out, model["name"], runtime="torch")
+    got = eager.run(batches[0])["image"]
+    assert np.abs(got - outputs["image"][:1]).max() <= 1e-6
+
+
+def _run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    from cdx.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cdx", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = int(done.code or 0)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.strip().startswith("✓")]  # stage lines
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return code, lines[0]
+
+
+def _wrong_channels(folder: Path) -> Path:
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1), latent_channels=3).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["missing", "not_tiny", "latent_channels"])
+def test_bad_decoder_folder_is_one_line_and_writes_nothing(case: str, student: Path, tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    decoder = {"missing": lambda: tmp_path / "nowhere", "not_tiny": lambda: student / "vae",
+               "latent_channels": lambda: _wrong_channels(tmp_path / "tiny3")}[case]()
+    out = tmp_path / "out"
+    code, line = _run_cli(monkeypatch, capsys, "convert", student, "--decoder", decoder, "-o", out)
+    expected = {"missing": "no such folder", "not_tiny": "expected 'AutoencoderTiny'",
+                "latent_channels": "decoder takes 3 latent channels, the student"}[case]
+    assert code == 1 and str(decoder) in line and expected in line, line
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_bad_distill_decoder_option_is_one_line(student: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "tiny"
+    code, line = _run_cli(monkeypatch, capsys, "distill-decoder", "--model", student, "--pixel-loss", "l3", "-o", out)
+    assert code == 1 and "--pixel-loss 'l3'" in line and "l1+l2" in line
+    assert not out.exists()
