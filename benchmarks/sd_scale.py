@@ -149,6 +149,8 @@ def summarize(config: str, pipeline: Path, conversions: list[dict[str, Any]], re
         "resolution": next((r.get("resolution") for r in report.get("components", [])), None),
         "rows": rows, "splits": report.get("components", []), "settings": report["settings"],
         "et_over_ort": et["median_ms"] / ort["median_ms"] if et and ort else None,
+        "et_over_ort_components": {key: et[key] / ort[key] for key in ("unet_step_ms", "decoder_ms")
+                                   if et and ort and et[key] and ort[key]},
         "tiny_decoder_speedup": ort["median_ms"] / tiny["median_ms"] if ort and tiny else None,
         "conversions": [{k: v for k, v in c.items() if k != "stages"} for c in conversions],
         "skipped": report.get("skipped", []),
@@ -183,6 +185,17 @@ def run_config(config: str, work: Path, targets: list[str], budget_s: float, dec
     return table
 
 
+def rerender(config: str, work: Path) -> dict[str, Any]:
+    """A config's summary again from what a run saved (its JSON and its bench report.json)."""
+    from cdx.benchmarks.report import load_report
+
+    saved = json.loads((work / f"{config}.json").read_text("utf-8"))
+    report = load_report(work / config / "bench" / "report.json")
+    table = summarize(config, Path(saved["pipeline"]), saved["conversions"], report, saved["fp32_weight_bytes"])
+    table["bench_seconds"] = saved["bench_seconds"]
+    return table
+
+
 def _f(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -196,7 +209,9 @@ def render_markdown(tables: list[dict[str, Any]], machine: str) -> str:
         speedup = _f(t["tiny_decoder_speedup"], 2, "×") if t["tiny_decoder_speedup"] else "not measured"
         lines += [f"**{t['config']}** ({resolution} px; fp32 generator weights {t['fp32_weight_bytes'] / 1e9:.2f} GB). "
                   f"Bench: time budget {s.get('time_budget_s', 0):g} s → {s.get('seeds')} of {s.get('seeds_requested')} "
-                  f"seeds, took {t['bench_seconds']:.0f} s; ET / ORT fp32 = {_f(t['et_over_ort'], 2, '×')}; "
+                  f"seeds, took {t['bench_seconds']:.0f} s; ET / ORT fp32 = {_f(t['et_over_ort'], 2, '×')} "
+                  f"(UNet step {_f(t['et_over_ort_components'].get('unet_step_ms'), 2, '×')}, decoder "
+                  f"{_f(t['et_over_ort_components'].get('decoder_ms'), 2, '×')}); "
                   f"tiny decoder speed-up on ORT fp32 = {speedup}.", "",
                   "| runtime | precision | decoder | generator ms | UNet step ms | decoder ms | decoder share | size MB "
                   "| runtime peak RSS MB | RSS / size | fits 4 / 6 / 8 / 12 GB |",
@@ -232,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder", type=Path, help="an AutoencoderTiny folder (cdx distill-decoder) to compare")
     parser.add_argument("--no-tiny-decoder", action="store_true",
                         help="skip the tiny-decoder variant (default without --decoder: a random-weight TAESD-shaped one)")
+    parser.add_argument("--render", action="store_true",
+                        help="re-render sd_scale.md from the saved WORK/<config>.json and bench reports (no run)")
     args = parser.parse_args(argv)
     from cdx.machine import describe_machine
 
@@ -242,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     decoder: Path | str | None = None if args.no_tiny_decoder else (args.decoder or "random")
     tables = []
     for config in args.config or ["sd-small"]:
+        if args.render:
+            tables.append(rerender(config, args.work))
+            continue
         say(f"== {config}")
         tables.append(run_config(config, args.work / config, targets, args.time_budget, decoder, say))
         args.work.mkdir(parents=True, exist_ok=True)
