@@ -95,6 +95,7 @@ def _section(fast: Any, max_length: int) -> dict[str, Any]:
     split = next(p for p in data["pre_tokenizer"]["pretokenizers"] if p["type"] == "Split")
     return {
         "type": "clip_bpe", "max_length": max_length,
+        "files": {"vocab": "vocab.json", "merges": "merges.txt", "vectors": "vectors.json"},  # = vocab_json, merges_txt
         "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id,
         "pad_token_id": fast.pad_token_id, "unk_token_id": fast.unk_token_id,
         "normalize": normalize, "split_pattern": split["pattern"]["Regex"], "byte_level": "gpt2",

@@ -137,6 +137,7 @@ MANIFEST_STRUCTS = {  # Swift struct → where it sits in cdx/schemas/manifest.s
     "Guidance": ("properties", "conditioning", "properties", "guidance"), "RNGInfo": ("properties", "rng"),
     "TensorSpec": ("$defs", "tensor"), "Golden": ("$defs", "model", "properties", "golden"),
     "ModelEntry": ("$defs", "model"), "FileEntry": ("properties", "files", "items"),
+    "TokenizerSection": ("$defs", "tokenizer"), "TokenizerFiles": ("$defs", "tokenizer", "properties", "files"),
 }
 RESULTS_STRUCTS = {  # Swift struct → where it sits in benchmarks/device_results.schema.json
     "DeviceResults": (), "Device": ("properties", "device"), "App": ("properties", "app"),
@@ -581,3 +582,96 @@ def test_swift_xctest_uses_the_shared_vectors_file() -> None:
     assert "tests/data/rng_vectors.json" in source and "float32_bits" in source and "bitPattern" in source
     # the relative walk from the test file to the repository root: Tests/CDXKitTests/<file> → ios_demo → repo
     assert source.count("deletingLastPathComponent()") == 4
+
+
+# ---- 5. the CLIP tokenizer in Swift --------------------------------------------------------------------------------
+TOKENIZER_VECTORS = json.loads((REPO / "tests" / "data" / "tokenizer_vectors.json").read_text("utf-8"))
+
+
+def swift_tokenizer(source: bytes | None = None) -> Any:
+    """The evaluator over ClipTokenizer.swift (or over `source`, a variant of it)."""
+    from swift_subset import SwiftSubset
+
+    return SwiftSubset(parse(KIT / "ClipTokenizer.swift") if source is None else parse_source(source))
+
+
+def swift_section(section: dict) -> Any:
+    """A manifest `tokenizer` section as the Manifest.TokenizerSection value JSONDecoder would make (CodingKeys)."""
+    from swift_subset import NIL, Instance, Num
+
+    keys = json_keys(type_declarations(parse(KIT / "Manifest.swift")), "TokenizerSection")
+    body = type_declarations(parse(KIT / "Manifest.swift"))["TokenizerSection"]
+    cases = [text(named(e, "simple_identifier")[0]) for e in named(next(
+        c for c in named(body, "class_declaration") if "CodingKeys" in text(c)).children[-1], "enum_entry")]
+    raw = list(keys)
+    fields = {}
+    for case, key in zip(cases, raw, strict=True):
+        value = section.get(key)
+        if value is None:
+            assert keys[key], f"TokenizerSection.{case} is not optional but {key} is missing"
+            fields[case] = NIL
+        elif isinstance(value, bool) or not isinstance(value, int):
+            fields[case] = value
+        else:
+            fields[case] = Num("Int", value)
+    return Instance("TokenizerSection", fields)
+
+
+def tokenizer_mismatches(swift: Any, first_only: bool = False) -> list[str]:
+    """Where the Swift tokenizer disagrees with tests/data/tokenizer_vectors.json (empty: every token and id)."""
+    from swift_subset import Num
+
+    bad = []
+    sets = TOKENIZER_VECTORS["sets"]
+    for vector_set in reversed(sets) if first_only else sets:  # the merges set first: mutants fail sooner
+        vocab = {k: Num("Int", v) for k, v in json.loads(vector_set["vocab_json"]).items()}
+        section = swift_section({**vector_set["tokenizer"], "files": {}})
+        tokenizer = swift.instantiate("ClipTokenizer", ("section", "vocab", "merges"), section, vocab,
+                                      vector_set["merges_txt"])
+        for case in vector_set["cases"]:
+            tokens = swift.method(tokenizer, "tokenize", case["text"])
+            ids = [n.value for n in swift.method(tokenizer, "encode", case["text"])]
+            if tokens != case["tokens"] or ids != case["input_ids"]:
+                bad.append(f"{vector_set['name']} {case['text']!r}: {ids} vs {case['input_ids']}")
+                if first_only:
+                    return bad
+    return bad
+
+
+def test_swift_tokenizer_evaluated_from_its_parse_tree_matches_the_vectors() -> None:
+    """ClipTokenizer.swift on every text of both vector sets (byte-level and merges): transformers' BPE symbols
+    and padded input_ids exactly."""
+    assert tokenizer_mismatches(swift_tokenizer()) == []
+
+
+def test_swift_tokenizer_section_keys_and_split_rules_match_the_manifest() -> None:
+    schema = json.loads((REPO / "cdx" / "schemas" / "manifest.schema.json").read_text())
+    assert "tokenizer" in schema["$defs"]["model"]["properties"]
+    swift = swift_tokenizer()
+    pattern = swift.global_value("clipSplitPattern")
+    assert pattern == TOKENIZER_VECTORS["sets"][0]["tokenizer"]["split_pattern"]
+    contractions = ["".join(chr(n.value) for n in c) for c in swift.global_value("clipContractions")]
+    assert ["'" + c for c in contractions] == pattern.split("|")[:7]
+    import regex
+
+    spaces = [n.value for n in swift.global_value("clipWhiteSpace")]
+    assert spaces == [c for c in range(0x10000) if regex.match(r"\s", chr(c))]  # White_Space is all in the BMP
+
+
+@pytest.mark.parametrize(("original", "mutant"), [
+    ("if parts.count == 2 {", "if parts.count == 3 {"),  # merges.txt read as no merges
+    ("j += 2", "j += 1"),  # a merged pair's second symbol kept as well
+    ("while (k < ids.count) && (k < (maxLength - 2)) {", "while (k < ids.count) && (k < (maxLength - 1)) {"),
+    ("if k == (bytes.count - 1) {", "if k == 0 {"),  # </w> on the wrong symbol
+    ("out.append(lower.value)", "out.append(value)"),  # lowercase step that keeps the case
+])
+def test_a_one_token_change_to_the_swift_tokenizer_is_caught(original: str, mutant: str) -> None:
+    from swift_subset import SwiftThrow, SwiftTrap, Unsupported
+
+    source = (KIT / "ClipTokenizer.swift").read_text()
+    assert source.count(original) == 1, original
+    try:
+        bad = tokenizer_mismatches(swift_tokenizer(source.replace(original, mutant).encode()), first_only=True)
+    except (Unsupported, SwiftThrow, SwiftTrap) as refused:
+        bad = [f"refused: {refused}"]
+    assert bad, f"{mutant!r} still matches the vectors: the check could not fail"

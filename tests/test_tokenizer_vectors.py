@@ -21,8 +21,14 @@ def test_vectors_file_is_what_transformers_produces() -> None:
 
 
 def test_vectors_cover_every_rule() -> None:
-    """Merges that fire, truncation, padding, bos/eos, specials in the text, and the fast/slow divergences recorded."""
+    """Merges that fire, truncation, padding, bos/eos, specials in the text, and the fast/slow divergences recorded;
+    each set's `tokenizer` is a valid manifest tokenizer section."""
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[1] / "cdx" / "schemas" / "manifest.schema.json").read_text())
     doc = json.loads(VECTORS.read_text("utf-8"))
+    for s in doc["sets"]:
+        jsonschema.validate(s["tokenizer"], {"$defs": schema["$defs"], "$ref": "#/$defs/tokenizer"})
     sets = {s["name"]: s for s in doc["sets"]}
     assert set(sets) == {"byte_level", "merges"}
     for s in sets.values():

@@ -87,14 +87,51 @@ public struct Manifest: Decodable {
 
     public struct Golden: Decodable {
         public let seeds: [Int]?
+        public let prompts: [String]?
         public let inputs: [String: String]
         public let outputs: [String: String]
 
         enum CodingKeys: String, CodingKey {
             case seeds
+            case prompts
             case inputs
             case outputs
         }
+    }
+
+    /// A `text_encoder` model's `tokenizer` section: what ClipTokenizer needs to turn a prompt into input_ids.
+    public struct TokenizerSection: Decodable {
+        public let type: String
+        public let files: TokenizerFiles
+        public let maxLength: Int
+        public let bosTokenId: Int
+        public let eosTokenId: Int
+        public let padTokenId: Int
+        public let unkTokenId: Int?
+        public let normalize: [String]
+        public let splitPattern: String
+        public let byteLevel: String
+        public let endOfWordSuffix: String
+
+        enum CodingKeys: String, CodingKey {
+            case type
+            case files
+            case maxLength = "max_length"
+            case bosTokenId = "bos_token_id"
+            case eosTokenId = "eos_token_id"
+            case padTokenId = "pad_token_id"
+            case unkTokenId = "unk_token_id"
+            case normalize
+            case splitPattern = "split_pattern"
+            case byteLevel = "byte_level"
+            case endOfWordSuffix = "end_of_word_suffix"
+        }
+    }
+
+    public struct TokenizerFiles: Decodable {
+        public let vocab: String
+        public let merges: String
+        public let vectors: String
     }
 
     public struct ModelEntry: Decodable, Identifiable {
@@ -108,6 +145,7 @@ public struct Manifest: Decodable {
         public let inputs: [TensorSpec]
         public let outputs: [TensorSpec]
         public let golden: Golden?
+        public let tokenizer: TokenizerSection?
 
         enum CodingKeys: String, CodingKey {
             case name
@@ -120,6 +158,7 @@ public struct Manifest: Decodable {
             case inputs
             case outputs
             case golden
+            case tokenizer
         }
 
         public var id: String { name }
@@ -140,6 +179,13 @@ public struct Manifest: Decodable {
     /// The models this app runs: one-step (or multi-step-in-graph) generators packaged as .mlpackage.
     public var coreMLGenerators: [ModelEntry] {
         models.filter { $0.role == "generator" && $0.format == "mlpackage" }
+    }
+
+    /// The Core ML text encoder that turns a prompt into `generator`'s `text_embedding` (nil: not a text student).
+    public func textEncoder(for generator: ModelEntry) -> ModelEntry? {
+        guard generator.inputs.contains(where: { $0.name == "text_embedding" }) else { return nil }
+        let encoders = models.filter { $0.role == "text_encoder" && $0.format == "mlpackage" && $0.tokenizer != nil }
+        return encoders.first(where: { $0.precision == generator.precision }) ?? encoders.first
     }
 
     /// Guidance w fed to a `guidance_scale` input: the manifest's default (8.0 when absent, as cdx convert does).
