@@ -185,18 +185,44 @@ def _graph_jobs(generator: OneStepGenerator, mode: str, batches: list[dict[str, 
 
 
 def _export_one(target: str, generator: Graph, staging: Path, stem: str, quant: str,
-                options: ConvertOptions, context: dict[str, Any]) -> Artifact:
-    """Export one graph with the target's module; `context` carries the golden/calibration data and a per-run cache."""
+                options: ConvertOptions, context: dict[str, Any]) -> Artifact | Callable[[], Artifact]:
+    """Export one graph with the target's module; `context` carries the golden/calibration data and a per-run cache.
+
+    What needs the PyTorch model runs now; ONNX variants derived from the fp32 file come back as a callable that
+    the driver runs after it has released the eager weights (`_release_weights`), so they never coexist with them.
+    """
     say = context.get("say")
     if target == "onnx":
         from cdx.convert.onnx import QUANTS as ONNX_QUANTS
-        from cdx.convert.onnx import export_onnx_variant
+        from cdx.convert.onnx import derive_onnx_variant, export_onnx_fp32
 
         suffix = ".ort" if ONNX_QUANTS[quant][1] == "ort" else ".onnx"
+        cache = context["cache"]
+        key = ("onnx_fp32", id(generator), options.exporter)
+        if quant == "none" or key not in cache:
+            if quant == "none":
+                fp32_path = staging / f"{stem}{suffix}"
+            else:
+                import tempfile
+
+                tmp = cache["onnx_tmp"] = cache.get("onnx_tmp") or tempfile.TemporaryDirectory(prefix="cdx-onnx-")
+                fp32_path = Path(tmp.name) / f"fp32_{len(cache)}.onnx"
+            cache[key] = export_onnx_fp32(generator, fp32_path, options.exporter)
+            if quant == "none":
+                return cache[key]
+        base = cache[key]
+        source = staging / base.file if base.file and (staging / base.file).exists() else None
+        source = source or Path(cache["onnx_tmp"].name) / base.file
         feeds = [dict(zip([s.name for s in generator.input_specs()], (t.numpy() for t in batch), strict=True))
                  for batch in context["calibration"]]
-        return export_onnx_variant(generator, staging / f"{stem}{suffix}", quant, exporter=options.exporter,
-                                   calibration=feeds, cache=context["cache"])
+        output_range = generator.output_specs()[0].range
+        keep_alive = cache.get("onnx_tmp")  # the temp fp32 file lives until the deferred variant is made
+
+        def derive() -> Artifact:
+            _ = keep_alive
+            return derive_onnx_variant(source, base.export, staging / f"{stem}{suffix}", quant, feeds, output_range)
+
+        return derive
     if target == "executorch":
         from cdx.convert.executorch import export_executorch
 
@@ -230,10 +256,29 @@ def parity_line(record: dict[str, Any]) -> str:
     return line
 
 
+@dataclass
+class PendingGate:
+    """What is left of one artifact after the export phase: (maybe) deriving it, then its parity gate. It holds
+    numpy data and the graph's specs only; the graph's weights are released before it runs."""
+
+    stem: str
+    graph: Graph
+    resolution: tuple[int, int] | None
+    make: Artifact | Callable[[], Artifact]
+    inputs: list[dict[str, np.ndarray]]
+    reference: list[dict[str, np.ndarray]]
+    contrast: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None
+    golden: dict[str, Any]
+
+
+PENDING = "_pending"  # key of the PendingGate inside a not-yet-gated manifest entry
+
+
 def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_classes: int | None,
                   resolution: tuple[int, int] | None, cache: dict[Any, Any], say: Progress,
                   embeddings: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Golden data, then every --quant variant of one graph: export, parity gate, manifest entry."""
+    """Golden data, then every --quant variant of one graph that needs the PyTorch model; the entries carry their
+    pending derivation and parity gate (`finish_entries` runs them once the eager weights are released)."""
     reference = eager_outputs(job.graph, job.parity_inputs)
     stride = job.golden_stride
     golden = write_golden(staging, stack(job.parity_inputs[::stride]), stack(reference[::stride]), job.stem)
@@ -244,18 +289,86 @@ def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_cla
     entries = []
     for quant in job.quants or options.quants:
         stem = f"{job.stem}_{quant}" if quant != "none" else job.stem
-        say(f"exporting {stem} to {options.target}")
         artifact = _export_one(options.target, job.graph, staging, stem, quant, options, context)
-        entry = _model_entry(stem, job.graph, resolution, artifact, options.target, options.steps)
-        if resolution is None:  # the text encoder: no image size, no sampling steps
-            entry.pop("resolution"), entry.pop("steps")
-        entry["golden"] = golden
-        say(f"parity gate for {stem}")
-        entry["parity"] = parity_gate(staging, {}, entry, job.parity_inputs, reference, force=options.force,
-                                      contrast=contrast)
-        say(parity_line(entry["parity"]))
-        entries.append(entry)
+        if isinstance(artifact, Artifact):
+            say(f"exported {stem} to {options.target}")
+        entries.append({"name": stem, PENDING: PendingGate(stem, job.graph, resolution, artifact, job.parity_inputs,
+                                                           reference, contrast, golden)})
+    for key in [k for k in cache if isinstance(k, tuple) and k[0] == "coreml"]:
+        del cache[key]  # a converted Core ML program holds the weights: drop it once its variants are saved
     return entries
+
+
+def _eager_modules(*all_parts: LatentPipelineParts | None) -> list[torch.nn.Module]:
+    """The PyTorch modules of the loaded pipeline(s), each once."""
+    found: dict[int, torch.nn.Module] = {}
+    for parts in all_parts:
+        if parts is not None:
+            for module in (parts.unet, parts.vae, parts.text_encoder):
+                if module is not None:
+                    found[id(module)] = module
+    return list(found.values())
+
+
+def _release_weights(*modules: torch.nn.Module | None) -> None:
+    """Move the eager models' weights to the meta device (shapes stay, so parameter counts still work) and hand the
+    freed memory back to the OS: the parity gates then run beside the artifact only, not beside the PyTorch model."""
+    import gc
+
+    for module in modules:
+        if module is not None:
+            module.to("meta")
+    gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc keeps freed small blocks (most weight tensors are < its 32 MB mmap threshold) in its heap: return them."""
+    import contextlib
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # not glibc (e.g. musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def finish_entries(staging: Path, models: list[dict[str, Any]], options: ConvertOptions,
+                   say: Progress) -> list[dict[str, Any]]:
+    """Derive the deferred artifacts and run every parity gate; returns the finished manifest entries."""
+    finished = []
+    for placeholder in models:
+        pending: PendingGate | None = placeholder.get(PENDING)
+        if pending is None:
+            finished.append(placeholder)
+            continue
+        if not isinstance(pending.make, Artifact):
+            say(f"exporting {pending.stem} to {options.target}")
+        artifact = pending.make if isinstance(pending.make, Artifact) else pending.make()
+        entry = _model_entry(pending.stem, pending.graph, pending.resolution, artifact, options.target, options.steps)
+        if pending.resolution is None:  # the text encoder: no image size, no sampling steps
+            entry.pop("resolution"), entry.pop("steps")
+        entry["size_bytes"] = artifact_bytes(staging, artifact)
+        entry["golden"] = pending.golden
+        for key, value in placeholder.items():  # what callers added to the placeholder (e.g. the text encoder's name)
+            if key != PENDING:
+                entry[key] = value
+        say(f"parity gate for {entry['name']}")
+        entry["parity"] = parity_gate(staging, {}, entry, pending.inputs, pending.reference, force=options.force,
+                                      contrast=pending.contrast)
+        say(parity_line(entry["parity"]))
+        finished.append(entry)
+        trim_heap()
+    return finished
+
+
+def artifact_bytes(staging: Path, artifact: Artifact) -> int:
+    """Bytes on disk of one artifact: its file (or .mlpackage folder) and its external data files."""
+    total = 0
+    for name in (artifact.file, *artifact.external_data):
+        path = staging / name
+        total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return total
 
 
 def _fuse_lora(parts: LatentPipelineParts, folder: str, say: Progress) -> dict[str, Any]:
@@ -370,6 +483,8 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                 models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say, embeddings)
         if prompts is not None and options.text_encoder:
             models += _export_text_encoder(parts, prompts, staging, options, say)
+        _release_weights(*_eager_modules(parts, full_parts))
+        models = finish_entries(staging, models, options, say)
         manifest = new_manifest(
             source={
                 "path": str(source),

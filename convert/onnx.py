@@ -18,6 +18,14 @@ from cdx.errors import ConversionError
 
 OPSET = 18
 _PROTOBUF_LIMIT = 2 * 1024**3
+# Weights past this go to a `.data` file beside the graph. Writing a self-contained file builds the whole protobuf
+# in memory and then its serialized bytes (the weights twice more); external data is written one tensor at a time.
+EXTERNAL_DATA_BYTES = 256 * 1024**2
+
+
+def needs_external_data(weight_bytes: int) -> bool:
+    """True when weights should be written beside the graph (memory at export; protobuf's 2 GB limit)."""
+    return weight_bytes > EXTERNAL_DATA_BYTES
 
 
 def export_onnx(generator: ExportableGraph, path: Path, exporter: str = "dynamo") -> dict[str, Any]:
@@ -27,40 +35,60 @@ def export_onnx(generator: ExportableGraph, path: Path, exporter: str = "dynamo"
     output_names = [spec.name for spec in generator.output_specs()]
     args = tuple(inputs.values())
     weight_bytes = sum(p.numel() * p.element_size() for p in generator.parameters())
-    external = weight_bytes > _PROTOBUF_LIMIT * 0.9
+    external = needs_external_data(weight_bytes)
     sink = io.StringIO()
     try:
         with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(sink):
             if exporter == "dynamo":
                 program = torch.onnx.export(generator, args, input_names=input_names, output_names=output_names,
                                             opset_version=OPSET, dynamo=True, verbose=False)
+                _strip_ir_metadata(program.model)
                 program.save(str(path), external_data=external)
+                del program  # its folded constants (e.g. transposed weights) are freed before the next stage
             elif exporter == "torchscript":
                 torch.onnx.export(generator, args, str(path), input_names=input_names, output_names=output_names,
                                   opset_version=OPSET, dynamo=False)
+                strip_debug_metadata(path)
             else:
                 raise ConversionError(f"unknown ONNX exporter {exporter!r}; valid: dynamo, torchscript")
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(explain(exc, "onnx")) from None
-    strip_debug_metadata(path)
     return {"exporter": f"torch.onnx ({exporter})", "opset": OPSET, "torch": torch.__version__,
-            "external_data": external, "graph_optimization_level": "ORT_ENABLE_ALL (at load)"}
+            "external_data": bool(external_data_files(path)), "graph_optimization_level": "ORT_ENABLE_ALL (at load)"}
+
+
+def _strip_ir_metadata(model: Any) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces with local paths, FX node text) on the in-memory IR:
+    a quarter of a small model's file, and it leaks the exporting machine's file layout into a shipped artifact."""
+    for node in model.graph.all_nodes():
+        node.metadata_props.clear()
+    for function in model.functions.values():
+        for node in function:
+            node.metadata_props.clear()
 
 
 def strip_debug_metadata(path: Path) -> None:
-    """Drop the exporter's per-node debug metadata (stack traces with local paths, FX node text).
-
-    It is a quarter of a small model's file and leaks the exporting machine's file layout into a shipped artifact.
-    External data files are left as they are.
-    """
+    """`_strip_ir_metadata` for a saved file (the TorchScript exporter's); external data files are left as they are."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     for node in proto.graph.node:
         del node.metadata_props[:]
     onnx.save(proto, str(path))
+
+
+def save_onnx(proto: Any, path: Path) -> None:
+    """Save a ModelProto, its weights beside it (`<name>.data`) when large (see EXTERNAL_DATA_BYTES)."""
+    import onnx
+
+    weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if needs_external_data(weight_bytes):
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
 
 
 # ---- precisions and the ORT-format file, each derived from the fp32 .onnx -------------------------------------------
@@ -81,9 +109,10 @@ def to_fp16(source: Path, path: Path) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(source)))
+    model = OnnxModel(onnx.load(str(source)))  # fp32 tensors are replaced one by one: peak ≈ the fp32 model once
     model.convert_float_to_float16(keep_io_types=True)
-    onnx.save(model.model, str(path))
+    save_onnx(model.model, path)
+    del model
     return {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
             "io": "float32"}
 
@@ -168,24 +197,18 @@ def to_ort_format(source: Path, path: Path) -> dict[str, Any]:
             "disabled_optimizers": ["NchwcTransformer"], "onnxruntime": ort.__version__}
 
 
-def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, exporter: str = "dynamo",
+def export_onnx_fp32(generator: ExportableGraph, path: Path, exporter: str = "dynamo") -> Artifact:
+    """The fp32 .onnx every other ONNX variant derives from (the only ONNX step that needs the PyTorch model)."""
+    record = export_onnx(generator, path, exporter=exporter)
+    return Artifact(file=path.name, format="onnx", precision="fp32", export=record, external_data=external_data_files(path))
+
+
+def derive_onnx_variant(source: Path, base_record: dict[str, Any], path: Path, quant: str,
                         calibration: list[dict[str, np.ndarray]] | None = None,
-                        cache: dict[str, Any] | None = None) -> Artifact:
-    """Export `generator` once to fp32 ONNX (cached per run), then derive the `quant` variant at `path`."""
+                        output_range: tuple[float, float] | None = None) -> Artifact:
+    """The `quant` variant of the fp32 file `source` at `path` (no PyTorch model needed, so the driver runs this after
+    it has freed the eager model)."""
     precision, fmt = QUANTS[quant]
-    cache = cache if cache is not None else {}
-    output_range = generator.output_specs()[0].range
-    if quant == "none":
-        record = export_onnx(generator, path, exporter=exporter)
-        cache[("onnx_fp32", id(generator), exporter)] = (path, record)  # later variants derive from this file
-        return Artifact(file=path.name, format=fmt, precision=precision, export=record,
-                        external_data=external_data_files(path))
-    key = ("onnx_fp32", id(generator), exporter)
-    if key not in cache:
-        tmp = cache["onnx_tmp"] = cache.get("onnx_tmp") or tempfile.TemporaryDirectory(prefix="cdx-onnx-")
-        source = Path(tmp.name) / f"fp32_{len(cache)}.onnx"
-        cache[key] = (source, export_onnx(generator, source, exporter=exporter))
-    source, base_record = cache[key]
     record = dict(base_record)
     try:
         if quant == "fp16":
@@ -201,8 +224,28 @@ def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, expo
         raise ConversionError(explain(exc, "onnx")) from None
     if quant != "ort":
         record["graph_optimization_level"] = "ORT_ENABLE_ALL (at load)"
+    record["external_data"] = bool(external_data_files(path))
     return Artifact(file=path.name, format=fmt, precision=precision, export=record, quantization=quantization,
                     external_data=external_data_files(path))
+
+
+def export_onnx_variant(generator: ExportableGraph, path: Path, quant: str, exporter: str = "dynamo",
+                        calibration: list[dict[str, np.ndarray]] | None = None,
+                        cache: dict[str, Any] | None = None) -> Artifact:
+    """Export `generator` once to fp32 ONNX (cached per run), then derive the `quant` variant at `path` (in one call,
+    for callers that keep the model anyway, e.g. the bench's teacher graphs)."""
+    cache = cache if cache is not None else {}
+    if quant == "none":
+        artifact = export_onnx_fp32(generator, path, exporter)
+        cache[("onnx_fp32", id(generator), exporter)] = (path, artifact.export)  # later variants derive from this file
+        return artifact
+    key = ("onnx_fp32", id(generator), exporter)
+    if key not in cache:
+        tmp = cache["onnx_tmp"] = cache.get("onnx_tmp") or tempfile.TemporaryDirectory(prefix="cdx-onnx-")
+        source = Path(tmp.name) / f"fp32_{len(cache)}.onnx"
+        cache[key] = (source, export_onnx(generator, source, exporter=exporter))
+    source, base_record = cache[key]
+    return derive_onnx_variant(source, base_record, path, quant, calibration, generator.output_specs()[0].range)
 
 
 def external_data_files(path: Path) -> list[str]:

@@ -93,20 +93,25 @@ def test_convert_failure_leaves_nothing_behind(tiny_sd: Path, tmp_path: Path, mo
 
 def test_weights_past_the_protobuf_limit_go_to_external_data_listed_and_hashed(tiny_sd: Path, tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model over ONNX's 2 GB protobuf limit gets external data; the limit is lowered here so a tiny model takes it."""
+    """A large model's weights go beside the graph (external data: written one tensor at a time, and needed past ONNX's
+    2 GB protobuf limit); the threshold is lowered here so a tiny model takes it, fp32 and the fp16 derived from it."""
     from cdx.convert import onnx as onnx_module
     from cdx.convert.export import ConvertOptions, convert
 
-    monkeypatch.setattr(onnx_module, "_PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(onnx_module, "EXTERNAL_DATA_BYTES", 1000)
     out = tmp_path / "external"
-    convert(tiny_sd, out, ConvertOptions(target="onnx", seeds=(0,)))
+    convert(tiny_sd, out, ConvertOptions(target="onnx", quants=("none", "fp16"), seeds=(0,)))
     data = load_manifest(out)
-    model = data["models"][0]
-    assert model["export"]["external_data"] and model["external_data"]
     listed = {f["path"] for f in data["files"]}
-    assert set(model["external_data"]) <= listed
-    assert (out / model["file"]).stat().st_size < 1e6 < (out / model["external_data"][0]).stat().st_size
-    assert model["parity"]["passed"] and model["parity"]["max_abs"] <= 1e-4
+    for model in data["models"]:
+        assert model["export"]["external_data"] and model["external_data"]
+        assert set(model["external_data"]) <= listed
+        assert (out / model["file"]).stat().st_size < 1e6 < (out / model["external_data"][0]).stat().st_size
+        assert model["size_bytes"] == sum((out / f).stat().st_size for f in (model["file"], *model["external_data"]))
+        assert model["parity"]["passed"]
+    fp32, fp16 = data["models"]
+    assert fp32["parity"]["max_abs"] <= 1e-4 and fp16["parity"]["psnr_db"] >= 35
+    assert fp16["size_bytes"] < 0.6 * fp32["size_bytes"]
 
 
 def test_manifest_alone_regenerates_the_golden_inputs(onnx_export: Path) -> None:
