@@ -9,6 +9,9 @@ from cdx.errors import InputError
 ASSETS = Path(__file__).with_name("assets")
 TEACHER_DIR = ASSETS / "fashion_teacher"
 STUDENT_DIR = ASSETS / "fashion_student"
+# the text-to-image pair (stock StableDiffusionPipeline / LatentConsistencyModelPipeline) trained on Noto emoji
+EMOJI_TEACHER_DIR = ASSETS / "emoji_teacher"
+EMOJI_STUDENT_DIR = ASSETS / "emoji_student"
 
 
 def _require(path: Path, how: str) -> str:
