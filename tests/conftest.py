@@ -50,6 +50,16 @@ def onnx_export(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="session")
+def text_onnx_export(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny text student as ONNX fp32 with its text encoder graph + tokenizer (the prompt path of the apps)."""
+    from cdx.convert.export import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("exports") / "text_onnx"
+    convert(tiny_sd, out, ConvertOptions(target="onnx", seeds=(0, 1), text_encoder=True, exporter="torchscript"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedded_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded Fashion-MNIST student as ONNX fp32 + int8-dynamic (class-conditional, 1×32×32 images)."""
     from cdx.convert.export import ConvertOptions, convert

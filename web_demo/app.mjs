@@ -6,10 +6,14 @@
 //   window.cdxState    = {ready, error, model}
 //   window.cdxGenerate = {model, seed, classIndex, guidance, loadMs, firstRunMs, warmMedianMs, warmRunsMs}
 //   window.cdxGolden   = {maxAbs, count, model, perSeed, seeds, tolerance, pass}
-//   window.cdxLastRun  = {seed, feeds: {inputName: TypedArray}, output: {name, dims, data}}  (the last Generate)
+//   window.cdxLastRun  = {seed, prompt, inputIds, tokens, feeds: {inputName: TypedArray}, output: {name, dims, data}}
+//                        (the last Generate)
 //
 // Generate's noise is cdx-normal-v1 (rng.mjs) with stream = the input's index in the manifest's input list — the
 // rule `cdx convert` uses for the golden inputs — so seed S here is exactly Python's seed S.
+// A text student's `text_embedding` comes from a typed prompt: tokenizer.mjs (the text_encoder model's manifest
+// `tokenizer` section + vocab.json/merges.txt) → input_ids → the text_encoder graph (a second onnxruntime-web
+// session) → the generator. Without a text_encoder in the bundle it is seeded N(0, 1) noise (the page says so).
 
 import * as ort from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import {
@@ -17,6 +21,7 @@ import {
   runnableGenerators, shapeSize,
 } from './bundle.mjs';
 import { NAME as RNG_NAME, SeededRandom } from './rng.mjs';
+import { ClipTokenizer } from './tokenizer.mjs';
 
 const GOLDEN_TOLERANCE = 1e-4;
 const $ = (id) => document.getElementById(id);
@@ -30,6 +35,7 @@ let manifest = null;
 let model = null;
 let roles = [];           // one per model input: {input, role: noise|class|guidance|text|random|zeros, stream}
 let goldenData = null;    // {inputs: {name: TypedArray}, outputs: {name: Float32Array}, count, seeds}
+let textPath = null;      // {model, session, tokenizer, outputName, golden, vectors, loadMs}: prompt → text_embedding
 let loadMs = null;
 let firstRunMs = null;    // the session's very first run (whatever triggered it)
 let busy = false;
@@ -82,7 +88,7 @@ function assignRoles(m, conditioning) {
     if (input.dtype !== 'float32') throw new BundleError(`input ${name} has dtype ${input.dtype}: this page feeds float32 and int64`);
     if (name.includes('guidance')) return { input, role: 'guidance' };
     if (conditioning.type === 'text_embedding' && (name.includes('text') || name.includes('embed') || name.includes('encoder'))) {
-      return { input, role: 'text', stream };
+      return { input, role: textPath && name === textPath.textInput.name ? 'prompt' : 'text', stream };
     }
     return { input, role: name === 'noise' ? 'noise' : 'random', stream };
   });
@@ -118,6 +124,22 @@ function setupControls(conditioning) {
     show();
     $('guidance-row').hidden = false;
   }
+  if (roles.some((r) => r.role === 'prompt')) {
+    const examples = model.golden?.prompts ?? conditioning.prompts?.texts ?? [];
+    const input = $('prompt');
+    input.value = params.get('prompt') ?? examples[0] ?? '';
+    const list = $('prompt-examples');
+    for (const text of conditioning.prompts?.texts ?? examples) {
+      const opt = document.createElement('option');
+      opt.value = text;
+      list.append(opt);
+    }
+    $('prompt-row').hidden = false;
+    const note = $('text-note');
+    note.textContent = `Prompt → CLIP BPE in JavaScript (vocab ${textPath.tokenizer.vocab.size} tokens, max length `
+      + `${textPath.tokenizer.section.max_length}) → ${textPath.model.name} (onnxruntime-web) → text_embedding → generator.`;
+    note.hidden = false;
+  }
   if (roles.some((r) => r.role === 'text')) {
     const note = $('text-note');
     note.textContent = 'Text conditioning: no text encoder runs in the browser. The text embedding is a seeded random '
@@ -132,9 +154,22 @@ function makeTensor(input, data) {
   return new ort.Tensor(input.dtype, data, input.shape);
 }
 
-/** Feeds for "Generate" from the UI controls and the seeded JS RNG. */
-function generateFeeds(seed) {
+/** input_ids of `prompt` (tokenizer.mjs) through the text encoder session: {inputIds, tokens, embedding, ms}. */
+async function encodePrompt(prompt) {
+  const { model: enc, session: encSession, tokenizer, outputName } = textPath;
+  const ids = tokenizer.encode(prompt);
+  const input = enc.inputs[0];
+  const data = input.dtype === 'int64' ? BigInt64Array.from(ids, (v) => BigInt(v)) : Int32Array.from(ids);
+  const t0 = performance.now();
+  const out = await encSession.run({ [input.name]: new ort.Tensor(input.dtype, data, input.shape) });
+  const ms = performance.now() - t0;
+  return { inputIds: ids, tokens: tokenizer.tokenize(prompt), embedding: out[outputName].data, ms };
+}
+
+/** Feeds for "Generate" from the UI controls, the seeded JS RNG and (text students) the typed prompt. */
+async function generateFeeds(seed) {
   const feeds = {};
+  let prompt = null;
   for (const { input, role, stream } of roles) {
     const size = shapeSize(input.shape, `input ${input.name}`);
     let data;
@@ -148,12 +183,17 @@ function generateFeeds(seed) {
       case 'guidance':
         data = new Float32Array(size).fill(Number($('guidance').value));
         break;
+      case 'prompt':
+        prompt = { text: $('prompt').value, ...(await encodePrompt($('prompt').value)) };
+        if (prompt.embedding.length !== size) throw new BundleError(`${textPath.model.name} gave ${prompt.embedding.length} values, ${input.name} needs ${size}`);
+        data = prompt.embedding;
+        break;
       default:
         data = new SeededRandom(seed, stream).randn(size);
     }
     feeds[input.name] = makeTensor(input, data);
   }
-  return feeds;
+  return { feeds, prompt };
 }
 
 async function timedRun(feeds) {
@@ -202,13 +242,16 @@ async function onGenerate() {
     const seed = Number($('seed').value) >>> 0;
     const warm = Math.max(1, Math.min(50, Number(params.get('runs') ?? 5) || 5));
     setStatus(`Generating (seed ${seed}, 1 + ${warm} runs)…`);
-    const feeds = generateFeeds(seed);
+    const { feeds, prompt } = await generateFeeds(seed);
     const first = await timedRun(feeds);
     const warmRunsMs = [];
     for (let i = 0; i < warm; i++) warmRunsMs.push((await timedRun(feeds)).ms);
     const out = first.results[imageOutputName()];
     window.cdxLastRun = {
       seed,
+      prompt: prompt?.text ?? null,
+      inputIds: prompt?.inputIds ?? null,
+      tokens: prompt?.tokens ?? null,
       feeds: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, t.data])),
       output: { name: imageOutputName(), dims: out.dims, data: out.data },
     };
@@ -221,6 +264,8 @@ async function onGenerate() {
       classIndex: classRole ? Number($('class-select').value) : null,
       className: classRole ? (manifest.conditioning.class_names?.[Number($('class-select').value)] ?? null) : null,
       guidance: roles.some((r) => r.role === 'guidance') ? Number($('guidance').value) : null,
+      prompt: prompt?.text ?? null,
+      textEncoderMs: prompt?.ms ?? null,
       outputDims: out.dims,
       loadMs,
       firstRunMs,
@@ -232,6 +277,7 @@ async function onGenerate() {
     $('latency').textContent = [
       `session load ${fmtMs(loadMs)} · first run ${fmtMs(firstRunMs)} · warm median ${fmtMs(warmMedianMs)} (${warm} runs)`,
       `image ${out.dims.join('×')}${result.className ? ` · ${result.className}` : ''}${result.guidance !== null ? ` · w=${result.guidance}` : ''}`,
+      ...(prompt ? [`prompt "${prompt.text}" → ${prompt.tokens.length} BPE token(s), input_ids [${prompt.inputIds.join(', ')}] · text encoder ${fmtMs(prompt.ms)}`] : []),
     ].join('\n');
     setStatus('Ready.');
   } catch (err) {
@@ -282,18 +328,88 @@ async function onCheckGolden() {
       fig.append(canvas, cap);
       thumbs.append(fig);
     }
-    const pass = maxAbs <= GOLDEN_TOLERANCE;
-    window.cdxGolden = { maxAbs, count, model: model.name, seeds, perSeed, tolerance: GOLDEN_TOLERANCE, pass };
+    const text = textPath ? await checkTextPath() : null;
+    const pass = maxAbs <= GOLDEN_TOLERANCE && (!text || text.pass);
+    window.cdxGolden = { maxAbs, count, model: model.name, seeds, perSeed, tolerance: GOLDEN_TOLERANCE, pass, textEncoder: text };
     const line = $('golden-result');
     line.className = `mono ${pass ? 'pass' : 'fail'}`;
     line.textContent = `${pass ? 'PASS' : 'FAIL'}: max-abs ${maxAbs.toExponential(3)} over ${count} seed(s) `
-      + `(tolerance ${GOLDEN_TOLERANCE.toExponential(0)}) · model ${model.name}`;
+      + `(tolerance ${GOLDEN_TOLERANCE.toExponential(0)}) · model ${model.name}`
+      + (text ? `\ntext encoder ${text.model}: max-abs ${text.maxAbs.toExponential(3)} over ${text.count} prompt(s); `
+        + `tokenizer: ${text.promptsChecked - text.promptMismatches.length}/${text.promptsChecked} golden prompts and `
+        + `${text.vectorsChecked - text.vectorMismatches.length}/${text.vectorsChecked} vectors.json texts give the bundle's input_ids` : '');
     setStatus('Ready.');
   } catch (err) {
     showError(err);
   } finally {
     setBusy(false);
   }
+}
+
+/** The text encoder on its golden input_ids (vs its golden outputs), and the JS tokenizer on its golden prompts and
+ * the bundle's vectors.json (vs the input_ids the student's own Hugging Face tokenizer wrote). */
+async function checkTextPath() {
+  const { model: enc, session: encSession, tokenizer, outputName, golden, vectors } = textPath;
+  const result = { model: enc.name, count: 0, maxAbs: 0, promptsChecked: 0, promptMismatches: [], vectorsChecked: 0, vectorMismatches: [] };
+  if (golden) {
+    const input = enc.inputs[0];
+    const ids = golden.inputs[input.name];
+    const per = ids.length / golden.count;
+    const outAll = golden.outputs[outputName];
+    const outPer = outAll.length / golden.count;
+    for (let i = 0; i < golden.count; i++) {
+      const slice = ids.slice(i * per, (i + 1) * per);
+      const out = await encSession.run({ [input.name]: makeTensor(input, slice) });
+      const d = maxAbsDiff(out[outputName].data, outAll.subarray(i * outPer, (i + 1) * outPer));
+      result.maxAbs = Number.isNaN(d) ? NaN : Math.max(result.maxAbs, d);
+      result.count++;
+      const prompt = enc.golden?.prompts?.[i];
+      if (typeof prompt === 'string') {
+        result.promptsChecked++;
+        const ours = tokenizer.encode(prompt);
+        if (ours.some((v, k) => BigInt(v) !== BigInt(slice[k]))) result.promptMismatches.push(prompt);
+      }
+    }
+  }
+  for (const c of vectors ?? []) {
+    result.vectorsChecked++;
+    const ours = tokenizer.encode(c.text);
+    if (JSON.stringify(ours) !== JSON.stringify(c.input_ids)) result.vectorMismatches.push(c.text);
+  }
+  result.pass = result.maxAbs <= GOLDEN_TOLERANCE && !result.promptMismatches.length && !result.vectorMismatches.length;
+  return result;
+}
+
+/** The bundle's text encoder for `generator` (a text student) with its tokenizer, all sha256-checked; null when the
+ * generator takes no text_embedding or the bundle has no runnable text encoder. */
+async function loadTextPath(base, generator, verified) {
+  const textInput = generator.inputs.find((i) => i.name === 'text_embedding');
+  if (!textInput) return null;
+  const encoders = manifest.models.filter((m) => m.role === 'text_encoder' && m.tokenizer && (m.format === 'onnx' || m.format === 'ort'));
+  const enc = encoders.find((m) => m.format === 'onnx' && m.precision === 'fp32') ?? encoders[0];
+  if (!enc) return null;
+  const out = enc.outputs.find((o) => o.name === textInput.name) ?? enc.outputs[0];
+  if (JSON.stringify(out.shape) !== JSON.stringify(textInput.shape)) {
+    throw new BundleError(`${enc.name} output ${out.name} is [${out.shape}], ${generator.name} takes ${textInput.name} [${textInput.shape}]`);
+  }
+  if (enc.inputs.length !== 1 || !['int64', 'int32'].includes(enc.inputs[0].dtype)) {
+    throw new BundleError(`${enc.name}: expected one integer input (input_ids), the manifest lists ${enc.inputs.map((i) => `${i.name} ${i.dtype}`).join(', ')}`);
+  }
+  const get = async (path) => {
+    const buf = await fetchVerified(base, manifest, path);
+    verified.push([path, buf.byteLength]);
+    return buf;
+  };
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  const files = enc.tokenizer.files;
+  const tokenizer = new ClipTokenizer(enc.tokenizer, decoder.decode(await get(files.vocab)), decoder.decode(await get(files.merges)));
+  if (shapeSize(enc.inputs[0].shape, `input ${enc.inputs[0].name}`) !== enc.tokenizer.max_length) {
+    throw new BundleError(`${enc.name}: input ${enc.inputs[0].name} [${enc.inputs[0].shape}] does not hold max_length ${enc.tokenizer.max_length} ids`);
+  }
+  const vectors = files.vectors ? JSON.parse(decoder.decode(await get(files.vectors))) : null;
+  const bytes = await get(enc.file);
+  const golden = await loadGolden(base, enc, verified);
+  return { model: enc, bytes, tokenizer, outputName: out.name, textInput, golden, vectors, session: null };
 }
 
 /** Fetches and verifies the golden tensors of `m`; null when the model has none. */
@@ -340,7 +456,6 @@ async function main() {
   model = pickModel(manifest, params.get('model'));
   state.model = model.name;
   const conditioning = manifest.conditioning ?? { type: 'none' };
-  roles = assignRoles(model, conditioning);
 
   const generators = runnableGenerators(manifest);
   if (generators.length > 1) {
@@ -386,6 +501,9 @@ async function main() {
   }
   setStatus('Fetching and verifying golden data…');
   goldenData = await loadGolden(base, model, verified);
+  setStatus('Fetching and verifying the text encoder and tokenizer…');
+  textPath = await loadTextPath(base, model, verified);
+  roles = assignRoles(model, conditioning);
   const total = verified.reduce((a, [, n]) => a + n, 0);
   addInfo('verified', `${verified.length} file(s), ${fmtBytes(total)}, sha256 matches manifest`);
 
@@ -403,6 +521,16 @@ async function main() {
     ...(externalData.length ? { externalData } : {}),
   });
   loadMs = performance.now() - t0;
+  if (textPath) {
+    const t1 = performance.now();
+    textPath.session = await ort.InferenceSession.create(new Uint8Array(textPath.bytes), {
+      executionProviders: ['wasm'], graphOptimizationLevel: 'all',
+    });
+    textPath.loadMs = performance.now() - t1;
+    textPath.bytes = null;
+    addInfo('text encoder', `${textPath.model.name} · ${textPath.model.format} · ${textPath.model.precision} · `
+      + `tokenizer ${textPath.model.tokenizer.type} (${textPath.model.tokenizer.source_class ?? '?'}) · load ${fmtMs(textPath.loadMs)}`);
+  }
 
   $('runtime-info').textContent = `onnxruntime-web ${ort.env.versions?.web ?? '?'} · WASM EP · threads `
     + `${ort.env.wasm.numThreads ?? 'auto'} · crossOriginIsolated=${self.crossOriginIsolated} · session load ${fmtMs(loadMs)}`;

@@ -10,6 +10,9 @@
 //    Generate and Check golden, and requires golden max-abs <= 1e-4 over every seed; then sets the page's seed and
 //    class to the last golden seed's and clicks Generate again: every input the page fed (noise drawn in the browser
 //    with cdx-normal-v1) must equal that seed's golden input bit for bit, and the image its golden output (<= 1e-4);
+//    for a text student it types that seed's golden prompt instead of picking a class: the page's input_ids
+//    (tokenizer.mjs) must equal the text encoder's golden input_ids for that prompt, the text_embedding the page's
+//    text-encoder session made must match the golden one (<= 1e-4) and the image the golden image (<= 1e-4);
 // 3. opens the page on a copy of the bundle with one byte of the model's .onnx changed and requires the page to refuse it;
 // 4. saves a screenshot, writes a JSON result, exits 0 only when everything passed.
 
@@ -145,9 +148,14 @@ async function checkSeedMatchesGolden(page, bundle, model, manifest, stepMs, fai
   const slice = (all) => all.slice((all.length / count) * index, (all.length / count) * (index + 1));
   const classInput = model.inputs.find((i) => i.name === 'class_label');
   const classLabel = classInput ? Number(slice(goldenInputs[classInput.name])[0]) : null;
+  const encoder = manifest.models.find((m) => m.role === 'text_encoder' && m.tokenizer && m.format === 'onnx' && m.precision === 'fp32');
+  const textInput = encoder ? model.inputs.find((i) => i.name === 'text_embedding') : null;
+  const prompt = textInput ? golden.prompts?.[index] : null;
+  if (textInput && typeof prompt !== 'string') failures.push(`seed ${seed}: text student without golden.prompts[${index}]`);
 
   await page.fill('#seed', String(seed));
   if (classLabel !== null) await page.selectOption('#class-select', String(classLabel));
+  if (typeof prompt === 'string') await page.fill('#prompt', prompt);
   await page.evaluate(() => { window.cdxGenerate = null; window.cdxLastRun = null; });
   await page.click('#generate');
   await waitFor(page, () => window.cdxGenerate || window.cdxState.error, stepMs);
@@ -156,18 +164,50 @@ async function checkSeedMatchesGolden(page, bundle, model, manifest, stepMs, fai
     if (!r) return null;
     const feeds = {};
     for (const [name, data] of Object.entries(r.feeds)) feeds[name] = Array.from(data, Number);
-    return { seed: r.seed, feeds, output: { name: r.output.name, data: Array.from(r.output.data) } };
+    return { seed: r.seed, feeds, prompt: r.prompt, inputIds: r.inputIds, tokens: r.tokens,
+      output: { name: r.output.name, data: Array.from(r.output.data) } };
   });
-  const out = { seed, classLabel, inputs: {}, outputMaxAbs: null, pass: false };
+  const out = { seed, classLabel, prompt, inputs: {}, outputMaxAbs: null, pass: false };
   if (!run) {
     failures.push(`seed ${seed}: Generate left no window.cdxLastRun (${await page.evaluate(() => window.cdxState.error)})`);
     return out;
   }
   if (run.seed !== seed) failures.push(`seed ${seed}: the page generated seed ${run.seed}`);
   let pass = true;
+  if (typeof prompt === 'string') {
+    // the encoder's golden input_ids for this prompt: what the student's own Hugging Face tokenizer produced
+    const k = encoder.golden?.prompts?.indexOf(prompt) ?? -1;
+    const idsFile = encoder.golden?.inputs?.[encoder.inputs[0].name];
+    out.tokens = run.tokens;
+    out.inputIds = run.inputIds;
+    if (run.prompt !== prompt) failures.push(`seed ${seed}: the page generated prompt ${JSON.stringify(run.prompt)}, not ${JSON.stringify(prompt)}`);
+    if (k < 0 || !idsFile) {
+      failures.push(`seed ${seed}: prompt ${JSON.stringify(prompt)} is not among ${encoder.name}'s golden prompts`);
+      pass = false;
+    } else {
+      const all = decodeTensor(await readArrayBuffer(path.join(bundle, idsFile)), encoder.inputs[0].dtype, idsFile);
+      const per = all.length / encoder.golden.prompts.length;
+      const want = Array.from(all.slice(k * per, (k + 1) * per), Number);
+      out.inputIdsMatch = JSON.stringify(want) === JSON.stringify(run.inputIds);
+      if (!out.inputIdsMatch) {
+        pass = false;
+        failures.push(`seed ${seed}: tokenizer.mjs gave input_ids ${JSON.stringify(run.inputIds)} for ${JSON.stringify(prompt)}, golden ${JSON.stringify(want)}`);
+      }
+    }
+  }
   for (const input of model.inputs) {
     const want = Array.from(slice(goldenInputs[input.name]), Number);
     const got = run.feeds[input.name] ?? [];
+    if (textInput && input.name === textInput.name) {  // computed in the page by the text encoder: a tolerance, not bits
+      let worst = got.length === want.length ? 0 : NaN;
+      for (let i = 0; i < want.length && !Number.isNaN(worst); i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+      out.inputs[input.name] = { values: want.length, maxAbs: worst, fromPrompt: true };
+      if (!(worst <= TOLERANCE)) {
+        pass = false;
+        failures.push(`seed ${seed}: the page's ${input.name} from the typed prompt differs from the golden one by ${worst} (> ${TOLERANCE})`);
+      }
+      continue;
+    }
     let differing = got.length === want.length ? 0 : Math.max(got.length, want.length);
     if (!differing) {
       for (let i = 0; i < want.length; i++) {
@@ -291,6 +331,7 @@ async function main() {
     const seeds = expectedModel.golden?.seeds;
     if (Array.isArray(seeds) && golden.count !== seeds.length) failures.push(`golden count ${golden.count} != ${seeds.length} seeds`);
     if (!(golden.maxAbs <= TOLERANCE)) failures.push(`golden max-abs ${golden.maxAbs} > ${TOLERANCE}`);
+    if (golden.textEncoder && !golden.textEncoder.pass) failures.push(`text encoder / tokenizer golden check failed: ${JSON.stringify(golden.textEncoder)}`);
 
     result.seedMatch = await checkSeedMatchesGolden(page, bundle, expectedModel, manifest, stepMs, failures);
 
