@@ -155,7 +155,8 @@ class OneStepGenerator(nn.Module):
     def example_inputs(self, seed: int = 0, class_label: int = 0,
                        guidance_scale: float | None = None) -> dict[str, torch.Tensor]:
         """Seeded inputs matching `input_specs` (random ones from cdx-normal-v1, stream = input index; w defaults to
-        the manifest's)."""
+        the manifest's). A text_embedding drawn here is only a tracing stand-in: convert's golden data, calibration
+        and parity gate replace it with encoded prompts (`convert/golden.py`, `conditioning.prompts`)."""
         out: dict[str, torch.Tensor] = {}
         for stream, spec in enumerate(self.input_specs()):
             if spec.name in ("noise", "step_noise", "text_embedding"):
