@@ -675,3 +675,17 @@ def test_a_one_token_change_to_the_swift_tokenizer_is_caught(original: str, muta
     except (Unsupported, SwiftThrow, SwiftTrap) as refused:
         bad = [f"refused: {refused}"]
     assert bad, f"{mutant!r} still matches the vectors: the check could not fail"
+
+
+def test_swift_app_wires_the_prompt_through_the_text_encoder() -> None:
+    """Structure only (no Swift compiler here): the Prompt field exists for text students, Generate embeds the prompt
+    with PromptEncoder (ClipTokenizer → the bundle's text_encoder package) and feeds it as text_embedding."""
+    view = text(parse(IOS / "Sources" / "CDXDemoApp" / "ContentView.swift"))
+    assert 'if demo.hasPromptInput {' in view and 'TextField("Prompt", text: $demo.prompt)' in view
+    generate = text(swift_functions(parse(IOS / "Sources" / "CDXDemoApp" / "DemoModel.swift"))["generate"])
+    assert "try encoder?.embed(prompt)" in generate and "textEmbedding: text?.embedding" in generate
+    embed = text(swift_functions(parse(KIT / "PromptEncoder.swift"))["embed"])
+    assert "tokenizer.encode(prompt)" in embed and "encoder.run([input.name: .ints(" in embed
+    roles = text(swift_functions(parse(KIT / "CoreMLGenerator.swift"))["roles"])
+    assert "case textInputName: return .text(stream: index)" in roles
+    assert string_constant(parse(KIT / "CoreMLGenerator.swift"), "textInputName") == "text_embedding"

@@ -36,6 +36,10 @@ struct ContentView: View {
                                 }
                             }
                         }
+                        if demo.hasPromptInput {
+                            TextField("Prompt", text: $demo.prompt)
+                                .autocorrectionDisabled()
+                        }
                         if demo.hasGuidanceInput {
                             VStack(alignment: .leading) {
                                 Text(String(format: "Guidance w %.1f", demo.guidance))

@@ -12,6 +12,7 @@ final class DemoModel: ObservableObject {
     @Published var seed: Int = 0
     @Published var classIndex: Int = 0
     @Published var guidance: Double = 8
+    @Published var prompt: String = ""
     @Published var warmup: Int = 3
     @Published var runs: Int = 20
     @Published var status: String = "Open a cdx Core ML bundle (a folder with manifest.json)."
@@ -23,11 +24,17 @@ final class DemoModel: ObservableObject {
     @Published var resultsURL: URL?
 
     private var generator: CoreMLGenerator?
+    private var promptEncoder: PromptEncoder?
 
     var models: [Manifest.ModelEntry] { bundle?.manifest.coreMLGenerators ?? [] }
     var classNames: [String] { bundle?.manifest.conditioning.classLabels ?? [] }
     var hasClassInput: Bool { currentEntry?.inputs.contains { $0.name == InputRole.classInputName } ?? false }
     var hasGuidanceInput: Bool { currentEntry?.inputs.contains { $0.name == InputRole.guidanceInputName } ?? false }
+    /// A text student with a Core ML text encoder in the bundle: Generate takes a prompt.
+    var hasPromptInput: Bool {
+        guard let bundle, let entry = currentEntry else { return false }
+        return bundle.manifest.textEncoder(for: entry) != nil
+    }
     var guidanceRange: ClosedRange<Double> {
         let range = bundle?.manifest.conditioning.guidance?.range ?? []
         let value = bundle?.manifest.defaultGuidance ?? 8
@@ -66,7 +73,9 @@ final class DemoModel: ObservableObject {
         modelName = first.name
         guidance = opened.manifest.defaultGuidance
         classIndex = 0
+        prompt = opened.manifest.textEncoder(for: first)?.golden?.prompts?.first ?? ""
         generator = nil
+        promptEncoder = nil
         image = nil
         error = nil
         status = "Opened \(opened.manifest.source.name ?? folder.lastPathComponent): \(opened.manifest.coreMLGenerators.count) Core ML generator(s)."
@@ -82,18 +91,32 @@ final class DemoModel: ObservableObject {
         return loaded
     }
 
+    /// The prompt path for the chosen generator (nil when it takes no text): tokenizer + Core ML text encoder.
+    private func loadedPromptEncoder() async throws -> PromptEncoder? {
+        guard let bundle, let entry = currentEntry, let encoderEntry = bundle.manifest.textEncoder(for: entry) else { return nil }
+        if let promptEncoder, promptEncoder.encoder.entry.name == encoderEntry.name,
+           promptEncoder.encoder.computeUnits == computeUnits { return promptEncoder }
+        status = "Verifying and compiling \(encoderEntry.file) and the tokenizer…"
+        let loaded = try await PromptEncoder.load(bundle: bundle, entry: encoderEntry, computeUnits: computeUnits)
+        promptEncoder = loaded
+        return loaded
+    }
+
     func generate() {
         guard !busy else { return }
         busy = true
         error = nil
-        let (seed, classIndex, guidance) = (self.seed, self.classIndex, self.guidance)
+        let (seed, classIndex, guidance, prompt) = (self.seed, self.classIndex, self.guidance, self.prompt)
         Task {
             defer { busy = false }
             do {
                 let generator = try await loadedGenerator()
+                let encoder = try await loadedPromptEncoder()
                 status = "Generating…"
                 let result = try await Task.detached(priority: .userInitiated) { () -> ([String: [Float]], Double) in
-                    let feeds = generator.generateInputs(seed: seed, classIndex: classIndex, guidance: guidance)
+                    let text = try encoder?.embed(prompt)
+                    let feeds = generator.generateInputs(seed: seed, classIndex: classIndex, guidance: guidance,
+                                                         textEmbedding: text?.embedding)
                     let run = try generator.run(feeds)
                     return (run.outputs, run.ms)
                 }.value
@@ -102,6 +125,7 @@ final class DemoModel: ObservableObject {
                 lastLatency = String(format: "%.2f ms (this run) · load %.0f ms · %@", result.1, generator.coldLoadMs,
                                      computeUnits.rawValue)
                 status = "Seed \(seed)" + (hasClassInput && classIndex < classNames.count ? " · \(classNames[classIndex])" : "")
+                    + (encoder != nil ? " · \"\(prompt)\"" : "")
             } catch {
                 fail(error)
             }

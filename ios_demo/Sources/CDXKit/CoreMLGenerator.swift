@@ -22,20 +22,24 @@ public enum ComputeUnitsChoice: String, CaseIterable, Identifiable, Sendable {
 
 /// How one model input is filled by Generate — the rule `cdx convert` uses for the golden inputs
 /// (cdx/convert/golden.py `manifest_inputs`): `class_label` ← the class picker, `guidance_scale` ← the manifest's
-/// default w (or the slider), anything else ← cdx-normal-v1 with the seed and stream = the input's index.
+/// default w (or the slider), `text_embedding` ← the text encoder's output for the typed prompt (PromptEncoder;
+/// seeded noise when there is none), anything else ← cdx-normal-v1 with the seed and stream = the input's index.
 public enum InputRole: Equatable {
     case classLabel
     case guidance
+    case text(stream: Int)
     case random(stream: Int)
 
     public static let classInputName = "class_label"
     public static let guidanceInputName = "guidance_scale"
+    public static let textInputName = "text_embedding"
 
     public static func roles(for model: Manifest.ModelEntry) -> [InputRole] {
         model.inputs.enumerated().map { index, spec in
             switch spec.name {
             case classInputName: return .classLabel
             case guidanceInputName: return .guidance
+            case textInputName: return .text(stream: index)
             default: return .random(stream: index)
             }
         }
@@ -106,8 +110,10 @@ public final class CoreMLGenerator: @unchecked Sendable {
         }
     }
 
-    /// Generate's inputs: noise from the seed, the class, w — names, shapes and dtypes from the manifest only.
-    public func generateInputs(seed: Int, classIndex: Int, guidance: Double) -> [String: TensorValues] {
+    /// Generate's inputs: noise from the seed, the class, w, the prompt's text embedding — names, shapes and dtypes
+    /// from the manifest only.
+    public func generateInputs(seed: Int, classIndex: Int, guidance: Double,
+                               textEmbedding: [Float]? = nil) -> [String: TensorValues] {
         var feeds: [String: TensorValues] = [:]
         for (spec, role) in zip(entry.inputs, InputRole.roles(for: entry)) {
             switch role {
@@ -115,6 +121,12 @@ public final class CoreMLGenerator: @unchecked Sendable {
                 feeds[spec.name] = .ints([Int64](repeating: Int64(classIndex), count: spec.elementCount))
             case .guidance:
                 feeds[spec.name] = .floats([Float](repeating: Float(guidance), count: spec.elementCount))
+            case .text(let stream):
+                if let textEmbedding, textEmbedding.count == spec.elementCount {
+                    feeds[spec.name] = .floats(textEmbedding)
+                } else {
+                    feeds[spec.name] = .floats(CDXNormalV1.normal(seed: seed, count: spec.elementCount, stream: stream))
+                }
             case .random(let stream):
                 feeds[spec.name] = .floats(CDXNormalV1.normal(seed: seed, count: spec.elementCount, stream: stream))
             }
