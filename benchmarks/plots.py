@@ -74,10 +74,10 @@ def image_grid(grid: dict[str, np.ndarray], path: Path, columns: list[str] | Non
     if not rows:
         return None
     plt = _pyplot()
-    columns = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 2.2, 1.1 * len(rows)), squeeze=False)
+    count = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.1 * count + 2.2, 1.1 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):
-        for c in range(columns):
+        for c in range(count):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
