@@ -93,26 +93,39 @@ def _conversion_line(row: dict[str, Any]) -> str:
     return f"peak {peak / 1024:.2f} GB, {row['seconds']:.0f} s"
 
 
-def convert_all(pipeline: Path, work: Path, targets: list[str], decoder: Path | None, say: Say) -> list[dict[str, Any]]:
-    """Every target × mode (and the ONNX tiny-decoder variants); one row per conversion with its peak memory."""
+def convert_all(pipeline: Path, work: Path, targets: list[str], decoder: Path | None, say: Say,
+                skip: frozenset[str] = frozenset(), reuse: bool = False) -> list[dict[str, Any]]:
+    """Every target × mode (and the ONNX tiny-decoder variants); one row per conversion with its peak memory.
+
+    Each row is saved to WORK/conversions.json as it lands; with `reuse`, a conversion already there (no error, its
+    manifest on disk) is not run again. `skip` holds "target:mode" pairs not to run.
+    """
     from cdx.benchmarks.convert_memory import measure_target
 
-    rows = []
-    for target in targets:
-        for mode in MODES[target]:
+    log = work / "conversions.json"
+    done = {(r["target"], r["mode"], bool(r.get("decoder"))): r for r in
+            (json.loads(log.read_text("utf-8")) if reuse and log.is_file() else [])
+            if "error" not in r and (Path(r["folder"]) / "manifest.json").is_file()}
+    jobs = [(t, m, None) for t in targets for m in MODES[t] if f"{t}:{m}" not in skip]
+    if decoder is not None and "onnx" in targets:
+        jobs += [("onnx", m, decoder) for m in MODES["onnx"] if f"onnx:{m}" not in skip]
+    rows: list[dict[str, Any]] = []
+    for target, mode, tiny in jobs:
+        key = (target, mode, tiny is not None)
+        if key in done:
+            say(f"reuse {done[key]['folder']}")
+            rows.append(done[key])
+        elif tiny is None:
             out = work / mode
             say(f"convert {target} --mode {mode} ({', '.join(QUANTS[target])})")
-            row = {**measure_target(str(pipeline), target, QUANTS[target], out, mode=mode, seeds=2), "mode": mode,
-                   "folder": str(out / target)}
-            say(f"  {_conversion_line(row)}")
-            rows.append(row)
-    if decoder is not None and "onnx" in targets:
-        for mode in MODES["onnx"]:
+            rows.append({**measure_target(str(pipeline), target, QUANTS[target], out, mode=mode, seeds=2), "mode": mode,
+                         "folder": str(out / target)})
+        else:
             out = work / f"tiny_decoder_{mode}"
-            say(f"convert onnx --mode {mode} --decoder {decoder}")
-            row = {**_convert_with_decoder(pipeline, out, "onnx", ("none",), mode, decoder), "folder": str(out)}
-            say(f"  {_conversion_line(row)}")
-            rows.append(row)
+            say(f"convert onnx --mode {mode} --decoder {tiny}")
+            rows.append({**_convert_with_decoder(pipeline, out, "onnx", ("none",), mode, tiny), "folder": str(out)})
+        say(f"  {_conversion_line(rows[-1])}")
+        atomic_write_text(log, json.dumps(rows, indent=2) + "\n")
     return rows
 
 
@@ -159,7 +172,7 @@ def summarize(config: str, pipeline: Path, conversions: list[dict[str, Any]], re
 
 
 def run_config(config: str, work: Path, targets: list[str], budget_s: float, decoder: Path | str | None,
-               say: Say) -> dict[str, Any]:
+               say: Say, skip: frozenset[str] = frozenset(), reuse: bool = False) -> dict[str, Any]:
     """Build, convert, bench one config; returns its summary (and writes the bench report under `work`)."""
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.convert_memory import fp32_weight_bytes
@@ -170,7 +183,7 @@ def run_config(config: str, work: Path, targets: list[str], budget_s: float, dec
     if decoder == "random":
         latent_channels = json.loads((pipeline / "vae" / "config.json").read_text())["latent_channels"]
         decoder = random_tiny_decoder(work / "tiny_decoder_random", latent_channels)
-    conversions = convert_all(pipeline, work, targets, decoder if isinstance(decoder, Path) else None, say)
+    conversions = convert_all(pipeline, work, targets, decoder if isinstance(decoder, Path) else None, say, skip, reuse)
     folders = [c["folder"] for c in conversions if "error" not in c]
     if not folders:
         raise SystemExit(f"{config}: every conversion failed: {conversions[0].get('error')}")
@@ -247,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder", type=Path, help="an AutoencoderTiny folder (cdx distill-decoder) to compare")
     parser.add_argument("--no-tiny-decoder", action="store_true",
                         help="skip the tiny-decoder variant (default without --decoder: a random-weight TAESD-shaped one)")
+    parser.add_argument("--skip", action="append", default=[], metavar="TARGET:MODE",
+                        help="a conversion not to run, e.g. executorch:components (repeat)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse conversions a previous run saved in WORK/<config>/conversions.json")
     parser.add_argument("--render", action="store_true",
                         help="re-render sd_scale.md from the saved WORK/<config>.json and bench reports (no run)")
     args = parser.parse_args(argv)
@@ -263,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
             tables.append(rerender(config, args.work))
             continue
         say(f"== {config}")
-        tables.append(run_config(config, args.work / config, targets, args.time_budget, decoder, say))
+        tables.append(run_config(config, args.work / config, targets, args.time_budget, decoder, say,
+                                 frozenset(args.skip), args.reuse))
         args.work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.work / f"{config}.json", json.dumps(tables[-1], indent=2) + "\n")
     machine = f"{describe_machine()}, load average {os.getloadavg()[0]:.1f} at the end"
