@@ -18,8 +18,12 @@ Manifest format (additive; `cdx/schemas/manifest.schema.json` is the contract):
   (UTF-8 bytes → GPT-2's bytes_to_unicode characters); `end_of_word_suffix` ("</w>" on a word's last symbol); then
   BPE by merge rank, and the `template`: [bos] + ids[: L - 2] + [eos], padded with pad_token_id to L.
   `cdx/clip_tokenizer.py` implements exactly this from the manifest and files alone (the reference for JS/Kotlin/Swift).
-- `conditioning.prompts` records the prompt set (texts, source, the --prompts file and its sha256) and the rule that
-  ties the generator's golden/calibration text embeddings to the text encoder's golden outputs.
+- `conditioning.prompts` records the prompt set (texts, source, the --prompts file and its sha256) and names two
+  files, also the text encoder's golden data: `input_ids` (int64 [P, L]) and `text_embedding` (float32 [P, L, D]),
+  raw little-endian. Rule: a graph's `text_embedding` for its i-th seed is row i % P (golden data, `manifest_inputs`);
+  the conditioning-sensitivity contrast takes row (i + 1) % P; int8 calibration sample j takes row j % P. They are
+  written for every text student; the text encoder graph itself comes with `cdx convert` (`--no-text-encoder` skips
+  it; library callers pass `ConvertOptions(text_encoder=True)`).
 """
 
 from __future__ import annotations
