@@ -241,3 +241,14 @@ def test_executorch_and_coreml_text_encoder_graphs_pass_the_gate(tiny_sd: Path, 
             assert record["checked"] == "numeric" and record["max_abs"] <= 1e-4
         else:
             assert record["checked"] in ("spec", "numeric") and record.get("io_matches_manifest", True)
+
+
+def test_bench_image_grid_is_labelled_with_the_prompts(text_export: SimpleNamespace, tmp_path: Path) -> None:
+    from cdx.benchmarks.bench import GRID_SAMPLES, grid_columns
+    from cdx.benchmarks.plots import image_grid
+
+    columns = grid_columns(load_manifest(text_export.out))
+    assert columns == [PROMPTS[i % 3] for i in range(GRID_SAMPLES)]
+    images = np.random.default_rng(0).random((GRID_SAMPLES, 3, 8, 8)).astype(np.float32)
+    path = image_grid({"student (eager)": images, "latents": images[:, :1, None]}, tmp_path / "grid.png", columns)
+    assert path is not None and path.stat().st_size > 0
