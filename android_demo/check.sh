@@ -12,6 +12,10 @@
 #                                                 cdx-device-results/1 file labelled as a JVM replay (see below and
 #                                                 tests/test_android_demo.py). Without REPLAY_DIR, replay_outputs.py
 #                                                 writes one to a temp dir with $CDX_PYTHON (default: the repo's .venv)
+#   bash android_demo/check.sh --check-bundle BUNDLE
+#                                                 the JVM core checks on a bundle without replay or results file
+#                                                 (a text student: tokenizer vs vectors.json and golden prompts,
+#                                                 text_embedding rule), plus the shared RNG and tokenizer vectors
 #   bash android_demo/check.sh                    = --setup --typecheck --core + --test on a bundle converted to a temp dir
 #
 # Nothing here runs inference in Kotlin: the ONNX Runtime / ExecuTorch classes are compile-time stubs for the type check
@@ -241,12 +245,18 @@ while [ $# -gt 0 ]; do
             args=("$2" "$3"); shift 3
             if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then args+=("$1"); shift; fi
             run_test "${args[@]}" ;;
+        --check-bundle)
+            [ $# -ge 2 ] || die "usage: check.sh --check-bundle BUNDLE"
+            core
+            java -cp "$(core_jar):$tools/kotlinc/lib/kotlin-stdlib.jar" org.cdx.androiddemo.CoreCheckKt \
+                --rng "$repo/tests/data/rng_vectors.json" --tokenizer "$repo/tests/data/tokenizer_vectors.json" --bundle "$2"
+            shift 2 ;;
         --keys)  # print the type-check's and the core's cache keys (tests/test_android_demo.py)
             require_tools
             mapfile -t files < <(typecheck_sources); echo "typecheck $(inputs_key "${files[@]}")"
             mapfile -t files < <(core_sources); echo "core $(inputs_key "${files[@]}")"
             shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

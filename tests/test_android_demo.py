@@ -6,7 +6,10 @@
   tamper / path-escape refusal, cdx-normal-v1 bit for bit, seeded inputs = golden inputs, image mapping) and drives the
   app's benchmark loop with a replay runner that returns the outputs cdx's Python onnxruntime gave on the golden inputs;
 - the results file it writes is a valid cdx-device-results/1 document, labelled as a JVM replay, and
-  `cdx bench ingest` merges it into a report.
+  `cdx bench ingest` merges it into a report;
+- the prompt path's core: `ClipTokenizer` against tests/data/tokenizer_vectors.json, and on a text student's bundle
+  (`check.sh --check-bundle`) against its vectors.json, its golden prompts → golden input_ids, and the text-embedding
+  rule (generator golden input = the text encoder's golden output).
 
 No inference runs in Kotlin here, and no latency in that file is a model's: phones do that (android_demo/README.md).
 The tools come from `bash android_demo/check.sh --setup` (`make test` runs it first); without them this module
@@ -133,6 +136,7 @@ def test_jvm_core_check_passes_on_a_real_bundle(run: dict[str, Any]) -> None:
     assert "ALL PASSED" in out and "\nFAIL " not in out, out[-4000:]
     for line in ("sha256 + size of all", "tampered golden file refused", "symlink escaping the bundle refused",
                  "reproduce the golden inputs bit for bit", "normal seed=123456789 stream=0 bit-for-bit",
+                 "tokenizer byte_level: 30 texts", "tokenizer merges: 30 texts",
                  "generator_8x8_ort: benchmark loop on replayed onnxruntime outputs"):
         assert f"PASS {line}" in out or any(ln.startswith("PASS") and line in ln for ln in out.splitlines()), line
 
@@ -159,3 +163,25 @@ def test_results_file_is_valid_labelled_as_a_replay_and_ingests(run: dict[str, A
     merged = load_report(run["report"])
     assert merged["device_results"][-1]["device"]["model"] == document["device"]["model"]
 
+
+
+def test_jvm_prompt_path_on_a_text_students_bundle(text_onnx_export: Path, tmp_path: Path) -> None:
+    """ClipTokenizer + PromptPath on the tiny text student's bundle: its vectors.json, golden prompts → the text
+    encoder's golden input_ids, and the generator's golden text_embedding = the encoder's golden output (i % n);
+    and the tokenizer check fails on vectors whose merges are gone."""
+    out = _finish(_check("--check-bundle", str(text_onnx_export)), timeout=400)
+    assert "ALL PASSED" in out and "\nFAIL " not in out, out[-4000:]
+    for line in ("text_encoder: tokenizer from the manifest reproduces the bundle's vectors.json",
+                 "text_encoder: golden.prompts tokenized here = the golden input_ids bit for bit",
+                 "seed → cdx-normal-v1 + manifest rules reproduce the golden inputs bit for bit"):
+        assert any(ln.startswith("PASS") and line in ln for ln in out.splitlines()), line
+    doc = json.loads((REPO / "tests" / "data" / "tokenizer_vectors.json").read_text("utf-8"))
+    next(s for s in doc["sets"] if s["name"] == "merges")["merges_txt"] = "#version: 0.2\n"
+    broken = tmp_path / "no_merges.json"
+    broken.write_text(json.dumps(doc), "utf-8")
+    jar = max((DEMO / ".build").glob("core-*.jar"), key=lambda p: p.stat().st_mtime)
+    stdlib = DEMO / ".tools" / "kotlinc" / "lib" / "kotlin-stdlib.jar"
+    proc = subprocess.run(["java", "-cp", f"{jar}:{stdlib}", "org.cdx.androiddemo.CoreCheckKt", "--tokenizer", str(broken)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "FAIL tokenizer merges" in proc.stdout, proc.stdout[-3000:]
+    assert "PASS tokenizer byte_level" in proc.stdout

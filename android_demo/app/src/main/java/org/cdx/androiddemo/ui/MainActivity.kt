@@ -29,6 +29,7 @@ import org.cdx.androiddemo.core.Images
 import org.cdx.androiddemo.core.ModelEntry
 import org.cdx.androiddemo.core.ModelResult
 import org.cdx.androiddemo.core.ModelRunner
+import org.cdx.androiddemo.core.PromptPath
 import org.cdx.androiddemo.core.SeededInputs
 import org.cdx.androiddemo.runtime.Runners
 import java.io.File
@@ -44,6 +45,9 @@ import java.util.concurrent.Executors
  * - the bundle is read from app storage: `<external files dir>/bundle/manifest.json` (README: `adb push`);
  * - model (→ runtime: .pte = ExecuTorch, .ort/.onnx = ONNX Runtime), backend, class (the manifest's class names), seed,
  *   guidance, threads; "Generate" runs one seeded sample and shows the image and its latency;
+ * - a text student takes a typed prompt instead of a class: [PromptPath] tokenizes it (ClipTokenizer, from the text
+ *   encoder's manifest `tokenizer` section and files), runs the bundle's text_encoder model on the same runtime and
+ *   feeds its text_embedding to the generator;
  * - "Benchmark" runs the golden samples + timed runs of every Android-runnable model and writes a cdx-device-results/1
  *   file to `<external files dir>/results/` for `cdx bench ingest`.
  *
@@ -57,6 +61,7 @@ class MainActivity : Activity() {
     private lateinit var modelPicker: Spinner
     private lateinit var backendPicker: Spinner
     private lateinit var classPicker: Spinner
+    private lateinit var promptField: EditText
     private lateinit var seedField: EditText
     private lateinit var guidanceField: EditText
     private lateinit var threadsField: EditText
@@ -72,6 +77,9 @@ class MainActivity : Activity() {
     // Touched on the worker thread only.
     private var openRunner: ModelRunner? = null
     private var openKey: String? = null
+    private var encoderRunner: ModelRunner? = null
+    private var encoderKey: String? = null
+    private var promptPath: PromptPath? = null
     private var verified = false
 
     private val bundleDir: File get() = File(getExternalFilesDir(null) ?: filesDir, "bundle")
@@ -106,6 +114,12 @@ class MainActivity : Activity() {
         column.addView(labeled("Model (runtime)", modelPicker))
         column.addView(labeled("Backend", backendPicker))
         column.addView(labeled("Class", classPicker))
+        promptField = EditText(this).apply {
+            inputType = InputType.TYPE_CLASS_TEXT
+            setSingleLine(true)
+            hint = "a prompt (text students)"
+        }
+        column.addView(labeled("Prompt", promptField))
         seedField = numberField("0", decimal = false)
         guidanceField = numberField("", decimal = true)
         threadsField = numberField("", decimal = false).apply { hint = "runtime default" }
@@ -168,7 +182,7 @@ class MainActivity : Activity() {
         try {
             val b = Bundle.open(bundleDir)
             bundle = b
-            models = b.manifest.models.filter { it.whyNotRunnable == null }
+            models = b.manifest.generators.filter { it.whyNotRunnable == null }
             val m = b.manifest
             status.text = "Bundle: ${bundleDir.path}\nsource ${m.sourceName ?: "?"} (${m.sourceWeightsSha256.take(12)}…), " +
                 "manifest ${m.version}, ${models.size} of ${m.models.size} models run on Android"
@@ -177,6 +191,8 @@ class MainActivity : Activity() {
             val names = m.conditioning.classNames.ifEmpty { (0 until (m.conditioning.numClasses ?: 1)).map { "class $it" } }
             classPicker.adapter = adapter(names.mapIndexed { i, n -> "$i: $n" })
             classPicker.isEnabled = m.conditioning.type == "class_label"
+            val examples = m.models.firstOrNull { it.role == "text_encoder" }?.goldenPrompts ?: emptyList()
+            if (examples.isNotEmpty()) promptField.setText(examples.first())
             guidanceField.setText(SeededInputs.defaultGuidance(m).toString())
             val range = m.conditioning.guidanceRange
             if (range != null && range.size == 2) guidanceField.hint = "${range[0]}–${range[1]}"
@@ -199,6 +215,7 @@ class MainActivity : Activity() {
         val model = selectedModel() ?: return
         backendPicker.adapter = adapter(Runners.backendsFor(model))
         guidanceField.isEnabled = model.inputs.any { it.name == "guidance_scale" }
+        promptField.isEnabled = bundle?.manifest?.textEncoderFor(model) != null
         threadsField.isEnabled = model.runtime == "onnxruntime"
     }
 
@@ -218,6 +235,28 @@ class MainActivity : Activity() {
     private fun closeRunner() {
         try { openRunner?.close() } catch (e: Exception) { say("close: ${e.message}") }
         openRunner = null; openKey = null
+        try { encoderRunner?.close() } catch (e: Exception) { say("close: ${e.message}") }
+        encoderRunner = null; encoderKey = null
+    }
+
+    /** The text_embedding of [prompt] for a text student (null for other models): tokenizer → text encoder. */
+    private fun promptEmbedding(b: Bundle, model: ModelEntry, backend: String, threads: Int?, prompt: String): org.cdx.androiddemo.core.HostTensor? {
+        val encoder = b.manifest.textEncoderFor(model) ?: return null
+        val path = promptPath?.takeIf { it.encoder.name == encoder.name } ?: PromptPath(b, encoder).also { promptPath = it }
+        val key = "${encoder.name}|$backend|$threads"
+        val runner = encoderRunner?.takeIf { encoderKey == key } ?: run {
+            try { encoderRunner?.close() } catch (e: Exception) { say("close: ${e.message}") }
+            val backends = Runners.backendsFor(encoder)
+            Runners.open(b, encoder, if (backend in backends) backend else backends.first(), threads).also {
+                encoderRunner = it; encoderKey = key
+            }
+        }
+        val t0 = System.nanoTime()
+        val embedding = path.embed(runner, prompt)
+        val ids = path.tokenizer.encode(prompt)
+        say(String.format(Locale.US, "prompt \"%s\" → %d tokens %s; %s %.1f ms", prompt, path.tokenizer.tokenize(prompt).size,
+            ids.joinToString(",", "[", "]"), encoder.name, (System.nanoTime() - t0) / 1e6))
+        return embedding
     }
 
     /** sha256 + sizes of the whole bundle, once per app start (a half-pushed bundle fails here, not in the runtime). */
@@ -236,6 +275,7 @@ class MainActivity : Activity() {
         val classLabel = Math.max(0, classPicker.selectedItemPosition)
         val guidance = guidanceField.text.toString().trim().toDoubleOrNull()
         val threads = intOrNull(threadsField)?.takeIf { it > 0 }
+        val prompt = promptField.text.toString()
         busy(true)
         worker.execute {
             try {
@@ -243,7 +283,8 @@ class MainActivity : Activity() {
                 val t0 = System.nanoTime()
                 val r = runner(b, model, backend, threads)
                 val loadMs = (System.nanoTime() - t0) / 1e6
-                val inputs = SeededInputs.build(b.manifest, model, seed, classLabel, guidance)
+                val text = promptEmbedding(b, model, backend, threads, prompt)
+                val inputs = SeededInputs.build(b.manifest, model, seed, classLabel, guidance, text)
                 val t1 = System.nanoTime()
                 val outputs = r.run(inputs)
                 val runMs = (System.nanoTime() - t1) / 1e6
@@ -278,7 +319,8 @@ class MainActivity : Activity() {
                 closeRunner()
                 verifyOnce(b)
                 val results = ArrayList<ModelResult>()
-                for (model in models) {
+                // every Android-runnable model, text encoders included (their golden samples are the prompts' ids)
+                for (model in b.manifest.models.filter { it.whyNotRunnable == null }) {
                     for (backend in Runners.backendsFor(model).take(1)) {  // the default backend of each model
                         say("benchmark ${model.name} (${model.runtime}/$backend): $warmup warm-up + $runs runs")
                         try {
