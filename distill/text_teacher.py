@@ -204,11 +204,13 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200))
     unet, text_encoder, optimizer, lr = accelerator.prepare(unet, text_encoder, optimizer, lr)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    start, smooth, history = 0, None, []
+    start, smooth, history, previous_seconds = 0, None, [], 0.0
+    began = time.perf_counter()
     root = work / "checkpoints" if work else None
     if root and (last := latest_checkpoint(root)):
         state, target = load_checkpoint(accelerator, last, gen)
         start, smooth, history = int(state["step"]), state.get("smooth"), state.get("history", [])
+        previous_seconds = float(state.get("seconds", 0.0))
         for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
             param.data.copy_(value)
         ema.optimization_step = start
@@ -241,10 +243,10 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
             if root and step % recipe.checkpoint_every == 0 and step < recipe.unet_steps:
                 target = {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
                 save_checkpoint(accelerator, root, step, target, gen, {"smooth": smooth, "history": history,
-                                                                      "recipe": recipe.as_dict()})
+                                "recipe": recipe.as_dict(), "seconds": previous_seconds + time.perf_counter() - began})
     unet, text_encoder = accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval()
     ema.copy_to(params)
-    return unet.cpu(), text_encoder.cpu(), history
+    return unet.cpu(), text_encoder.cpu(), history, previous_seconds + time.perf_counter() - began
 
 
 def save_text_pipeline(folder: Path, unet, vae, text_encoder, tokenizer, info: dict[str, Any]) -> None:
@@ -281,13 +283,13 @@ def train_text_teacher(out: Path, data: Any, recipe: TextTeacherRecipe, work: Pa
             (work / "vae-seconds.json").write_text(json.dumps(round(vae_seconds, 1)), "utf-8")
     latents = encode_latents(vae, data.images).cpu() * vae.config.scaling_factor
     tokens, empty = tokenize(tokenizer, list(data.captions)), tokenize(tokenizer, [""])[0]
-    unet_start = time.perf_counter()
     # a fresh Accelerator: its saved state must hold only UNet + text encoder (+ optimizer), not the autoencoder
-    unet, text_encoder, history = train_text_unet(latents, tokens, empty, tokenizer, recipe, Accelerator(), work, show)
-    total = vae_seconds + time.perf_counter() - unet_start
+    unet, text_encoder, history, unet_seconds = train_text_unet(latents, tokens, empty, tokenizer, recipe, Accelerator(),
+                                                                work, show)
+    total = vae_seconds + unet_seconds  # training time summed over resumed runs (checkpoints carry the elapsed time)
     info = {"kind": "teacher", "conditioning": "text", "recipe": recipe.as_dict(), "train_images": len(data.images),
             "text_length": int(tokenizer.model_max_length), "vocab_size": len(tokenizer),
-            "train_seconds": {"autoencoder": round(vae_seconds, 1), "total": round(total, 1)},
+            "train_seconds": {"autoencoder": round(vae_seconds, 1), "unet": round(unet_seconds, 1), "total": round(total, 1)},
             "loss_history": history, "machine": describe_machine(str(accelerator.device)),
             "class_names": list(example_prompts or []), **(data_info or {})}
     save_text_pipeline(out, unet, vae, text_encoder, tokenizer, info)
