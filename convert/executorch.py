@@ -187,11 +187,12 @@ def delegation_summary(edge: Any) -> dict[str, Any]:
     }
 
 
-def lower(program: torch.export.ExportedProgram, delegate: str = "xnnpack") -> Any:
-    """to_edge_transform_and_lower with the delegate's partitioner; returns the EdgeProgramManager."""
+def lower(program: torch.export.ExportedProgram, delegate: str = "xnnpack", etrecord: bool = False) -> Any:
+    """to_edge_transform_and_lower with the delegate's partitioner; returns the EdgeProgramManager. `etrecord` keeps
+    the ETRecord (`.to_executorch().get_etrecord()`) that the devtools Inspector maps profiled events back with."""
     from executorch.exir import to_edge_transform_and_lower
 
-    return to_edge_transform_and_lower(program, partitioner=_partitioner(delegate))
+    return to_edge_transform_and_lower(program, partitioner=_partitioner(delegate), generate_etrecord=etrecord)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -225,10 +226,11 @@ def export_executorch(generator: ExportableGraph, path: Path, quant: str = "none
                                 "calibration": "seeded generator inputs (noise + conditioning)", "mixed_precision": search}
             edge = lower(export_program(module, args), delegate)
             summary = delegation_summary(edge)
-            buffer = edge.to_executorch().buffer
+            with path.open("wb") as handle:  # streamed: `.buffer` would join the whole program in memory once more
+                edge.to_executorch().write_to_file(handle)
+            del edge, module
     except Exception as exc:  # converters raise anything; the user gets one line
         raise ConversionError(explain(exc, "executorch")) from None
-    path.write_bytes(buffer)
     if say:
         say(format_summary(summary))
     record = {

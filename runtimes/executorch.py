@@ -25,8 +25,12 @@ class ExecuTorchRunner(Runner):
         if model.get("export", {}).get("delegate") == "coreml":
             raise UnsupportedError(f"{model['name']}: a Core ML-delegated .pte runs only on Apple devices "
                                    "(CoreMLBackend is not registered in this runtime)")
-        if threads:
+        if threads:  # XNNPACK runs on ExecuTorch's own threadpool (default: the performant cores), not torch's
+            from executorch.extension.pybindings import portable_lib
+
             torch.set_num_threads(threads)
+            with filtered_stderr():
+                portable_lib._unsafe_reset_threadpool(threads)
         with filtered_stderr():  # XNNPACK's cpuinfo probe prints ARM-register misses on x86 at method load
             program = Runtime.get().load_program(str(resolve_inside(folder, model["file"])))
             self.method = program.load_method("forward")

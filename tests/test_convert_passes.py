@@ -10,9 +10,14 @@ from cdx.convert.passes import DEFAULT_PASSES, PASSES, apply_passes
 from cdx.errors import InputError
 
 
-def _ops(module: nn.Module, args: tuple[torch.Tensor, ...]) -> set[str]:
+def _ops(module: nn.Module, args: tuple[torch.Tensor, ...], stage: str = "export") -> set[str]:
     program = torch.export.export(module, args, strict=False)
-    return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    if stage == "edge":
+        from executorch.exir import to_edge
+
+        program = to_edge(program).exported_program()
+    return {str(n.target).removeprefix("<EdgeOpOverload: ").split(">")[0] for n in program.graph.nodes
+            if n.op == "call_function"}
 
 
 def _group_norm_block() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -45,11 +50,28 @@ def _upsample() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return nn.Sequential(Upsample2D(16, use_conv=True)).eval(), (torch.randn(1, 16, 8, 8),)
 
 
+def _geglu() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    from diffusers.models.attention import FeedForward
+
+    torch.manual_seed(0)
+    return FeedForward(32, activation_fn="geglu").eval(), (torch.randn(1, 64, 32),)
+
+
+def _mid_block_resnet() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(0)
+    return ResnetBlock2D(in_channels=16, temb_channels=None, groups=4, output_scale_factor=1).eval(), \
+        (torch.randn(1, 16, 8, 8), None)
+
+
 CASES = {
     "decompose_group_norm": _group_norm_block,
     "plain_attention": _attention,
     "decompose_layer_norm": _layer_norm,
     "delegate_friendly_upsample": _upsample,
+    "split_geglu": _geglu,
+    "float_scale_factors": _mid_block_resnet,
 }
 
 
@@ -60,11 +82,11 @@ def test_every_registered_pass_has_a_case_here() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_pass_removes_its_op_and_keeps_numerics(name: str) -> None:
     module, args = CASES[name]()
-    removed = PASSES[name].removes
-    assert any(op.startswith(removed) for op in _ops(module, args)), f"{removed} should be in the original graph"
+    removed, stage = PASSES[name].removes, PASSES[name].stage
+    assert any(op.startswith(removed) for op in _ops(module, args, stage)), f"{removed} should be in the original graph"
     rewritten, counts = apply_passes(module, [name])
     assert counts[name] >= 1
-    assert not any(op.startswith(removed) for op in _ops(rewritten, args))
+    assert not any(op.startswith(removed) for op in _ops(rewritten, args, stage))
     with torch.no_grad():
         assert (rewritten(*args) - module(*args)).abs().max().item() <= 1e-5
 
@@ -104,3 +126,43 @@ def test_group_norm_is_delegated_to_xnnpack_only_after_the_pass() -> None:
     after = delegation_summary(lower(export_program(rewritten, args)))
     assert not any("group_norm" in op for op in after["portable_op_names"])
     assert after["portable_ops"] == 0 and after["delegate_calls"] == 1
+
+
+def test_geglu_split_leaves_no_portable_split_and_one_delegate_call() -> None:
+    """The SD-1.5 .pte kept `split_with_sizes_copy` ×16 on portable kernels (one per GEGLU chunk), each cutting the
+    XNNPACK graph; after the pass the feed-forward is one delegate call with nothing portable."""
+    from cdx.convert.executorch import delegation_summary, export_program, lower
+
+    module, args = _geglu()
+    before = delegation_summary(lower(export_program(module, args)))
+    assert any("split" in op for op in before["portable_op_names"])
+    rewritten, _ = apply_passes(module, ["split_geglu"])
+    after = delegation_summary(lower(export_program(rewritten, args)))
+    assert after["portable_ops"] == 0 and after["delegate_calls"] == 1
+
+
+def test_group_norm_on_feature_maps_reshapes_only_its_statistics() -> None:
+    """On NHWC data XNNPACK must transpose around any reshape of the full feature map (ETDump of SD-small: 718
+    transposes); the 4-D path reshapes only the (n, c, 1, 1) statistics."""
+    module, args = _group_norm_block()
+    rewritten, _ = apply_passes(module, ["decompose_group_norm"])
+    program = torch.export.export(rewritten, args, strict=False)
+    full = args[0].shape[-1] * args[0].shape[-2]
+    reshaped = [n for n in program.graph.nodes if n.op == "call_function" and ("view" in str(n.target) or
+                                                                          "reshape" in str(n.target))]
+    assert reshaped, "the group statistics are reshaped"
+    assert all(n.meta["val"].numel() < full for n in reshaped)
+
+
+def test_subpixel_upsample_matches_at_odd_sizes_and_falls_back_for_other_output_sizes() -> None:
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    upsample = Upsample2D(8, use_conv=True, out_channels=12).eval()
+    rewritten, counts = apply_passes(nn.ModuleList([upsample]), ["delegate_friendly_upsample"])
+    assert counts["delegate_friendly_upsample"] == 1
+    x = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        assert (rewritten[0](x) - upsample(x)).abs().max().item() <= 1e-5
+        assert (rewritten[0](x, output_size=(9, 13)) - upsample(x, output_size=(9, 13))).abs().max().item() <= 1e-5
+    assert len(list(rewritten[0].parameters())) == 5, "four phase kernels and the bias, not the original conv too"
