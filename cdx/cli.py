@@ -274,6 +274,8 @@ def convert(
                                                 "parity gate. Default: the captions in its cdx.json, else built-ins.")] = None,
     text_encoder: Annotated[bool, typer.Option(help="Text students: also export the text encoder graph (input_ids → "
                                                "text_embedding) and the tokenizer files, so a device can take a prompt.")] = True,
+    chunks: Annotated[int, typer.Option(help="Core ML with --mode components: the UNet step as N sequential .mlpackages "
+                                        "(weight-balanced, as Apple's --chunk-unet) so each piece fits an app's memory.")] = 1,
 ) -> None:
     """Export a student to a target runtime, parity-check every artifact, and write the manifest."""
     from cdx.convert.export import ConvertOptions
@@ -284,7 +286,8 @@ def convert(
     options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
                              passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples,
-                             lora=lora, decoder=decoder, prompts=prompts, text_encoder=text_encoder)
+                             lora=lora, decoder=decoder, prompts=prompts, text_encoder=text_encoder,
+                             chunks=chunks)
     options.validate()
     if model is None:
         from cdx.defaults import default_student

@@ -68,6 +68,7 @@ class ConvertOptions:
     prompts: str | None = None  # text students: a file of prompts, one a line (default: the student's cdx.json or built-in)
     text_encoder: bool = False  # text students: also export the text encoder graph + tokenizer (`cdx convert` does)
     decoder: str | None = None  # an AutoencoderTiny folder (cdx distill-decoder) in place of the VAE decoder
+    chunks: int = 1  # Core ML, components mode: the UNet step as this many sequential .mlpackages (convert/unet_chunks.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -97,6 +98,11 @@ class ConvertOptions:
             raise InputError(f"--calibration-samples {self.calibration_samples}: must be >= 1")
         if any(size < 1 for size in self.latent_sizes):
             raise InputError(f"--latent-size {', '.join(map(str, self.latent_sizes))}: sizes must be >= 1")
+        if self.chunks < 1:
+            raise InputError(f"--chunks {self.chunks}: must be >= 1")
+        if self.chunks > 1 and (self.target != "coreml" or self.mode != "components"):
+            raise InputError(f"--chunks {self.chunks}: splitting the UNet needs --target coreml --mode components "
+                             f"(got --target {self.target} --mode {self.mode}); the decoder is then its own model")
         if self.lora is not None and not (Path(self.lora) / "pytorch_lora_weights.safetensors").is_file():
             raise InputError(f"--lora {self.lora}: no pytorch_lora_weights.safetensors there")
         if self.decoder is not None:
@@ -170,8 +176,9 @@ def _as_tuples(graph: Graph, batches: list[dict[str, np.ndarray]]) -> list[tuple
 
 
 def _graph_jobs(generator: OneStepGenerator, mode: str, batches: list[dict[str, np.ndarray]],
-                calibration: list[dict[str, np.ndarray]], prefix: str) -> list[GraphJob]:
-    """The generator alone, or its step and decoder graphs with inputs taken along the eager sampler's trajectory."""
+                calibration: list[dict[str, np.ndarray]], prefix: str, chunks: int = 1) -> list[GraphJob]:
+    """The generator alone, or its step and decoder graphs with inputs taken along the eager sampler's trajectory
+    (the step as `chunks` sequential graphs when chunks > 1)."""
     if mode == "generator":
         return [GraphJob(f"generator_{prefix}", generator, batches, _as_tuples(generator, calibration))]
     from cdx.distill.graphs import build_components, component_batches
@@ -180,8 +187,15 @@ def _graph_jobs(generator: OneStepGenerator, mode: str, batches: list[dict[str, 
     step_inputs, decoder_inputs = component_batches(generator, batches)
     step_calibration, decoder_calibration = component_batches(generator, calibration)
     per_seed = len(generator.steps)
-    return [GraphJob(f"unet_step_{prefix}", step, step_inputs, _as_tuples(step, step_calibration), per_seed),
-            GraphJob(f"vae_decoder_{prefix}", decoder, decoder_inputs, _as_tuples(decoder, decoder_calibration))]
+    decoder_job = GraphJob(f"vae_decoder_{prefix}", decoder, decoder_inputs, _as_tuples(decoder, decoder_calibration))
+    if chunks > 1:
+        from cdx.convert.unet_chunks import chunk_batches, chunk_step_graph
+
+        pieces = chunk_step_graph(step, chunks)
+        inputs, calib = chunk_batches(pieces, step_inputs), chunk_batches(pieces, step_calibration)
+        return [*(GraphJob(f"unet_step_{prefix}_chunk{c.index + 1}of{c.count}", c, inputs[c.index],
+                           _as_tuples(c, calib[c.index]), per_seed) for c in pieces), decoder_job]
+    return [GraphJob(f"unet_step_{prefix}", step, step_inputs, _as_tuples(step, step_calibration), per_seed), decoder_job]
 
 
 def _export_one(target: str, generator: Graph, staging: Path, stem: str, quant: str,
@@ -292,7 +306,10 @@ def _export_graph(job: GraphJob, staging: Path, options: ConvertOptions, num_cla
         artifact = _export_one(options.target, job.graph, staging, stem, quant, options, context)
         if isinstance(artifact, Artifact):
             say(f"exported {stem} to {options.target}")
-        entries.append({"name": stem, PENDING: PendingGate(stem, job.graph, resolution, artifact, job.parity_inputs,
+        placeholder: dict[str, Any] = {"name": stem}
+        if hasattr(job.graph, "chunk_record"):
+            placeholder["chunk"] = job.graph.chunk_record(of=job.stem.rsplit("_chunk", 1)[0])
+        entries.append({**placeholder, PENDING: PendingGate(stem, job.graph, resolution, artifact, job.parity_inputs,
                                                            reference, contrast, golden)})
     for key in [k for k in cache if isinstance(k, tuple) and k[0] == "coreml"]:
         del cache[key]  # a converted Core ML program holds the weights: drop it once its variants are saved
@@ -477,7 +494,7 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
                            for b in calibration_inputs(generator, options.calibration_samples, parts.num_classes,
                                                        parts.calibration_guidance, embeddings)]
             cache: dict[Any, Any] = {}
-            for job in _graph_jobs(generator, options.mode, batches, calibration, f"{latent_h}x{latent_w}"):
+            for job in _graph_jobs(generator, options.mode, batches, calibration, f"{latent_h}x{latent_w}", options.chunks):
                 if prompts is not None:
                     job.golden_extra["prompts"] = [prompts.texts[i % len(prompts.texts)] for i in range(len(batches))]
                 models += _export_graph(job, staging, options, parts.num_classes, resolution, cache, say, embeddings)

@@ -45,9 +45,14 @@ def _with_prompt(batch: dict[str, np.ndarray], prompt_embeddings: np.ndarray | N
 
 @torch.inference_mode()
 def eager_outputs(generator: ExportableGraph, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The float PyTorch generator's outputs on each input dict."""
-    name = generator.output_specs()[0].name
-    return [{name: generator(*(torch.from_numpy(v) for v in batch.values())).numpy()} for batch in batches]
+    """The float PyTorch generator's outputs on each input dict (every named output, for multi-output graphs)."""
+    names = [spec.name for spec in generator.output_specs()]
+    results = []
+    for batch in batches:
+        out = generator(*(torch.from_numpy(v) for v in batch.values()))
+        out = out if isinstance(out, tuple) else (out,)
+        results.append({name: value.numpy() for name, value in zip(names, out, strict=True)})
+    return results
 
 
 def write_golden(folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
