@@ -2,8 +2,10 @@
 
     python -m cdx.tokenizer_vectors [--out tests/data/tokenizer_vectors.json] [--check]
 
-Two byte-level vocabularies: cdx.tiny_models' (every byte with and without `</w>`, no merges) and the same plus a few
-BPE merges built here (so merge order, a merge across the end-of-word suffix and repeated merges are exercised).
+Three vocabularies: cdx.tiny_models' byte-level one (every byte with and without `</w>`, no merges), the same plus a
+few BPE merges built here (merge order, a merge across the end-of-word suffix, repeated merges), and the embedded
+emoji teacher's tokenizer (cdx/assets/emoji_teacher/tokenizer: 1,500 merges learned from its captions) — the one a
+phone will run. Regenerate when that tokenizer changes (the Python test says so).
 Each case's `input_ids` come from transformers' `CLIPTokenizerFast` — the tokenizer cdx loads for a student
 (AutoTokenizer) and whose rules the manifest's `tokenizer` section describes (NFC, whitespace runs → one space,
 per-character lowercase, CLIP's split pattern, special-token strings matched after normalisation). `slow_input_ids`
@@ -71,6 +73,27 @@ MERGES = [
 ]
 
 
+EMOJI_TEXTS = [
+    "grinning face", "red apple", "flag: France", "thumbs up: medium skin tone", "woman technologist",
+    "smiling face with heart-eyes", "cat face", "a cup of hot coffee", "person in lotus position: dark skin tone",
+    "keycap: 7",
+]
+
+
+def _emoji_teacher_vocab(folder: Path) -> None:
+    from cdx.defaults import EMOJI_TEACHER_DIR
+
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).write_bytes((EMOJI_TEACHER_DIR / "tokenizer" / name).read_bytes())
+
+
+def _emoji_max_length() -> int:
+    from cdx.defaults import EMOJI_TEACHER_DIR
+
+    config = json.loads((EMOJI_TEACHER_DIR / "tokenizer" / "tokenizer_config.json").read_text("utf-8"))
+    return int(config["model_max_length"])
+
+
 def _byte_level_vocab(folder: Path) -> None:
     from cdx.tiny_models import _write_tiny_clip_tokenizer
 
@@ -103,7 +126,7 @@ def _section(fast: Any, max_length: int) -> dict[str, Any]:
     }
 
 
-def _tokenizer_set(name: str, build: Any, max_length: int) -> dict[str, Any]:
+def _tokenizer_set(name: str, build: Any, max_length: int, texts: list[str] = TEXTS) -> dict[str, Any]:
     from transformers import CLIPTokenizer, CLIPTokenizerFast
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +139,7 @@ def _tokenizer_set(name: str, build: Any, max_length: int) -> dict[str, Any]:
         fast = CLIPTokenizerFast(vocab_file=vocab_file, merges_file=merges_file, model_max_length=max_length)
         vocab_text, merges_text = (folder / "vocab.json").read_text("utf-8"), (folder / "merges.txt").read_text("utf-8")
     cases = []
-    for text in TEXTS:
+    for text in texts:
         kwargs = {"padding": "max_length", "max_length": max_length, "truncation": True}
         ids, slow_ids = fast(text, **kwargs)["input_ids"], slow(text, **kwargs)["input_ids"]
         words = fast.tokenize(text)  # BPE symbols, special tokens included, before truncation
@@ -142,6 +165,7 @@ def build_vectors() -> dict[str, Any]:
         "sets": [
             _tokenizer_set("byte_level", _byte_level_vocab, 16),
             _tokenizer_set("merges", _merged_vocab, 12),
+            _tokenizer_set("emoji_teacher", _emoji_teacher_vocab, _emoji_max_length(), EMOJI_TEXTS + TEXTS),
         ],
     }
 

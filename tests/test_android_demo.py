@@ -136,7 +136,7 @@ def test_jvm_core_check_passes_on_a_real_bundle(run: dict[str, Any]) -> None:
     assert "ALL PASSED" in out and "\nFAIL " not in out, out[-4000:]
     for line in ("sha256 + size of all", "tampered golden file refused", "symlink escaping the bundle refused",
                  "reproduce the golden inputs bit for bit", "normal seed=123456789 stream=0 bit-for-bit",
-                 "tokenizer byte_level: 30 texts", "tokenizer merges: 30 texts",
+                 "tokenizer byte_level: 30 texts", "tokenizer merges: 30 texts", "tokenizer emoji_teacher: 40 texts",
                  "generator_8x8_ort: benchmark loop on replayed onnxruntime outputs"):
         assert f"PASS {line}" in out or any(ln.startswith("PASS") and line in ln for ln in out.splitlines()), line
 

@@ -30,7 +30,7 @@ def test_vectors_cover_every_rule() -> None:
     for s in doc["sets"]:
         jsonschema.validate(s["tokenizer"], {"$defs": schema["$defs"], "$ref": "#/$defs/tokenizer"})
     sets = {s["name"]: s for s in doc["sets"]}
-    assert set(sets) == {"byte_level", "merges"}
+    assert set(sets) == {"byte_level", "merges", "emoji_teacher"}
     for s in sets.values():
         sec, length = s["tokenizer"], s["tokenizer"]["max_length"]
         assert sec["normalize"] == ["nfc", "collapse_whitespace", "lowercase"] and sec["end_of_word_suffix"] == "</w>"

@@ -110,7 +110,7 @@ def test_web_tokenizer_matches_the_shared_vectors() -> None:
     """tokenizer.mjs gives transformers' BPE symbols and input_ids for every text of both vector sets."""
     proc = _tokenizer_check(str(REPO / "tests" / "data" / "tokenizer_vectors.json"))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    assert "60 texts checked, 0 failure(s)" in proc.stdout
+    assert "100 texts checked, 0 failure(s)" in proc.stdout
 
 
 def test_web_tokenizer_check_fails_on_a_wrong_merge_or_truncation(tmp_path: Path) -> None:

@@ -289,13 +289,15 @@ public struct ClipTokenizer {
             wanted.append(unk)
         }
         for (token, id) in vocab {
-            let scalars = clipScalars(token)
-            if wanted.contains(id) && (scalars.count > 0) && !found.contains(scalars) {
-                var at = 0
-                while (at < found.count) && (found[at].count >= scalars.count) {
-                    at += 1
+            if wanted.contains(id) {
+                let scalars = clipScalars(token)
+                if (scalars.count > 0) && !found.contains(scalars) {
+                    var at = 0
+                    while (at < found.count) && (found[at].count >= scalars.count) {
+                        at += 1
+                    }
+                    found.insert(scalars, at: at)
                 }
-                found.insert(scalars, at: at)
             }
         }
         specials = found
