@@ -1,0 +1,153 @@
+"""Fine-tune a teacher autoencoder's decoder on real images with the encoder frozen.
+
+The embedded teacher's FID ceiling is its autoencoder: 1,000 train images round-tripped through the VAE score
+Inception FID 70.3 against the test reference (the real-vs-real floor is 22.3, the teacher's 50-step samples 80.4).
+Training only the decoder (and `post_quant_conv`) on the frozen encoder's posterior samples leaves the latent space,
+the `scaling_factor` and therefore every UNet trained on it (teacher and student) valid, so the better decoder can
+replace `vae/` in both folders without retraining them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from cdx.distill.progress import TrainingProgress
+from cdx.errors import InputError
+
+
+@torch.no_grad()
+def posterior_moments(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the frozen encoder's diagonal Gaussian posterior for every image (unscaled latents)."""
+    means, stds = [], []
+    for start in range(0, len(images), batch):
+        dist = vae.encode(images[start:start + batch]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    """What the fine-tune trains: the decoder and the 1×1 conv in front of it; the encoder side stays frozen."""
+    return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+
+
+def _lr_factor(step: int, steps: int, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 0 (the first Adam steps on a converged decoder would otherwise jolt it)."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
+def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: float = 1e-3, batch: int = 64,
+                     seed: int = 0, show: bool = True) -> dict[str, Any]:
+    """Train `vae`'s decoder in place for `steps` on `images` ([-1, 1], the encoder's input) with L1 + MSE.
+
+    Returns what the model card records (steps, images, seconds, final loss). The encoder's weights are untouched
+    (checked by tests/test_decoder_finetune.py)."""
+    if steps < 1:
+        raise InputError(f"--steps {steps}: need at least 1 decoder step")
+    if len(images) < batch:
+        raise InputError(f"{len(images)} training images: need at least one batch of {batch}")
+    start = time.perf_counter()
+    vae.requires_grad_(False)
+    vae.eval()
+    mean, std = posterior_moments(vae, images)
+    params = decoder_parameters(vae)
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    generator = torch.Generator().manual_seed(seed)
+    smooth = None
+    with TrainingProgress("decoder", steps, enabled=show) as bar:
+        for step in range(1, steps + 1):
+            idx = torch.randint(0, len(images), (batch,), generator=generator)
+            latents = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
+            target = images[idx]
+            recon = vae.decode(latents).sample
+            loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+            if step % 10 == 0 or step == steps:
+                bar.update(step, loss=smooth)
+    vae.requires_grad_(False)
+    return {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "images": len(images), "loss": round(smooth or 0.0, 5),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+@torch.no_grad()
+def reconstruction_rmse(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> float:
+    """Pixel RMSE ([-1, 1] units) of decode(posterior mean): the autoencoder's own ceiling, before any diffusion."""
+    total, count = 0.0, 0
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch]
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        total += float(((recon - x) ** 2).sum())
+        count += x.numel()
+    return math.sqrt(total / count)
+
+
+def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str, Any], overwrite: bool) -> None:
+    """`source` copied to `out` (atomically) with `vae/` replaced and the fine-tune recorded in cdx.json."""
+    import json
+    import shutil
+
+    from cdx.atomic import atomic_directory
+
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae"))
+        vae.save_pretrained(staging / "vae", safe_serialization=True)
+        info_path = staging / "cdx.json"
+        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+        info["decoder_finetune"] = record
+        info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+
+
+def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
+                              limit: int | None = 20000, lr: float = 1e-3, batch: int = 64, seed: int = 0,
+                              students: tuple[tuple[str | Path, str | Path], ...] = (), overwrite: bool = False,
+                              show: bool = True) -> dict[str, Any]:
+    """Fine-tune the decoder of the teacher folder's `vae/` on its training data; write the teacher (and any
+    (student, student_out) pairs that share its VAE) with the new decoder. Returns the record kept in cdx.json."""
+    from cdx.atomic import sha256_file
+    from cdx.distill.data import load_dataset, load_image_folder
+    from cdx.machine import describe_machine
+
+    teacher = Path(teacher)
+    if not (teacher / "vae").is_dir():
+        raise InputError(f"--teacher {teacher}: no vae/ folder (expected a diffusers pipeline folder)")
+    reference = teacher / "vae" / "diffusion_pytorch_model.safetensors"
+    for student, _ in students:
+        theirs = Path(student) / "vae" / "diffusion_pytorch_model.safetensors"
+        if not theirs.is_file() or sha256_file(theirs) != sha256_file(reference):
+            raise InputError(f"--student {student}: its vae/ is not the teacher's (sha256 differs); only a student that "
+                             f"decodes with the teacher's VAE can take the fine-tuned decoder")
+    vae = AutoencoderKL.from_pretrained(teacher / "vae")
+    if vae.config.in_channels not in (1, 3):
+        raise InputError(f"{teacher / 'vae'}: in_channels {vae.config.in_channels}; expected 1 or 3")
+    size, channels = int(vae.config.sample_size), int(vae.config.in_channels)
+    if channels == 1:
+        dataset = load_dataset(data, "train", size, limit)
+    elif data is None:
+        raise InputError(f"{teacher / 'vae'} takes RGB images: pass --data (a folder of images or class subfolders)")
+    else:
+        dataset = load_image_folder(data, size, channels=channels)
+    images = dataset.images[:limit] if limit else dataset.images
+    before = reconstruction_rmse(vae, images[:1000])
+    record = finetune_decoder(vae, images, steps, lr, batch, seed, show)
+    record.update({"data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
+                   "rmse_first_1000_before": round(before, 4),
+                   "rmse_first_1000_after": round(reconstruction_rmse(vae, images[:1000]), 4),
+                   "machine": describe_machine("cpu")})
+    _copy_with_vae(teacher, Path(out), vae, record, overwrite)
+    for student, student_out in students:
+        _copy_with_vae(Path(student), Path(student_out), vae, record, overwrite)
+    return record

@@ -1,0 +1,78 @@
+"""`cdx teacher finetune-decoder`: the decoder learns, the encoder (and so the latent space) does not move."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from cdx.distill.decoder_finetune import finetune_decoder, finetune_pipeline_decoder, reconstruction_rmse
+from cdx.errors import InputError
+from cdx.tiny_models import tiny_vae
+
+
+def _images(count: int = 64, size: int = 32) -> torch.Tensor:
+    """Smooth seeded RGB blobs in [-1, 1]: learnable in a few steps, unlike white noise."""
+    g = torch.Generator().manual_seed(3)
+    coarse = torch.rand(count, 3, 4, 4, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _small_vae() -> AutoencoderKL:
+    vae = tiny_vae(seed=0)
+    vae.register_to_config(sample_size=32)
+    return vae
+
+
+def test_decoder_finetune_lowers_reconstruction_error_and_leaves_the_encoder_unchanged():
+    vae, images = _small_vae(), _images(count=32, size=16)
+    encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant"))}
+    decoder_before = vae.decoder.conv_out.weight.clone()
+    latents_before = vae.encode(images).latent_dist.mean.detach()
+    rmse_before = reconstruction_rmse(vae, images)
+    record = finetune_decoder(vae, images, steps=20, lr=3e-3, batch=8, show=False)
+    assert reconstruction_rmse(vae, images) < 0.9 * rmse_before
+    for key, value in vae.state_dict().items():
+        if key in encoder_before:
+            assert torch.equal(value, encoder_before[key]), key
+    assert not torch.equal(vae.decoder.conv_out.weight, decoder_before)
+    assert torch.equal(vae.encode(images).latent_dist.mean, latents_before)  # same latent space for every UNet
+    assert record["steps"] == 20 and record["images"] == 32
+
+
+def test_finetune_refuses_a_student_with_another_vae_and_writes_nothing(tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    _small_vae().save_pretrained(teacher / "vae", safe_serialization=True)
+    other = _small_vae()
+    with torch.no_grad():
+        other.decoder.conv_out.bias.add_(1.0)
+    other.save_pretrained(student / "vae", safe_serialization=True)
+    with pytest.raises(InputError, match="not the teacher's"):
+        finetune_pipeline_decoder(teacher, tmp_path / "out", steps=1, data=tmp_path, students=((student, tmp_path / "s2"),),
+                                  show=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s2").exists()
+
+
+def test_finetune_pipeline_writes_teacher_and_student_copies_with_the_record(tmp_path):
+    from PIL import Image
+
+    teacher, student, data = tmp_path / "teacher", tmp_path / "student", tmp_path / "data" / "blobs"
+    _small_vae().save_pretrained(teacher / "vae", safe_serialization=True)
+    (teacher / "cdx.json").write_text(json.dumps({"kind": "teacher"}), "utf-8")
+    (teacher / "unet").mkdir()
+    (teacher / "unet" / "marker.txt").write_text("unet", "utf-8")
+    shutil.copytree(teacher / "vae", student / "vae")
+    data.mkdir(parents=True)
+    for i, img in enumerate(_images(count=16)):
+        array = ((img.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(data / f"{i}.png")
+    record = finetune_pipeline_decoder(teacher, tmp_path / "t2", steps=2, data=data.parent, limit=None, batch=8,
+                                       students=((student, tmp_path / "s2"),), show=False)
+    for out in (tmp_path / "t2", tmp_path / "s2"):
+        assert json.loads((out / "cdx.json").read_text("utf-8"))["decoder_finetune"]["steps"] == 2
+        AutoencoderKL.from_pretrained(out / "vae")
+    assert (tmp_path / "t2" / "unet" / "marker.txt").read_text("utf-8") == "unet"
+    assert record["images"] == 16 and "rmse_first_1000_after" in record
