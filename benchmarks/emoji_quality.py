@@ -170,9 +170,11 @@ def generate(teacher: str, student: str, prompts: list[str], seeds: list[int],
     from cdx.distill.loading import load_latent_pipeline
     from cdx.distill.sampling import consistency_sample, teacher_sample
 
-    t_parts = load_latent_pipeline(teacher)
-    s_parts = load_latent_pipeline(student)
-    t_cond, s_cond = TeacherConditioning(t_parts, prompts), TeacherConditioning(s_parts, prompts)
+    use_teacher, use_student = any(r.startswith("teacher") for r in rows), any(r.startswith("student") for r in rows)
+    t_parts = load_latent_pipeline(teacher) if use_teacher else None
+    s_parts = load_latent_pipeline(student) if use_student else None
+    t_cond = TeacherConditioning(t_parts, prompts) if t_parts else None
+    s_cond = TeacherConditioning(s_parts, prompts) if s_parts else None
     labels = torch.arange(len(prompts))
     out: dict[str, tuple[torch.Tensor, float]] = {}
     for row in rows:
@@ -189,9 +191,14 @@ def generate(teacher: str, student: str, prompts: list[str], seeds: list[int],
     return out
 
 
+ROWS = ("teacher50", "teacher8", "teacher4", "teacher2", "teacher1", "student1", "student2", "student4")
+
+
 def cmd_run(out: Path, seeds: int = 2, teacher: str = str(TEACHER_PATH), student: str = str(STUDENT_PATH),
-            rows: tuple[str, ...] = ("teacher50", "teacher8", "teacher4", "teacher2", "teacher1", "student1", "student2",
-                                     "student4")) -> dict[str, Any]:
+            rows: tuple[str, ...] = ROWS, inception_rows: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Measure `rows` and merge them into `out/quality.json` (rows measured earlier with the same prompts and seeds
+    are kept, so teacher and student rows can be measured in separate runs). Inception features only for
+    `inception_rows` (default: all): at ≈ 0.2–4 s per image on a shared 2-core CPU it is the slow part."""
     from cdx.distill.emoji import CATEGORIES, held_out_prompts, load_emoji, read_records
     from cdx.images import save_image_grid
     from cdx.machine import describe_machine
@@ -208,6 +215,10 @@ def cmd_run(out: Path, seeds: int = 2, teacher: str = str(TEACHER_PATH), student
     held = load_emoji(size=32, split="held_out")
     real_acc = float((predict(classifier, held.images / 2 + 0.5) == held.labels.numpy()).mean())
     ref = reference["held_out"]
+    previous = json.loads((out / "quality.json").read_text("utf-8")) if (out / "quality.json").is_file() else {}
+    if previous and (previous.get("prompts") != prompts or len(previous.get("seeds", [])) != seeds):
+        previous = {}  # other prompts or seeds: not comparable, start a new table
+    kept = {r["row"]: r for r in previous.get("rows", [])}
     table = [{"row": "real held-out images (floor)", "n": len(reference["train_floor"]),
               "fid": frechet_distance(reference["train_floor"], ref), "kid": kid(reference["train_floor"], ref),
               "category_accuracy": real_acc, "seconds": None}]
@@ -215,15 +226,21 @@ def cmd_run(out: Path, seeds: int = 2, teacher: str = str(TEACHER_PATH), student
     generated = generate(teacher, student, prompts, list(range(seeds)), list(rows))
     for row in rows:
         images, seconds = generated[row]
-        feats = inception(images)
         acc = float((predict(classifier, images) == np.tile(categories, seeds)).mean())
-        table.append({"row": row, "n": len(images), "fid": frechet_distance(feats, ref), "kid": kid(feats, ref),
-                      "category_accuracy": acc, "seconds": round(seconds, 1)})
-        print(f"{row}: n {len(images)}  FID {table[-1]['fid']:.1f}  KID×10³ {1e3 * table[-1]['kid']['mean']:.1f}  "
+        entry = {"row": row, "n": len(images), "fid": None, "kid": None, "category_accuracy": acc,
+                 "seconds": round(seconds, 1)}
+        if inception_rows is None or row in inception_rows:
+            feats = inception(images)
+            entry.update(fid=frechet_distance(feats, ref), kid=kid(feats, ref))
+        kept[row] = entry
+        print(f"{row}: n {len(images)}  FID {entry['fid']}  KID {entry['kid'] and entry['kid']['mean']}  "
               f"category acc {acc:.3f}  ({seconds:.0f} s)", flush=True)
-    grid_rows = [r for r in GRID_COLUMNS if r in generated]
+    table += [kept[r] for r in ROWS if r in kept]
     first = [prompts.index(next(p for p, c in pairs if c == k)) for k in range(len(CATEGORIES))]
-    cells = torch.stack([generated[r][0][i] for i in first for r in grid_rows])  # seed 0, one held-out prompt per category
+    for row in generated:  # seed 0 of one held-out prompt per category; the README grid puts these side by side
+        save_image_grid(generated[row][0][first], out / f"column_{row}.png", columns=1)
+    grid_rows = [r for r in GRID_COLUMNS if (out / f"column_{r}.png").is_file()]
+    cells = torch.stack([_column(out / f"column_{r}.png", len(first))[i] for i in range(len(first)) for r in grid_rows])
     save_image_grid(nn.functional.interpolate(cells, scale_factor=3, mode="nearest"), out / "grid.png",
                     columns=len(grid_rows))
     result = {"grid": {"columns": grid_rows, "rows": [prompts[i] for i in first], "seed": 0},
@@ -237,14 +254,25 @@ def cmd_run(out: Path, seeds: int = 2, teacher: str = str(TEACHER_PATH), student
     return result
 
 
+def _column(path: Path, count: int) -> torch.Tensor:
+    """The images of a one-column grid PNG written by `save_image_grid`, back as (count, 3, H, W) in [0, 1]."""
+    from PIL import Image
+
+    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    side = pixels.shape[-1]
+    pad = (pixels.shape[1] - count * side) // max(1, count - 1) if count > 1 else 0
+    return torch.stack([pixels[:, i * (side + pad): i * (side + pad) + side] for i in range(count)])
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     lines = ["| row | n | Inception FID | KID ×10³ (± std) | category accuracy | sampling time |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         kid_v = r["kid"]
         secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} s"
-        lines.append(f"| {r['row']} | {r['n']} | {r['fid']:.1f} | {1e3 * kid_v['mean']:.1f} ± {1e3 * kid_v['std']:.1f} | "
-                     f"{r['category_accuracy']:.3f} | {secs} |")
+        fid = "not measured" if r["fid"] is None else f"{r['fid']:.1f}"
+        kid_s = "not measured" if kid_v is None else f"{1e3 * kid_v['mean']:.1f} ± {1e3 * kid_v['std']:.1f}"
+        lines.append(f"| {r['row']} | {r['n']} | {fid} | {kid_s} | {r['category_accuracy']:.3f} | {secs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +303,7 @@ def write_cards(quality: Path, teacher_command: str, student_command: str, note:
            f"{len(result['prompts']) // 9} per category) × seeds {result['seeds']}, the same initial noise in every "
            f"row, guidance {result['guidance']}; FID/KID vs the Inception features of the held-out real images "
            f"(`cdx/assets/reference/emoji.safetensors`); category accuracy by the cdx classifier "
-           f"(`cdx/assets/emoji_classifier.safetensors`; chance {result['chance_accuracy']:.3f}). FID at n ≈ 100 is "
+           f"(`cdx/assets/emoji_classifier.safetensors`; chance {result['chance_accuracy']:.3f}). FID at this n is "
            f"biased far upwards (the floor row shows the real-vs-real value at this n): read the rows relative to each "
            f"other; KID is unbiased. Machine: {result['machine']}.")
     written = []
@@ -316,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-command", default="")
     parser.add_argument("--student-command", default="")
     parser.add_argument("--note", default="")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to measure (merged into quality.json)")
+    parser.add_argument("--inception-rows", default=None, help="rows that get Inception FID/KID (default: all)")
     parser.add_argument("--out", type=Path, default=Path("out/emoji_quality"))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--teacher", default=str(TEACHER_PATH))
@@ -329,7 +359,12 @@ def main(argv: list[str] | None = None) -> None:
         for path in write_cards(args.out / "quality.json", args.teacher_command, args.student_command, args.note):
             print(f"wrote {path}")
     else:
-        cmd_run(args.out, args.seeds, args.teacher, args.student)
+        rows = tuple(r for r in args.rows.split(",") if r)
+        unknown = [r for r in rows if r not in ROWS]
+        if unknown:
+            raise SystemExit(f"unknown row(s) {', '.join(unknown)}; valid: {', '.join(ROWS)}")
+        inception_rows = tuple(args.inception_rows.split(",")) if args.inception_rows is not None else None
+        cmd_run(args.out, args.seeds, args.teacher, args.student, rows, inception_rows)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_real_package_captions_categories_and_split():
     records = emoji.read_records()
     assert len(records) == 3781  # 1,911 entries − 5 Component + 1,875 skin-tone variants
     captions = {r.caption for r in records}
-    assert {"red apple", "grinning face", "france flag", "waving hand, medium-dark skin tone"} <= captions
+    assert {"red apple", "grinning face", "france flag", "waving hand sign, medium-dark skin tone"} <= captions
     assert {r.label for r in records} == set(range(len(emoji.CATEGORIES)))
     prompts = emoji.held_out_prompts(records)
     assert len(prompts) == emoji.HELD_OUT_PER_CATEGORY * len(emoji.CATEGORIES)
@@ -95,7 +95,8 @@ def test_learned_bpe_tokenizer_round_trips_and_fits_its_captions(tmp_path):
     assert tokenizer.tokenize("apple") == ["apple</w>"]  # a frequent word is one token after the merges
     assert tokenizer.decode(tokenizer("waving hand, dark skin tone").input_ids, skip_special_tokens=True) == \
         "waving hand , dark skin tone"
-    assert tokenizer.model_max_length == 16  # longest caption + BOS/EOS, at least optimum's 16
+    longest = max(len(tokenizer(c).input_ids) for c in captions)  # with BOS/EOS
+    assert tokenizer.model_max_length == max(16, longest)  # fitted to the captions, at least optimum's 16
 
 
 def test_text_teacher_trains_resumes_and_saves_a_stock_stable_diffusion_pipeline(tmp_path):
