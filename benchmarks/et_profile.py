@@ -46,34 +46,48 @@ def family(op: str) -> str:
 
 
 # ---- artifacts ---------------------------------------------------------------------------------------------------
-def export_artifacts(model: Path, work: Path, resolution: int | None, passes: tuple[str, ...] | None,
-                     say: Any = print) -> dict[str, Path]:
-    """The generator as .onnx (original graph) and .pte (+ ETRecord) in `work`, built once and reused."""
-    import torch
-
-    from cdx.convert.executorch import delegation_summary, export_program, format_summary, lower
-    from cdx.convert.onnx import export_onnx
-    from cdx.convert.passes import apply_passes
+def build_graph(kind: str, config: str, model: Path | None, work: Path, resolution: int | None) -> Any:
+    """The graph to profile: the one-step generator of `model` (built from `config` when None), or only its VAE
+    decoder (`kind="decoder"`; from `config` it needs no UNet at all, so SD-1.5's decoder fits a small machine)."""
+    from cdx.benchmarks.sd_configs import CONFIGS, build_sd_config_student, sd_config_vae
     from cdx.distill.generator import build_generator
+    from cdx.distill.graphs import DecoderGraph, build_components
     from cdx.distill.loading import load_latent_pipeline
 
-    work.mkdir(parents=True, exist_ok=True)
-    paths = {"onnx": work / "generator.onnx", "pte": work / "generator.pte", "etrecord": work / "generator.etrecord",
-             "inputs": work / "inputs.npz", "summary": work / "delegation.json"}
-    if all(p.exists() for p in paths.values()):
-        say(f"reusing the exported generator in {work}")
-        return paths
+    if kind == "decoder" and model is None:
+        side = int(resolution or CONFIGS[config]["resolution"])
+        vae = sd_config_vae(config, side)
+        return DecoderGraph(vae, vae.config.scaling_factor, None, (1, 4, side // 8, side // 8)).eval()
+    if model is None:
+        model = work / "pipeline"
+        if not model.exists():
+            build_sd_config_student(model, config, resolution, say=print)
     parts = load_latent_pipeline(model)
     latent_hw = None if resolution is None else (resolution // parts.vae_scale_factor,) * 2
     generator, _ = build_generator(parts, 1, latent_hw=latent_hw)
-    inputs = generator.example_inputs()
+    return build_components(generator)[1] if kind == "decoder" else generator
+
+
+def export_artifacts(graph: Any, work: Path, passes: tuple[str, ...] | None, say: Any = print) -> dict[str, Path]:
+    """`graph` as .onnx (original graph) and .pte (+ ETRecord) in `work`, each built once and reused."""
+    from cdx.convert.executorch import delegation_summary, export_program, format_summary, lower
+    from cdx.convert.onnx import export_onnx
+    from cdx.convert.passes import apply_passes
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"onnx": work / "graph.onnx", "pte": work / "graph.pte", "etrecord": work / "graph.etrecord",
+             "inputs": work / "inputs.npz", "summary": work / "delegation.json"}
+    if all(p.exists() for p in paths.values()):
+        say(f"reusing the exported graphs in {work}")
+        return paths
+    inputs = graph.example_inputs()
     np.savez(paths["inputs"], **{k: v.numpy() for k, v in inputs.items()})
     if not paths["onnx"].exists():  # the original graph: passes are ExecuTorch's, so a pass change keeps this one
         start = time.perf_counter()
-        export_onnx(generator, paths["onnx"])
+        export_onnx(graph, paths["onnx"])
         say(f"ONNX export: {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
-    module, counts = apply_passes(generator, passes)
+    module, counts = apply_passes(graph, passes)
     edge = lower(export_program(module, tuple(inputs.values())), "xnnpack", etrecord=True)
     summary = delegation_summary(edge)
     program = edge.to_executorch()
@@ -81,9 +95,8 @@ def export_artifacts(model: Path, work: Path, resolution: int | None, passes: tu
     program.get_etrecord().save(str(paths["etrecord"]))
     paths["summary"].write_text(json.dumps({"passes": counts, **summary}, indent=2) + "\n", "utf-8")
     say(f"ExecuTorch export: {time.perf_counter() - start:.0f} s; {format_summary(summary)}")
-    del edge, program, module, generator, parts
+    del edge, program, module
     gc.collect()
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return paths
 
 
@@ -242,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="sd-small", help="an SD config of cdx.benchmarks.sd_configs (default sd-small)")
     parser.add_argument("--model", default=None, help="profile this pipeline folder instead of building --config")
+    parser.add_argument("--graph", choices=("generator", "decoder"), default="generator",
+                        help="the one-step generator (default) or only its VAE decoder")
     parser.add_argument("--resolution", type=int, default=None, help="image side (default: the config's)")
     parser.add_argument("--work", default=None, help="folder for the pipeline, exports and traces "
                         "(default ./et_profile/<config>; reused when present)")
@@ -256,15 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     from cdx.quiet import quiet_third_party
 
     quiet_third_party()
-    work = Path(args.work or Path("et_profile") / (args.config + (f"-{args.resolution}" if args.resolution else "")))
+    work = Path(args.work or Path("et_profile") / "-".join([args.config, args.graph, *([str(args.resolution)]
+                                                                                          if args.resolution else [])]))
     passes = None if args.passes is None else tuple(p for p in args.passes.split(",") if p)
     try:
-        model = Path(args.model) if args.model else work / "pipeline"
-        if not args.model and not model.exists():
-            from cdx.benchmarks.sd_configs import build_sd_config_student
-
-            build_sd_config_student(model, args.config, args.resolution, say=print)
-        paths = export_artifacts(model, work, args.resolution, passes)
+        graph = build_graph(args.graph, args.config, Path(args.model) if args.model else None, work, args.resolution)
+        paths = export_artifacts(graph, work, passes)
+        del graph
+        gc.collect()
     except CdxError as err:
         raise SystemExit(f"error: {err}") from None
     inputs = load_inputs(paths["inputs"])
@@ -291,9 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(family_table(et_profile, ort_profile))
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "resolution": args.resolution, "threads": args.threads,
-                                               "timing_ms": times, "delegation": summary, "executorch": et_profile,
-                                               "onnxruntime": ort_profile}, indent=2) + "\n", "utf-8")
+        record = {"config": args.config, "graph": args.graph, "resolution": args.resolution, "threads": args.threads,
+                  "timing_ms": times, "delegation": summary, "executorch": et_profile, "onnxruntime": ort_profile}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", "utf-8")
 
 
 if __name__ == "__main__":

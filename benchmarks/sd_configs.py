@@ -169,6 +169,15 @@ def _write_components(folder: Path, spec: dict[str, Any], resolution: int, seed:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", "utf-8")
 
 
+def sd_config_vae(config: str, resolution: int | None = None, seed: int = 0) -> Any:
+    """Only the random-weight AutoencoderKL of `config` (the decoder benchmarks need no UNet)."""
+    from diffusers import AutoencoderKL
+
+    spec = CONFIGS[config]
+    torch.manual_seed(seed + 1)  # the same draw as build_sd_config_student's VAE
+    return AutoencoderKL(**{**spec["vae"], "sample_size": int(resolution or spec["resolution"])}).eval()
+
+
 def parameter_counts(config: str) -> dict[str, int]:
     """Parameter counts of `config`'s UNet / VAE / VAE decoder, built on the meta device (no memory, no time)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
