@@ -291,15 +291,24 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
     from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
-    from cdx.distill.model_card import distill_command, teacher_command, write_model_card
+    from cdx.distill.model_card import decoder_finetune_command, distill_command, teacher_command, write_model_card
 
     table = render_quality_markdown(result)
     measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"
     teacher_info = read_cdx_info(Path(teacher_dir))
     student_info = read_cdx_info(Path(student_dir))
+    teacher_out, student_out = portable_path(teacher_dir), portable_path(student_dir)
+    teacher_cmd = teacher_command(teacher_info.get("recipe", {}), teacher_out)
+    student_cmd = distill_command(student_info.get("distill", {}), student_out)
+    finetune = teacher_info.get("decoder_finetune")
+    if finetune:  # the base folders first, then the decoder fine-tune that wrote the committed ones
+        teacher_cmd = (teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1) + "\n"
+                       + decoder_finetune_command(finetune, teacher_out))
+        student_cmd = (student_cmd.replace(f"--out {student_out}", "--teacher out/teacher_base --out out/student_base", 1)
+                       + "\n" + decoder_finetune_command(finetune, teacher_out, student_out))
     return [
         write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",
-                         teacher_command(teacher_info.get("recipe", {}), portable_path(teacher_dir)), measured),
+                         teacher_cmd, measured),
         write_model_card(Path(student_dir), "cdx embedded student: one-step consistency model distilled from the teacher",
-                         distill_command(student_info.get("distill", {}), portable_path(student_dir)), measured),
+                         student_cmd, measured),
     ]

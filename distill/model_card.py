@@ -100,3 +100,16 @@ def teacher_command(recipe: dict[str, Any], out: str) -> str:
     if other:
         parts.append(f"# with TeacherRecipe({', '.join(f'{k}={recipe[k]!r}' for k in other)}) in Python")
     return " ".join(parts)
+
+
+def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str | None = None) -> str:
+    """The `cdx teacher finetune-decoder` line (a saved decoder_finetune record) that turns the folders the commands
+    before it wrote (`out/teacher_base`, `out/student_base`) into `out` (and `student_out`)."""
+    parts = ["cdx teacher finetune-decoder --teacher out/teacher_base", f"--out {out}", f"--steps {record['steps']}"]
+    defaults = {"lr": 1e-3, "batch": 64, "seed": 0}
+    parts += [f"--{key} {record[key]}" for key, value in defaults.items() if record.get(key, value) != value]
+    if record.get("images") != 20000:
+        parts.append(f"--limit {record.get('images')}")
+    if student_out:
+        parts += ["--student out/student_base", f"--student-out {student_out}"]
+    return " ".join(parts)
