@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cdx import rng
-from cdx.atomic import atomic_directory
+from cdx.atomic import atomic_directory, refuse_existing
 from cdx.convert.artifact import Artifact
 from cdx.convert.golden import (
     PromptSet,
@@ -460,6 +460,7 @@ def _export_text_encoder(parts: LatentPipelineParts, prompts: PromptSet, staging
 def convert(model: str | Path, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Path:
     """Convert the student at `model` into `out` (artifacts + golden data + manifest). Returns the manifest path."""
     options.validate()
+    refuse_existing(out, options.overwrite)  # before minutes of loading, not after
     say = progress or (lambda _msg: None)
     say(f"loading {model}")
     parts = load_latent_pipeline(model)
