@@ -41,14 +41,16 @@ def export_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.e
 
 
 # Module types whose ops stay float in int8 .pte files (see `_always_float`).
-_FLOAT_MODULES = ("Timesteps", "DecomposedGroupNorm", "DecomposedLayerNorm")
+_FLOAT_MODULES = ("Timesteps", "DecomposedGroupNorm", "DecomposedLayerNorm", "SubPixelUpsample2D")
 
 
 def _always_float(node: torch.fx.Node) -> bool:
     """Ops int8 must not touch, measured on the embedded student: sinusoidal timestep embeddings (diffusers
     `Timesteps`, sin/cos of t·freqs with t up to ~1000: 12 dB with them int8, 24 dB float), the generator's own glue
     math (consistency scaling, latent scaling, guidance embedding: elementwise, cheap in float), and the norm
-    statistics of the decomposed GroupNorm/LayerNorm passes (mean/variance at 8 bits: 31 dB → 25 dB)."""
+    statistics of the decomposed GroupNorm/LayerNorm passes (mean/variance at 8 bits: 31 dB → 25 dB). The sub-pixel
+    upsample's phase convs (functional convs on parameter kernels) stay float too: quantized, XNNPACK refuses to build
+    them at load time (`xnn_status_invalid_parameter`)."""
     stack = list(node.meta.get("nn_module_stack", {}).values())
     if not stack:
         return node.op == "call_function"
