@@ -172,6 +172,9 @@ def distill(
     rollout_cache: Annotated[Path | None, typer.Option(help="CD: write the teacher's solver steps to this folder once "
                                                        "(resumable shards, sha256 index); runs with it make no teacher "
                                                        "calls.")] = None,
+    init_student: Annotated[Path | None, typer.Option(help="Start from this student folder's UNet (same architecture "
+                                                      "as the teacher) instead of the teacher: e.g. re-distill on a "
+                                                      "coarser --num-solver-steps grid.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -189,7 +192,8 @@ def distill(
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                           seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank)
+                           seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank,
+                           init_student=str(init_student) if init_student else None)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

@@ -72,6 +72,7 @@ class DistillConfig:
     method: str = "cd"  # cd (teacher) | ct | ect | bootstrap (teacher-free: distill/consistency_training.py)
     variance_reduction: bool = False  # teacher-free methods: batch posterior-weighted x̂₀ in the target
     lora_rank: int = 0  # > 0: LCM-LoRA — train a rank-R LoRA on the frozen teacher UNet, save only the LoRA
+    init_student: str | None = None  # start from this student folder's UNet (same architecture), not the teacher
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +105,8 @@ class DistillConfig:
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be >= 1"),
             (self.sample_every >= 0, f"--sample-every {self.sample_every}: must be >= 0 (0 = never)"),
             (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0 (0 = full distillation)"),
+            (not (self.init_student and self.lora_rank), "--init-student with --lora-rank: a LoRA trains on the "
+                                                         "frozen teacher; choose one"),
             (0.0 <= self.caption_dropout <= 1.0, f"--caption-dropout {self.caption_dropout}: must be in [0, 1]"),
         ]
         if num_train_timesteps is not None:
@@ -137,6 +140,29 @@ def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
     assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.train().requires_grad_(True)
+
+
+def student_from_folder(folder: Path, teacher_unet: torch.nn.Module, guided: bool) -> torch.nn.Module:
+    """A trainable UNet from an earlier student's `unet/` (e.g. to re-distill it on another solver grid); its
+    architecture must be the teacher's, up to the guidance embedding (one-line InputError otherwise)."""
+    unet_dir = folder / "unet"
+    if not (unet_dir / "config.json").is_file():
+        raise InputError(f"--init-student {folder}: not found (need {unet_dir}/config.json)")
+    if not any(unet_dir.glob("*.safetensors")):
+        raise InputError(f"--init-student {folder}: {unet_dir} holds no .safetensors weights (cdx never unpickles)")
+    try:
+        student = type(teacher_unet).from_pretrained(unet_dir, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"--init-student {folder}: cannot load {unet_dir}: {str(err).splitlines()[0]}") from None
+    ignored = {"time_cond_proj_dim", "_name_or_path", "_diffusers_version", "_class_name", "_use_default_values"}
+    theirs, ours = dict(teacher_unet.config), dict(student.config)
+    differs = sorted(k for k in set(theirs) | set(ours) if k not in ignored and theirs.get(k) != ours.get(k))
+    if differs:
+        raise InputError(f"--init-student {folder}: its UNet differs from the teacher's in {', '.join(differs[:5])}")
+    if guided and not ours.get("time_cond_proj_dim"):
+        raise InputError(f"--init-student {folder}: its UNet has no guidance embedding (time_cond_proj_dim); the "
+                         "teacher is conditional, so the student needs one")
     return student.train().requires_grad_(True)
 
 
@@ -208,6 +234,8 @@ class ConsistencyDistiller:
                 if not p.requires_grad:
                     p.data = p.data.to(self.weight_dtype)
             return student
+        if self.config.init_student:
+            return student_from_folder(Path(self.config.init_student), parts.unet, parts.conditioning != "none")
         return make_student(parts.unet, parts.conditioning != "none", self.config.guidance_embedding_dim)
 
     def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:

@@ -394,3 +394,34 @@ def test_autoencoder_tiny_teacher_distills_samples_and_builds_a_generator(tiny_s
     with torch.no_grad():
         image = generator(*generator.example_inputs(seed=0).values())
     assert tuple(image.shape) == tuple(generator.output_specs()[0].shape) == (1, 3, 64, 64)
+
+
+@needs_data
+def test_init_student_starts_from_that_student_not_the_teacher(tiny_sd: Path, tmp_path: Path) -> None:
+    from cdx.distill.data import load_dataset
+    from cdx.distill.distiller import student_from_folder
+
+    first = tmp_path / "first"
+    distill_student(tiny_sd, first, _small_config(steps=2, lr=1e-2), limit=16, show=False)
+    saved = load_latent_pipeline(first).unet.state_dict()
+    distiller = ConsistencyDistiller(load_latent_pipeline(tiny_sd), load_dataset(size=64, limit=16),
+                                     _small_config(init_student=str(first)), tmp_path / "work")
+    started = distiller.accelerator.unwrap_model(distiller.student).state_dict()
+    teacher = distiller.teacher.state_dict()
+    assert all(torch.equal(started[k], v) for k, v in saved.items())
+    assert any(not torch.equal(started[k], teacher[k]) for k in teacher)  # lr 1e-2 moved it away from the teacher
+    from diffusers import UNet2DConditionModel
+
+    teacher_unet = load_latent_pipeline(tiny_sd).unet
+    unguided = tmp_path / "unguided"
+    UNet2DConditionModel.from_config({**teacher_unet.config, "time_cond_proj_dim": None}).save_pretrained(unguided / "unet")
+    with pytest.raises(InputError, match="time_cond_proj_dim"):
+        student_from_folder(unguided, teacher_unet, guided=True)
+    other = tmp_path / "other"
+    UNet2DConditionModel.from_config({**teacher_unet.config, "layers_per_block": 3}).save_pretrained(other / "unet")
+    with pytest.raises(InputError, match="layers_per_block"):
+        student_from_folder(other, teacher_unet, guided=True)
+    with pytest.raises(InputError, match="not found"):
+        student_from_folder(tmp_path / "studnet", teacher_unet, guided=True)
+    with pytest.raises(InputError, match="--lora-rank"):
+        _small_config(init_student=str(first), lora_rank=4).validate()
