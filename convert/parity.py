@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cdx.errors import ParityError
+from cdx.errors import CdxError, ParityError
 from cdx.metrics import conditioning_sensitivity, max_abs_diff, psnr, psnr_peak, ssim
 
 FLOAT_MIN_PSNR_DB = 35.0  # apple/ml-stable-diffusion's ABSOLUTE_MIN_PSNR
@@ -105,8 +105,15 @@ def parity_gate(folder: Path, manifest: dict[str, Any], model: dict[str, Any], i
                 "reason": "Core ML-delegated .pte: the Linux ExecuTorch runtime has no CoreMLBackend; not numerically checked"}
     if model["format"] == "mlpackage" and not can_predict():
         return _spec_gate(folder, model, force)
-    runner = open_runner(folder, manifest, model)
-    actual = _run_all(runner, inputs)
+    try:
+        runner = open_runner(folder, manifest, model)
+        actual = _run_all(runner, inputs)
+    except CdxError:
+        raise
+    except Exception as exc:  # the runtime refused the artifact at load or execute: one line, never a traceback
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ParityError(f"{model['name']} ({model['target']} {model['precision']}): parity gate failed — the "
+                          f"runtime could not run it: {first[:300]}") from None
     record = {"runtime": runner.runtime, "checked": "numeric", **measure(reference, actual, model["outputs"][0])}
     if model["format"] == "mlpackage":
         from cdx.convert.coreml import spec_report

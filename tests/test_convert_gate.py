@@ -117,3 +117,34 @@ def test_failed_quant_in_a_multi_quant_run_leaves_nothing(tiny_sd: Path, tmp_pat
     with pytest.raises(ParityError):
         convert(tiny_sd, out, ConvertOptions(target="onnx", quants=("none", "ort"), seeds=(0,)))
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _break_at_execute(path: Path, name: str) -> None:
+    """Route input `name` through a Reshape to (7, -1): the graph loads, and fails at execute (1,024 % 7 != 0)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    shape = [d.dim_value for d in next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim]
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array([7, -1], np.int64), "cdx_bad_shape"),
+                                    numpy_helper.from_array(np.array(shape, np.int64), "cdx_shape")])
+    for node in proto.graph.node:
+        node.input[:] = [f"{name}_back" if i == name else i for i in node.input]
+    proto.graph.node.insert(0, helper.make_node("Reshape", [f"{name}_bad", "cdx_shape"], [f"{name}_back"]))
+    proto.graph.node.insert(0, helper.make_node("Reshape", [name, "cdx_bad_shape"], [f"{name}_bad"]))
+    onnx.save(proto, str(path))
+
+
+def test_a_runtime_failure_inside_the_gate_is_one_line_not_a_traceback(onnx_export: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fails_at_execute"
+    shutil.copytree(onnx_export, folder)
+    manifest = load_manifest(folder)
+    entry = manifest["models"][0]
+    _break_at_execute(folder / entry["file"], "noise")
+    parts = load_latent_pipeline(manifest["source"]["path"])
+    generator, _ = build_generator(parts)
+    batches = seeded_batches(generator, [0], None)
+    with pytest.raises(ParityError) as caught:  # ONNX Runtime itself fails inside run()
+        parity_gate(folder, manifest, entry, batches, eager_outputs(generator, batches))
+    message = str(caught.value)
+    assert "the runtime could not run it" in message and entry["name"] in message and "\n" not in message
