@@ -45,12 +45,18 @@ def test_pte_fp32_matches_eager_within_1e4(pte_export: Path) -> None:
 
 
 def test_delegation_summary_is_recorded_and_group_norm_is_delegated(pte_export: Path) -> None:
+    """fp32: GroupNorm decomposed and delegated. int8: the pass is left out (see convert/executorch.py
+    `_NOT_FOR_INT8`), so its GroupNorm runs in the portable kernels and the record says so."""
     for model in load_manifest(pte_export)["models"]:
         export = model["export"]
         summary = export["delegation"]
+        int8 = model["precision"].startswith("int8")
         assert summary["delegate_calls"] >= 1 and summary["delegated_ops"] > 10 * summary["portable_ops"]
-        assert not any("group_norm" in op or "layer_norm" in op or "upsample" in op for op in summary["portable_op_names"])
-        assert export["passes"]["decompose_group_norm"] > 0 and export["passes"]["plain_attention"] > 0
+        allowed = ("group_norm",) if int8 else ()
+        assert not any(("group_norm" in op and "group_norm" not in allowed) or "layer_norm" in op or "upsample" in op
+                       for op in summary["portable_op_names"])
+        assert export["passes"]["plain_attention"] > 0
+        assert ("decompose_group_norm" not in export["passes"]) if int8 else export["passes"]["decompose_group_norm"] > 0
 
 
 def test_int8_pte_is_smaller_passes_the_gate_and_keeps_the_class_signal(pte_export: Path) -> None:
