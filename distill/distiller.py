@@ -146,11 +146,12 @@ def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int
 def student_from_folder(folder: Path, teacher_unet: torch.nn.Module, guided: bool) -> torch.nn.Module:
     """A trainable UNet from an earlier student's `unet/` (e.g. to re-distill it on another solver grid); its
     architecture must be the teacher's, up to the guidance embedding (one-line InputError otherwise)."""
+    from cdx.distill.model_source import check_component_weights
+
     unet_dir = folder / "unet"
     if not (unet_dir / "config.json").is_file():
         raise InputError(f"--init-student {folder}: not found (need {unet_dir}/config.json)")
-    if not any(unet_dir.glob("*.safetensors")):
-        raise InputError(f"--init-student {folder}: {unet_dir} holds no .safetensors weights (cdx never unpickles)")
+    check_component_weights(unet_dir)  # pickles refused by name, truncated safetensors named, before diffusers
     try:
         student = type(teacher_unet).from_pretrained(unet_dir, use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as err:

@@ -25,10 +25,15 @@ def _mute_input(path: Path, name: str) -> None:
 
     proto = onnx.load(str(path))
     proto.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "cdx_zero"))
-    for node in proto.graph.node:
-        node.input[:] = [f"{name}_muted" if i == name else i for i in node.input]
+    _feed_consumers_from(proto, name, f"{name}_muted")
     proto.graph.node.insert(0, helper.make_node("Mul", [name, "cdx_zero"], [f"{name}_muted"]))
     onnx.save(proto, str(path))
+
+
+def _feed_consumers_from(proto, name: str, replacement: str) -> None:
+    """Every node that reads graph input `name` reads `replacement` instead (the caller inserts its producer)."""
+    for node in proto.graph.node:
+        node.input[:] = [replacement if i == name else i for i in node.input]
 
 
 def test_gate_refuses_an_artifact_whose_conditioning_collapsed_even_with_good_psnr(onnx_export: Path, tmp_path: Path) -> None:
@@ -128,8 +133,7 @@ def _break_at_execute(path: Path, name: str) -> None:
     shape = [d.dim_value for d in next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim]
     proto.graph.initializer.extend([numpy_helper.from_array(np.array([7, -1], np.int64), "cdx_bad_shape"),
                                     numpy_helper.from_array(np.array(shape, np.int64), "cdx_shape")])
-    for node in proto.graph.node:
-        node.input[:] = [f"{name}_back" if i == name else i for i in node.input]
+    _feed_consumers_from(proto, name, f"{name}_back")
     proto.graph.node.insert(0, helper.make_node("Reshape", [f"{name}_bad", "cdx_shape"], [f"{name}_back"]))
     proto.graph.node.insert(0, helper.make_node("Reshape", [name, "cdx_bad_shape"], [f"{name}_bad"]))
     onnx.save(proto, str(path))
