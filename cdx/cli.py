@@ -175,6 +175,12 @@ def distill(
     init_student: Annotated[Path | None, typer.Option(help="Start from this student folder's UNet (same architecture "
                                                       "as the teacher) instead of the teacher: e.g. re-distill on a "
                                                       "coarser --num-solver-steps grid.")] = None,
+    ode_regression_weight: Annotated[float, typer.Option(help="CD: add this weight × the loss between the one-step "
+                                                       "output f(z, T) and the teacher's guided DDIM solution of z "
+                                                       "(fresh noise each update; Luhman & Luhman 2021, DMD's "
+                                                       "regression term); 0 = off.")] = 0.0,
+    ode_regression_steps: Annotated[int, typer.Option(help="Teacher DDIM steps of that solution.")] = 4,
+    ode_regression_batch: Annotated[int, typer.Option(help="Noises per update for the regression term.")] = 16,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -193,7 +199,9 @@ def distill(
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
                            seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank,
-                           init_student=str(init_student) if init_student else None)
+                           init_student=str(init_student) if init_student else None,
+                           ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
+                           ode_regression_batch=ode_regression_batch)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

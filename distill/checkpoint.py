@@ -82,15 +82,18 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def check_resumable(state: dict[str, Any], config: dict[str, Any], architecture: dict[str, Any], path: Path) -> None:
-    """InputError naming the first field where the checkpoint differs from this run (config, then architecture)."""
+def check_resumable(state: dict[str, Any], config: dict[str, Any], architecture: dict[str, Any], path: Path,
+                    defaults: dict[str, Any] | None = None) -> None:
+    """InputError naming the first field where the checkpoint differs from this run (config, then architecture).
+    A field the checkpoint lacks (an option added after it was written) counts as `defaults[field]`."""
     from cdx.errors import InputError
 
     saved_config, saved_arch = state.get("config", {}), state.get("architecture", {})
+    defaults = defaults or {}
     for key in sorted(set(config) | set(saved_config)):
         if key in RESUME_MAY_CHANGE:
             continue
-        old, new = _normal(saved_config.get(key)), _normal(config.get(key))
+        old, new = _normal(saved_config.get(key, defaults.get(key))), _normal(config.get(key))
         if old != new:
             raise InputError(f"{path}: checkpoint was made with {key}={old!r}, this run has {key}={new!r}; "
                              "rerun with the same options or pass --no-resume")

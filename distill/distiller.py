@@ -38,9 +38,10 @@ from cdx.distill.data import ImageDataset
 from cdx.distill.ema import TargetEMA, trainable_names
 from cdx.distill.latent_cache import encode_latents
 from cdx.distill.loading import LatentPipelineParts
-from cdx.distill.loops import classifier_free_guidance
+from cdx.distill.loops import classifier_free_guidance, ddim_loop
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
+from cdx.distill.sampling import ddim_schedule, guided_output
 from cdx.distill.solvers import skipping_timesteps, solver_step
 from cdx.distill.sources import DataSource, as_source
 from cdx.errors import CdxError, InputError
@@ -73,6 +74,12 @@ class DistillConfig:
     variance_reduction: bool = False  # teacher-free methods: batch posterior-weighted x̂₀ in the target
     lora_rank: int = 0  # > 0: LCM-LoRA — train a rank-R LoRA on the frozen teacher UNet, save only the LoRA
     init_student: str | None = None  # start from this student folder's UNet (same architecture), not the teacher
+    # > 0: add weight × loss(f(z, T), the teacher's guided DDIM solution of z in `ode_regression_steps` steps) on
+    # `ode_regression_batch` fresh noises per update: the one-step output regressed on the teacher's ODE endpoint
+    # (Luhman & Luhman 2021; DMD's regression term), where CD's errors accumulate over the grid's hops
+    ode_regression_weight: float = 0.0
+    ode_regression_steps: int = 4
+    ode_regression_batch: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,6 +115,12 @@ class DistillConfig:
             (not (self.init_student and self.lora_rank), "--init-student with --lora-rank: a LoRA trains on the "
                                                          "frozen teacher; choose one"),
             (0.0 <= self.caption_dropout <= 1.0, f"--caption-dropout {self.caption_dropout}: must be in [0, 1]"),
+            (self.ode_regression_weight >= 0, f"--ode-regression-weight {self.ode_regression_weight}: must be >= 0"),
+            (self.ode_regression_steps >= 1, f"--ode-regression-steps {self.ode_regression_steps}: must be >= 1"),
+            (self.ode_regression_batch >= 1, f"--ode-regression-batch {self.ode_regression_batch}: must be >= 1"),
+            (not (self.ode_regression_weight and self.method != "cd"),
+             f"--ode-regression-weight with --method {self.method}: the regression target is the teacher's ODE "
+             "solution, and teacher-free methods make no teacher calls; use --method cd"),
         ]
         if num_train_timesteps is not None:
             checks.append((self.num_solver_steps <= num_train_timesteps,
@@ -218,6 +231,7 @@ class ConsistencyDistiller:
         self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32, device=self.device)
         self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32, device=self.device)
         self.solve = solver_step(config.solver)
+        self.ode_schedule = ddim_schedule(sched, config.ode_regression_steps)  # starts at T - 1, the 1-step timestep
         self.method = make_method(config)  # None = CD with the teacher
         self.rollouts = None  # a RolloutStream (distill/rollout_cache.py): cached teacher steps, no teacher calls
         self.step = 0  # optimizer steps (sync points)
@@ -324,6 +338,9 @@ class ConsistencyDistiller:
              "noise": noise, "g": g, "w_emb": w_emb}
         if self.cond.kind == "text_embedding":
             b["prompt_embeds"] = self.cond.encode(data["captions"])
+        if cfg.ode_regression_weight > 0:  # drawn only then, so runs without the term keep their exact draws
+            n = min(cfg.ode_regression_batch, cfg.batch_size)
+            b["ode_noise"] = torch.randn((n, *x0.shape[1:]), generator=self.rng)
         return b
 
     def draw_batch(self) -> dict[str, Any]:
@@ -352,6 +369,8 @@ class ConsistencyDistiller:
                 target = self.consistency_target(b).float()
             loss = (consistency_loss(prediction, target, cfg.loss, cfg.huber_c) if self.method is None
                     else self.method.loss(prediction, target, b))
+            if "ode_noise" in b:
+                loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self._student_trainable, 1.0)
@@ -379,6 +398,34 @@ class ConsistencyDistiller:
             x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
             x_s = self.solve(self._teacher_eps(cond, self.cond.batch_kwargs(b, null=True), b["g"]), x_t, t, s, self.acp)
         return self._f(self.target, x_s, s, cond, b["w_emb"])
+
+    def _first(self, kwargs: dict[str, Any], n: int) -> dict[str, Any]:
+        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+    def ode_regression_loss(self, b: dict[str, Any]) -> torch.Tensor:
+        """The student's one-step output f(z, T) on the batch's `ode_noise` vs the teacher's ODE solution of z."""
+        n = len(b["ode_noise"])
+        t = torch.full((n,), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64, device=self.device)
+        w_emb = None if b["w_emb"] is None else b["w_emb"][:n]
+        prediction = self._f(self.student, b["ode_noise"], t, self._first(self.cond.batch_kwargs(b), n), w_emb).float()
+        with self.accelerator.autocast():
+            target = self.ode_regression_target(b).float()
+        return consistency_loss(prediction, target, self.config.loss, self.config.huber_c)
+
+    @torch.no_grad()
+    def ode_regression_target(self, b: dict[str, Any]) -> torch.Tensor:
+        """The teacher's guided DDIM (η = 0) solution of `ode_noise` from T - 1 to 0 in `ode_regression_steps` steps,
+        at each sample's CFG scale g (pinned by tests/test_cd_target.py)."""
+        n = len(b["ode_noise"])
+        cond = self._first(self.cond.batch_kwargs(b), n)
+        null = self._first(self.cond.batch_kwargs(b, null=True), n) if self.cond.guided else None
+        g = b["g"][:n].to(self.device)
+
+        def predict(x: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
+            t = torch.full((n,), int(step["timestep"]), dtype=torch.int64, device=self.device)
+            return guided_output(self.teacher, x, t, cond, null, g)
+
+        return ddim_loop(predict, b["ode_noise"], self.ode_schedule, "epsilon")
 
     def _set_lr(self) -> None:
         """Linear warm-up over `lr_warmup_steps`, a pure function of the step (so resume needs no scheduler state)."""
@@ -418,7 +465,8 @@ class ConsistencyDistiller:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return 0
-        check_resumable(read_checkpoint_state(path), self.config.as_dict(), self.architecture(), path)
+        check_resumable(read_checkpoint_state(path), self.config.as_dict(), self.architecture(), path,
+                        defaults=DistillConfig().as_dict())
         state, target = load_checkpoint(self.accelerator, path, self.rng)
         self.ema.load(target, state["ema"])
         self.step, self.history = int(state["step"]), list(state["history"])
@@ -540,6 +588,9 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
                           limit, cache_dir=work / "hf-datasets", shuffle_buffer=options.shuffle_buffer)
     distiller = ConsistencyDistiller(parts, dataset, config, work, data_options=options)
     if rollout_cache is not None:  # write/resume the teacher's solver steps once, then train from them
+        if config.ode_regression_weight:
+            raise InputError("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
+                             "fresh noise every update; drop one of them")
         from cdx.distill.rollout_cache import attach_rollouts
 
         cached = attach_rollouts(distiller, rollout_cache, show=show)

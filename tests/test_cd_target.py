@@ -115,3 +115,80 @@ def test_the_three_networks_differ_enough_to_tell_the_bugs_apart(distiller: Cons
     no_cfg = independent_target(default_teacher(), d.target, d.teacher, {**b, "g": torch.ones(4)}, null_class=10)
     for wrong in (online, at_t, no_cfg):
         assert float((wrong - right).abs().max()) > 100 * 2e-5
+
+
+# ---- the ODE-pair regression term (--ode-regression-weight) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def regressing(tmp_path_factory: pytest.TempPathFactory) -> ConsistencyDistiller:
+    parts = load_latent_pipeline(default_teacher())
+    gen = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.rand(8, 1, 32, 32, generator=gen) * 2 - 1, torch.arange(8) % 10, list(FASHION_MNIST_CLASSES))
+    config = DistillConfig(steps=1, batch_size=4, guidance_range=(2.0, 5.0), sample_every=0, seed=3,
+                           ode_regression_weight=0.5, ode_regression_steps=3, ode_regression_batch=3)
+    d = ConsistencyDistiller(parts, data, config, tmp_path_factory.mktemp("ode_regression"))
+    _perturb(d.accelerator.unwrap_model(d.student), 0.05, seed=2)
+    return d
+
+
+@torch.no_grad()
+def independent_ode_solution(folder: str, teacher: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor,
+                             g: torch.Tensor, steps: int, null_class: int) -> torch.Tensor:
+    """diffusers' DDIMScheduler.step (η = 0, trailing spacing, SD's settings) with CFG at each sample's g."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_pretrained(Path(folder) / "scheduler", clip_sample=False, set_alpha_to_one=False,
+                                         steps_offset=1, timestep_spacing="trailing")
+    ddim.set_timesteps(steps)
+    x = noise
+    for t in ddim.timesteps:
+        tt = torch.full((len(x),), int(t))
+        e_c = teacher(x, tt, encoder_hidden_states=None, class_labels=labels).sample
+        e_u = teacher(x, tt, encoder_hidden_states=None, class_labels=torch.full_like(labels, null_class)).sample
+        x = ddim.step(e_u + g.reshape(-1, 1, 1, 1) * (e_c - e_u), t, x, eta=0.0).prev_sample
+    return x
+
+
+def test_ode_regression_target_is_the_teachers_guided_ddim_solution(regressing: ConsistencyDistiller) -> None:
+    d = regressing
+    b = d.sample_batch()
+    assert b["ode_noise"].shape == (3, *b["x0"].shape[1:])
+    expected = independent_ode_solution(default_teacher(), d.teacher, b["ode_noise"], b["labels"][:3], b["g"][:3], 3, 10)
+    torch.testing.assert_close(d.ode_regression_target(b), expected, atol=2e-5, rtol=1e-4)
+    no_cfg = independent_ode_solution(default_teacher(), d.teacher, b["ode_noise"], b["labels"][:3], torch.ones(3), 3, 10)
+    assert float((no_cfg - expected).abs().max()) > 100 * 2e-5  # the test can tell a dropped CFG apart
+
+
+def test_train_step_adds_the_weighted_regression_of_the_one_step_output(regressing: ConsistencyDistiller,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss = CD loss + weight × loss(f(z, 999), teacher's ODE solution of z): the one-step output at T - 1."""
+    from cdx.distill import distiller as module
+
+    d = regressing
+    b = d.sample_batch()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = module.consistency_loss
+
+    def recording(prediction: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        seen.append((prediction.detach().clone(), target.detach().clone()))
+        return real(prediction, target, *args, **kwargs)
+
+    student = d.accelerator.unwrap_model(d.student)
+    with torch.no_grad():
+        t = torch.full((3,), 999)
+        one_step = d._f(student, b["ode_noise"], t, d._first(d.cond.batch_kwargs(b), 3), b["w_emb"][:3])
+    monkeypatch.setattr(module, "consistency_loss", recording)
+    loss = d.train_step(b)
+    assert len(seen) == 2
+    (cd_pred, cd_target), (reg_pred, reg_target) = seen
+    torch.testing.assert_close(reg_pred, one_step, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reg_target, d.ode_regression_target(b), atol=2e-5, rtol=1e-4)
+    expected = real(cd_pred, cd_target, "huber", 0.001) + 0.5 * real(reg_pred, reg_target, "huber", 0.001)
+    assert abs(loss - float(expected)) < 1e-6
+
+
+def test_ode_regression_refuses_teacher_free_methods_in_one_line() -> None:
+    from cdx.errors import InputError
+
+    config = DistillConfig(ode_regression_weight=1.0, method="ct")
+    with pytest.raises(InputError, match=r"^--ode-regression-weight with --method ct: .*use --method cd$"):
+        config.validate()

@@ -425,3 +425,15 @@ def test_init_student_starts_from_that_student_not_the_teacher(tiny_sd: Path, tm
         student_from_folder(tmp_path / "studnet", teacher_unet, guided=True)
     with pytest.raises(InputError, match="--lora-rank"):
         _small_config(init_student=str(first), lora_rank=4).validate()
+
+
+def test_a_checkpoint_older_than_an_option_resumes_when_the_option_keeps_its_default(tmp_path: Path) -> None:
+    """An option added after a checkpoint was written (absent from its state.json) counts as its default value."""
+    from cdx.distill.checkpoint import check_resumable
+
+    now = DistillConfig().as_dict()
+    saved = {k: v for k, v in now.items() if not k.startswith("ode_regression")}
+    check_resumable({"config": saved}, now, {}, tmp_path, defaults=DistillConfig().as_dict())
+    with pytest.raises(InputError, match=r"made with ode_regression_weight=0\.0, this run has ode_regression_weight=1\.0"):
+        check_resumable({"config": saved}, {**now, "ode_regression_weight": 1.0}, {}, tmp_path,
+                        defaults=DistillConfig().as_dict())

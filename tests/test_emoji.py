@@ -125,7 +125,6 @@ def test_text_teacher_trains_resumes_and_saves_a_stock_stable_diffusion_pipeline
     assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
 
 
-@pytest.mark.skipif(not (TEACHER / "model_index.json").is_file(), reason="emoji teacher not committed yet")
 def test_committed_emoji_teacher_and_student_load_with_stock_classes_and_generate():
     from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
