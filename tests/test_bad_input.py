@@ -13,27 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run_cli
 
 from cdx.errors import InputError, ManifestError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    """`cdx ARGS` in this process (its `main`, as the console script runs it): (exit code, the one error line)."""
-    from cdx.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cdx", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return code, lines[0]
 
 
 def listing(folder: Path) -> list[str]:

@@ -5,12 +5,12 @@ bad decoder folders are one line."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 
 from cdx.distill.data import ImageDataset
 
@@ -108,22 +108,6 @@ def test_convert_with_decoder_passes_the_gate_and_records_the_drift(trained: tup
     assert np.abs(got - outputs["image"][:1]).max() <= 1e-6
 
 
-def _run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    from cdx.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cdx", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.strip().startswith("✓")]  # stage lines
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return code, lines[0]
-
-
 def _wrong_channels(folder: Path) -> Path:
     from diffusers import AutoencoderTiny
 
@@ -138,7 +122,7 @@ def test_bad_decoder_folder_is_one_line_and_writes_nothing(case: str, student: P
     decoder = {"missing": lambda: tmp_path / "nowhere", "not_tiny": lambda: student / "vae",
                "latent_channels": lambda: _wrong_channels(tmp_path / "tiny3")}[case]()
     out = tmp_path / "out"
-    code, line = _run_cli(monkeypatch, capsys, "convert", student, "--decoder", decoder, "-o", out)
+    code, line = run_cli(monkeypatch, capsys, "convert", student, "--decoder", decoder, "-o", out)
     expected = {"missing": "no such folder", "not_tiny": "expected 'AutoencoderTiny'",
                 "latent_channels": "decoder takes 3 latent channels, the student"}[case]
     assert code == 1 and str(decoder) in line and expected in line, line
@@ -147,6 +131,6 @@ def test_bad_decoder_folder_is_one_line_and_writes_nothing(case: str, student: P
 
 def test_bad_distill_decoder_option_is_one_line(student: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "tiny"
-    code, line = _run_cli(monkeypatch, capsys, "distill-decoder", "--model", student, "--pixel-loss", "l3", "-o", out)
+    code, line = run_cli(monkeypatch, capsys, "distill-decoder", "--model", student, "--pixel-loss", "l3", "-o", out)
     assert code == 1 and "--pixel-loss 'l3'" in line and "l1+l2" in line
     assert not out.exists()
