@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,17 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint folder, if any."""
     done = [p for p in sorted(root.glob("checkpoint-*")) if (p / STATE_FILE).is_file()]
     return done[-1] if done else None
+
+
+def resume_and_run(trainer: Any, resume: bool, show: bool) -> tuple[int, float]:
+    """Resume `trainer` (a distiller: `resume()`, `checkpoint_dir`, `run(show=)`) from its newest checkpoint when
+    `resume`, say so, and train it to the end; returns (the step it resumed from, seconds of training)."""
+    start = trainer.resume() if resume else 0
+    if start and show:
+        print(f"resumed from step {start} ({latest_checkpoint(trainer.checkpoint_dir)})", flush=True)
+    started = time.perf_counter()
+    trainer.run(show=show)
+    return start, time.perf_counter() - started
 
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:

@@ -419,7 +419,7 @@ def distill_decoder(model: str | Path, out: Path, config: DecoderDistillConfig, 
     from accelerate import PartialState
 
     from cdx.atomic import atomic_directory, refuse_existing
-    from cdx.distill.checkpoint import latest_checkpoint, prepare_work_dir
+    from cdx.distill.checkpoint import prepare_work_dir, resume_and_run
     from cdx.distill.distiller import cpu_ranks, teacher_resolution
     from cdx.distill.loading import load_latent_pipeline
     from cdx.distill.sources import open_source
@@ -438,12 +438,7 @@ def distill_decoder(model: str | Path, out: Path, config: DecoderDistillConfig, 
         data = open_source(data, config.resolution or teacher_resolution(parts), int(parts.vae.config.in_channels), limit,
                            cache_dir=work / "hf-datasets")
     distiller = DecoderDistiller(parts, data, config, work)
-    start = distiller.resume() if resume else 0
-    if start and show:
-        print(f"resumed from step {start} ({latest_checkpoint(distiller.checkpoint_dir)})", flush=True)
-    started = time.perf_counter()
-    distiller.run(show=show)
-    seconds = time.perf_counter() - started
+    start, seconds = resume_and_run(distiller, resume, show)
     info: dict[str, Any] = {}
     if state.is_main_process:
         text = command or decoder_command(config, str(model), str(out), data_spec, limit)

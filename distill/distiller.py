@@ -29,6 +29,7 @@ from cdx.distill.checkpoint import (
     load_checkpoint,
     prepare_work_dir,
     read_checkpoint_state,
+    resume_and_run,
     save_checkpoint,
 )
 from cdx.distill.conditioning import TeacherConditioning
@@ -572,6 +573,9 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
     from cdx.distill.sources import open_source
 
     config.validate()
+    if rollout_cache is not None and config.ode_regression_weight:
+        raise InputError("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
+                         "fresh noise every update; drop one of them")
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)
     if parts.conditioning == "none":
@@ -588,21 +592,13 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
                           limit, cache_dir=work / "hf-datasets", shuffle_buffer=options.shuffle_buffer)
     distiller = ConsistencyDistiller(parts, dataset, config, work, data_options=options)
     if rollout_cache is not None:  # write/resume the teacher's solver steps once, then train from them
-        if config.ode_regression_weight:
-            raise InputError("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
-                             "fresh noise every update; drop one of them")
         from cdx.distill.rollout_cache import attach_rollouts
 
         cached = attach_rollouts(distiller, rollout_cache, show=show)
         if show:
             print(f"rollout cache {rollout_cache}: {cached['records']} micro-batches ({cached['written']} written now, "
                   f"{cached['teacher_calls']} teacher calls in all); training makes no teacher calls", flush=True)
-    start_step = distiller.resume() if resume else 0
-    if start_step and show:
-        print(f"resumed from step {start_step} ({latest_checkpoint(distiller.checkpoint_dir)})", flush=True)
-    started = time.perf_counter()
-    distiller.run(show=show)
-    seconds = time.perf_counter() - started
+    start_step, seconds = resume_and_run(distiller, resume, show)
     if distiller.batches.summary() and state.is_main_process:
         print(distiller.batches.summary(), file=sys.stderr, flush=True)
     if state.is_main_process:

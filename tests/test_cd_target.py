@@ -192,3 +192,13 @@ def test_ode_regression_refuses_teacher_free_methods_in_one_line() -> None:
     config = DistillConfig(ode_regression_weight=1.0, method="ct")
     with pytest.raises(InputError, match=r"^--ode-regression-weight with --method ct: .*use --method cd$"):
         config.validate()
+
+
+def test_ode_regression_with_a_rollout_cache_is_refused_before_the_teacher_loads(tmp_path: Path) -> None:
+    from cdx.distill.distiller import distill_student
+    from cdx.errors import InputError
+
+    with pytest.raises(InputError, match=r"^--rollout-cache with --ode-regression-weight: "):
+        distill_student(tmp_path / "no-such-teacher", tmp_path / "out", DistillConfig(ode_regression_weight=1.0),
+                        rollout_cache=tmp_path / "cache")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
