@@ -28,8 +28,8 @@ CDX_CONFIG = "cdx.json"
 
 
 @dataclass
-class TeacherRecipe:
-    """Sizes and schedule of the embedded teacher (defaults train in ≈ 20–25 min on 2 CPU cores)."""
+class AutoencoderRecipe:
+    """The image side and the `AutoencoderKL` of a teacher recipe: sizes and training schedule."""
 
     image_size: int = 32
     channels: int = 1
@@ -39,6 +39,16 @@ class TeacherRecipe:
     vae_batch: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TeacherRecipe(AutoencoderRecipe):
+    """Sizes and schedule of the embedded teacher (defaults train in ≈ 20–25 min on 2 CPU cores)."""
+
     unet_channels: tuple[int, ...] = (64, 128)
     unet_layers: int = 1
     unet_steps: int = 2000
@@ -46,13 +56,9 @@ class TeacherRecipe:
     unet_lr: float = 3e-4
     label_dropout: float = 0.1
     ema_decay: float = 0.999
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
-def build_vae(recipe: TeacherRecipe) -> AutoencoderKL:
+def build_vae(recipe: AutoencoderRecipe) -> AutoencoderKL:
     blocks = len(recipe.vae_channels)
     return AutoencoderKL(
         in_channels=recipe.channels, out_channels=recipe.channels,
@@ -87,7 +93,7 @@ def _batches(n: int, batch: int, generator: torch.Generator):
                 yield idx
 
 
-def train_vae(data: ImageDataset, recipe: TeacherRecipe, accelerator, show: bool = True) -> AutoencoderKL:
+def train_vae(data: ImageDataset, recipe: AutoencoderRecipe, accelerator, show: bool = True) -> AutoencoderKL:
     """L1 + MSE reconstruction with a tiny KL term (SD-style), then set `scaling_factor` to 1/std(latents)."""
     torch.manual_seed(recipe.seed)
     vae = build_vae(recipe)

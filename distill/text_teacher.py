@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,19 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cdx.distill.progress import TrainingProgress
-from cdx.distill.teacher import CDX_CONFIG, encode_latents, teacher_scheduler, train_vae
+from cdx.distill.teacher import CDX_CONFIG, AutoencoderRecipe, encode_latents, teacher_scheduler, train_vae
 from cdx.machine import describe_machine
 
 MIN_TEXT_LENGTH = 16  # optimum's dummy text inputs have sequence length 16
 
 
 @dataclass
-class TextTeacherRecipe:
+class TextTeacherRecipe(AutoencoderRecipe):
     """Sizes and schedule of the embedded text-to-image teacher (sized for < 1 h on a shared 2-core CPU)."""
 
-    image_size: int = 32
     channels: int = 3
-    vae_channels: tuple[int, ...] = (16, 32, 32)
-    latent_channels: int = 4
     vae_steps: int = 450
     vae_batch: int = 32
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
     text_dim: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -61,10 +56,6 @@ class TextTeacherRecipe:
     caption_dropout: float = 0.1
     ema_decay: float = 0.998
     checkpoint_every: int = 250
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
