@@ -19,18 +19,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from cdx.distill.progress import TrainingProgress
+from cdx.distill.teacher import posterior_moments
 from cdx.errors import InputError
-
-
-@torch.no_grad()
-def posterior_moments(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of the frozen encoder's diagonal Gaussian posterior for every image (unscaled latents)."""
-    means, stds = [], []
-    for start in range(0, len(images), batch):
-        dist = vae.encode(images[start:start + batch]).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:

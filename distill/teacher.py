@@ -121,10 +121,21 @@ def train_vae(data: ImageDataset, recipe: AutoencoderRecipe, accelerator, show: 
 
 
 @torch.no_grad()
+def posterior_moments(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the encoder's diagonal Gaussian posterior for every image (unscaled latents), on the VAE's
+    device, `batch` images at a time."""
+    device = next(vae.parameters()).device
+    means, stds = [], []
+    for start in range(0, len(images), batch):
+        dist = vae.encode(images[start:start + batch].to(device)).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Posterior means (unscaled) for all images, on the VAE's device."""
-    device = next(vae.parameters()).device
-    return torch.cat([vae.encode(images[i : i + batch].to(device)).latent_dist.mean for i in range(0, len(images), batch)])
+    return posterior_moments(vae, images, batch)[0]
 
 
 def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: TeacherRecipe, accelerator,
