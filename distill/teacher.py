@@ -138,6 +138,19 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch: int = 500) -
     return posterior_moments(vae, images, batch)[0]
 
 
+def ddpm_batch(latents: torch.Tensor, conditions: torch.Tensor, idx: torch.Tensor, dropout: float, null: Any,
+               noise_scheduler: Any, gen: torch.Generator, device: Any) -> tuple[torch.Tensor, ...]:
+    """One ε-prediction training batch: rows `idx`, each condition replaced by `null` with probability `dropout`
+    (for CFG), noise and timesteps drawn on the CPU generator (reproducible on any device), then moved to `device`;
+    returns (noisy latents, conditions, noise, timesteps)."""
+    x0, c = latents[idx], conditions[idx].clone()
+    c[torch.rand(len(c), generator=gen) < dropout] = null
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+    x0, c, noise, t = (v.to(device) for v in (x0, c, noise, t))
+    return noise_scheduler.add_noise(x0, noise, t), c, noise, t
+
+
 def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: TeacherRecipe, accelerator,
                show: bool = True) -> UNet2DConditionModel:
     """ε-prediction DDPM training with label dropout; returns the EMA weights."""
@@ -155,14 +168,8 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
     with TrainingProgress("teacher unet", recipe.unet_steps, enabled=show) as bar:
         smooth = None
         for step in range(1, recipe.unet_steps + 1):
-            idx = next(batches)
-            x0, y = latents[idx], labels[idx].clone()
-            y[torch.rand(len(y), generator=gen) < recipe.label_dropout] = null
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
-            # drawn on the CPU generator (reproducible on any device), then moved to the accelerator's device
-            x0, y, noise, t = (v.to(accelerator.device) for v in (x0, y, noise, t))
-            noisy = noise_scheduler.add_noise(x0, noise, t)
+            noisy, y, noise, t = ddpm_batch(latents, labels, next(batches), recipe.label_dropout, null,
+                                            noise_scheduler, gen, accelerator.device)
             pred = unet(noisy, t, encoder_hidden_states=None, class_labels=y).sample
             loss = F.mse_loss(pred, noise)
             accelerator.backward(loss)

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cdx.distill.progress import TrainingProgress
-from cdx.distill.teacher import CDX_CONFIG, AutoencoderRecipe, encode_latents, teacher_scheduler, train_vae
+from cdx.distill.teacher import CDX_CONFIG, AutoencoderRecipe, ddpm_batch, encode_latents, teacher_scheduler, train_vae
 from cdx.machine import describe_machine
 
 MIN_TEXT_LENGTH = 16  # optimum's dummy text inputs have sequence length 16
@@ -211,13 +211,8 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
     batches = _batches(len(latents), recipe.unet_batch, gen)  # after a resume: a new epoch order from the saved generator
     with TrainingProgress("text-to-image unet", recipe.unet_steps, start=start, enabled=show) as bar:
         for step in range(start + 1, recipe.unet_steps + 1):
-            idx = next(batches)
-            x0, ids = latents[idx], tokens[idx].clone()
-            ids[torch.rand(len(ids), generator=gen) < recipe.caption_dropout] = empty
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
-            x0, ids, noise, t = (v.to(accelerator.device) for v in (x0, ids, noise, t))
-            noisy = noise_scheduler.add_noise(x0, noise, t)
+            noisy, ids, noise, t = ddpm_batch(latents, tokens, next(batches), recipe.caption_dropout, empty,
+                                              noise_scheduler, gen, accelerator.device)
             states = text_encoder(ids)[0]
             loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
             accelerator.backward(loss)

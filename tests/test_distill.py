@@ -437,3 +437,31 @@ def test_a_checkpoint_older_than_an_option_resumes_when_the_option_keeps_its_def
     with pytest.raises(InputError, match=r"made with ode_regression_weight=0\.0, this run has ode_regression_weight=1\.0"):
         check_resumable({"config": saved}, {**now, "ode_regression_weight": 1.0}, {}, tmp_path,
                         defaults=DistillConfig().as_dict())
+
+
+def test_class_teacher_trains_with_label_dropout_and_saves_a_loadable_pipeline(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cdx teacher train`'s class-conditional path on 8 random images: every UNet batch holds real labels and, at
+    dropout 0.5, the null class (the last class embedding) used for CFG; the folder loads as a latent pipeline."""
+    from cdx.distill import teacher as module
+    from cdx.distill.data import ImageDataset
+    from cdx.distill.teacher import TeacherRecipe, train_teacher
+
+    gen = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.rand(8, 1, 16, 16, generator=gen) * 2 - 1, torch.arange(8) % 2, ["a", "b"])
+    recipe = TeacherRecipe(image_size=16, vae_channels=(16, 16), vae_steps=2, vae_batch=4, unet_channels=(16, 32),
+                           unet_steps=3, unet_batch=8, label_dropout=0.5)
+    seen: list[torch.Tensor] = []
+    real = module.ddpm_batch
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out[1].clone())
+        return out
+
+    monkeypatch.setattr(module, "ddpm_batch", recording)
+    train_teacher(tmp_path, data, recipe, show=False)
+    labels = torch.cat(seen)
+    assert len(seen) == 3 and set(labels.tolist()) == {0, 1, 2}  # 2 = the null class
+    parts = load_latent_pipeline(tmp_path)
+    assert parts.conditioning == "class_label" and int(parts.unet.config.num_class_embeds) == 3
