@@ -65,8 +65,11 @@ _DISTILL_FLAGS = {
     "gradient_accumulation": "--grad-accum", "mixed_precision": "--mixed-precision",
     "checkpoint_every": "--checkpoint-every", "sample_every": "--sample-every", "seed": "--seed",
     "caption_dropout": "--caption-dropout", "resolution": "--resolution", "lora_rank": "--lora-rank",
-    "method": "--method",
+    "method": "--method", "init_student": "--init-student", "ode_regression_weight": "--ode-regression-weight",
+    "ode_regression_steps": "--ode-regression-steps", "ode_regression_batch": "--ode-regression-batch",
 }
+# DistillConfig fields that are not a `--flag VALUE` pair: written by distill_command's own rules, or not CLI options
+_DISTILL_NOT_FLAGS = frozenset({"guidance_range", "variance_reduction", "guidance_embedding_dim", "extra"})
 
 
 def distill_command(recipe: dict[str, Any], out: str) -> str:

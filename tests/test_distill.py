@@ -235,6 +235,17 @@ def test_model_card_command_reproduces_the_saved_recipe() -> None:
     assert distill_command(recipe, "out/s") == ("cdx distill --out out/s --steps 600 --lr 0.0002 --lr-warmup-steps 50 "
                                                 "--guidance-min 2.0 --guidance-max 6.0")
     assert distill_command(DistillConfig().as_dict(), "out/s") == "cdx distill --out out/s"
+    rerun = DistillConfig(init_student="out/base", num_solver_steps=10, ode_regression_weight=0.5).as_dict()
+    assert distill_command(rerun, "out/s") == ("cdx distill --out out/s --num-solver-steps 10 --init-student out/base "
+                                               "--ode-regression-weight 0.5")
+
+
+def test_every_distill_option_has_a_model_card_flag() -> None:
+    """A DistillConfig field added without a flag would silently drop out of every model card's reproduce command."""
+    from cdx.distill.distiller import DistillConfig
+    from cdx.distill.model_card import _DISTILL_FLAGS, _DISTILL_NOT_FLAGS
+
+    assert set(DistillConfig().as_dict()) == set(_DISTILL_FLAGS) | _DISTILL_NOT_FLAGS
 
 
 # ---- issue 10: validation, resume refusal, work-folder ownership, EDM export, AutoencoderTiny ----------------------
