@@ -287,11 +287,29 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def student_commands(info: dict[str, Any], out: str, teacher_finetune: dict[str, Any] | None, teacher_out: str) -> str:
+    """The command lines that made the student `info` (its cdx.json) at `out`: a student re-distilled with
+    `--init-student` records its starting student under `init_from`, whose own commands come first (into
+    out/student_init); a student whose decoder was fine-tuned with the teacher's was distilled from the base teacher."""
+    from cdx.distill.model_card import decoder_finetune_command, distill_command
+
+    recipe = dict(info.get("distill", {}))
+    if info.get("init_from"):
+        recipe["init_student"] = "out/student_init"
+        return (student_commands(info["init_from"], "out/student_init", teacher_finetune, teacher_out) + "\n"
+                + distill_command(recipe, out))
+    command = distill_command(recipe, out)
+    if teacher_finetune and info.get("decoder_finetune"):
+        command = (command.replace(f"--out {out}", "--teacher out/teacher_base --out out/student_base", 1) + "\n"
+                   + decoder_finetune_command(teacher_finetune, teacher_out, out))
+    return command
+
+
 def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any], evaluate_command: str) -> list[Path]:
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
     from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
-    from cdx.distill.model_card import decoder_finetune_command, distill_command, teacher_command, write_model_card
+    from cdx.distill.model_card import decoder_finetune_command, teacher_command, write_model_card
 
     table = render_quality_markdown(result)
     measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"
@@ -299,13 +317,11 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     student_info = read_cdx_info(Path(student_dir))
     teacher_out, student_out = portable_path(teacher_dir), portable_path(student_dir)
     teacher_cmd = teacher_command(teacher_info.get("recipe", {}), teacher_out)
-    student_cmd = distill_command(student_info.get("distill", {}), student_out)
     finetune = teacher_info.get("decoder_finetune")
     if finetune:  # the base folders first, then the decoder fine-tune that wrote the committed ones
         teacher_cmd = (teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1) + "\n"
                        + decoder_finetune_command(finetune, teacher_out))
-        student_cmd = (student_cmd.replace(f"--out {student_out}", "--teacher out/teacher_base --out out/student_base", 1)
-                       + "\n" + decoder_finetune_command(finetune, teacher_out, student_out))
+    student_cmd = student_commands(student_info, student_out, finetune, teacher_out)
     return [
         write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",
                          teacher_cmd, measured),

@@ -202,3 +202,18 @@ def test_recompute_command_help_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "cdx.benchmarks.reference_stats", "--help"], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and "--n" in proc.stdout and Path(REFERENCE_PATH).name == "fashion_mnist.safetensors"
+
+
+def test_a_re_distilled_students_card_lists_the_commands_that_made_its_starting_student_first() -> None:
+    from cdx.benchmarks.distill_eval import student_commands
+
+    finetune = {"steps": 1000, "images": 20000}
+    base = {"distill": {"steps": 5000, "lr": 0.0002}, "decoder_finetune": finetune}
+    redistilled = {"distill": {"steps": 3000, "num_solver_steps": 10, "init_student": "/tmp/whatever"}, "init_from": base}
+    lines = student_commands(redistilled, "cdx/assets/fashion_student", finetune, "cdx/assets/fashion_teacher").split("\n")
+    assert lines == [
+        "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000 --lr 0.0002",
+        "cdx teacher finetune-decoder --teacher out/teacher_base --out cdx/assets/fashion_teacher --steps 1000 "
+        "--student out/student_base --student-out out/student_init",
+        "cdx distill --out cdx/assets/fashion_student --steps 3000 --num-solver-steps 10 --init-student out/student_init",
+    ]
