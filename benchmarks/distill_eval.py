@@ -290,19 +290,26 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
 def student_commands(info: dict[str, Any], out: str, teacher_finetune: dict[str, Any] | None, teacher_out: str) -> str:
     """The command lines that made the student `info` (its cdx.json) at `out`: a student re-distilled with
     `--init-student` records its starting student under `init_from`, whose own commands come first (into
-    out/student_init); a student whose decoder was fine-tuned with the teacher's was distilled from the base teacher."""
+    out/student_stage1, 2, …); a student whose decoder was fine-tuned with the teacher's was distilled from the base
+    teacher."""
     from cdx.distill.model_card import decoder_finetune_command, distill_command
 
-    recipe = dict(info.get("distill", {}))
-    if info.get("init_from"):
-        recipe["init_student"] = "out/student_init"
-        return (student_commands(info["init_from"], "out/student_init", teacher_finetune, teacher_out) + "\n"
-                + distill_command(recipe, out))
-    command = distill_command(recipe, out)
-    if teacher_finetune and info.get("decoder_finetune"):
-        command = (command.replace(f"--out {out}", "--teacher out/teacher_base --out out/student_base", 1) + "\n"
-                   + decoder_finetune_command(teacher_finetune, teacher_out, out))
-    return command
+    chain = [info]
+    while chain[-1].get("init_from"):
+        chain.append(chain[-1]["init_from"])
+    chain.reverse()  # the first-made student first
+    outs = [f"out/student_stage{i + 1}" for i in range(len(chain) - 1)] + [out]
+    lines = []
+    for i, (stage, stage_out) in enumerate(zip(chain, outs, strict=True)):
+        recipe = dict(stage.get("distill", {}))
+        if i:
+            recipe["init_student"] = outs[i - 1]
+        command = distill_command(recipe, stage_out)
+        if i == 0 and teacher_finetune and stage.get("decoder_finetune"):
+            command = (command.replace(f"--out {stage_out}", "--teacher out/teacher_base --out out/student_base", 1)
+                       + "\n" + decoder_finetune_command(teacher_finetune, teacher_out, stage_out))
+        lines.append(command)
+    return "\n".join(lines)
 
 
 def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any], evaluate_command: str) -> list[Path]:

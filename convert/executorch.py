@@ -120,6 +120,13 @@ def block_candidates(module: nn.Module, exported: torch.fx.GraphModule) -> list[
     return found
 
 
+# The search scores PT2E's simulated int8 in PyTorch on calibration inputs; the gate runs XNNPACK's int8 kernels on the
+# golden inputs, which measured up to ~1.7 dB lower (embedded student re-distilled on a 5-point grid: 31.0 → 29.3 dB
+# with the ONNX search's settings). Aiming 1 dB higher and allowing up to half the blocks float took it to 30.5 dB.
+INT8_EXTRA_MARGIN_DB = 1.0
+INT8_MAX_FLOAT_FRACTION = 0.5
+
+
 def int8_with_mixed_precision(module: nn.Module, args: tuple[torch.Tensor, ...],
                               calibration: list[tuple[torch.Tensor, ...]], output_range: tuple[float, float] | None,
                               ) -> tuple[nn.Module, dict[str, Any]]:
@@ -131,6 +138,7 @@ def int8_with_mixed_precision(module: nn.Module, args: tuple[torch.Tensor, ...],
     with torch.no_grad():
         reference = torch.cat([module(*b) for b in calibration]).numpy()
     target, peak = search_target(output_range)
+    target += INT8_EXTRA_MARGIN_DB
     peak = peak or float(np.ptp(reference)) or 1.0
     latest: dict[tuple[str, ...], nn.Module] = {}  # the last trial only: it is the kept set the search reports
 
@@ -142,7 +150,8 @@ def int8_with_mixed_precision(module: nn.Module, args: tuple[torch.Tensor, ...],
             return psnr(reference, torch.cat([quantized(*b) for b in calibration]).numpy(), peak)
 
     candidates = block_candidates(module, exported)
-    record = {**keep_float_search(score, candidates, target), "measured_on": f"{len(calibration)} calibration inputs"}
+    record = {**keep_float_search(score, candidates, target, INT8_MAX_FLOAT_FRACTION),
+              "measured_on": f"{len(calibration)} calibration inputs"}
     chosen = tuple(record["kept_float"])
     quantized = latest[chosen] if chosen in latest else quantize_int8(module, args, calibration, list(chosen), exported)
     return quantized, record

@@ -51,7 +51,9 @@ def search_target(output_range: tuple[float, float] | None) -> tuple[float, floa
 
 def keep_float_search(score: Callable[[list[str]], float], candidates: list[str], target_db: float,
                       max_float_fraction: float = 0.25) -> dict[str, Any]:
-    """The fewest candidates to keep float so that `score(kept)` (a PSNR) reaches `target_db`; backend-independent."""
+    """The fewest candidates to keep float so that `score(kept)` (a PSNR) reaches `target_db`; backend-independent.
+    At most `max_float_fraction` of them stay float; the record says whether the target was reached (more is not
+    always better: for ExecuTorch int8 of a 5-point-grid student, 4 of 19 float blocks gave 31.2 dB and 9 gave 31.3)."""
     full = score([])
     record: dict[str, Any] = {"target_psnr_db": target_db, "psnr_all_quantized_db": full, "kept_float": [], "psnr_db": full}
     if full >= target_db or not candidates:
@@ -64,7 +66,7 @@ def keep_float_search(score: Callable[[list[str]], float], candidates: list[str]
     while True:
         kept = [c for _, _, c in ranked[:count]]
         reached = score(kept)
-        record.update(kept_float=kept, psnr_db=reached)
+        record.update(kept_float=kept, psnr_db=reached, reached_target=reached >= target_db)
         if reached >= target_db or count >= limit:
             return record
         count = min(max(count + 1, count * 3 // 2), limit)

@@ -214,6 +214,6 @@ def test_a_re_distilled_students_card_lists_the_commands_that_made_its_starting_
     assert lines == [
         "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000 --lr 0.0002",
         "cdx teacher finetune-decoder --teacher out/teacher_base --out cdx/assets/fashion_teacher --steps 1000 "
-        "--student out/student_base --student-out out/student_init",
-        "cdx distill --out cdx/assets/fashion_student --steps 3000 --num-solver-steps 10 --init-student out/student_init",
+        "--student out/student_base --student-out out/student_stage1",
+        "cdx distill --out cdx/assets/fashion_student --steps 3000 --num-solver-steps 10 --init-student out/student_stage1",
     ]
