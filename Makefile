@@ -12,7 +12,7 @@ $(BIN)/cdx: pyproject.toml
 
 install: $(BIN)/cdx
 
-demo: $(BIN)/cdx
+demo: $(BIN)/cdx fid-weights  # the Inception weights: without them the report's KID/FID columns stay empty
 	$(BIN)/cdx demo --overwrite  # out/demo is this target's own folder: a rerun replaces its outputs
 
 # Everything the suite needs beyond the venv (data, Inception weights, Chromium + npm, native runners, Android tools),
