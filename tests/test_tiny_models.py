@@ -41,3 +41,14 @@ def test_tiny_unet2d_is_unconditional_and_deterministic(tiny_unet2d: Path, tmp_p
     assert parts.conditioning == "none" and parts.guidance_embedding_dim is None
     again = load_latent_pipeline(build_tiny_unet2d(tmp_path / "again"))
     assert again.weights_sha256 == parts.weights_sha256
+
+
+def test_committed_model_configs_hold_no_machine_paths() -> None:
+    """diffusers writes `_name_or_path` into every saved config: a training machine's absolute path would ship."""
+    import json
+
+    from cdx.defaults import ASSETS
+
+    for config in sorted(Path(ASSETS).glob("*/*/config.json")):
+        name = json.loads(config.read_text("utf-8")).get("_name_or_path")
+        assert not (isinstance(name, str) and name.startswith("/")), f"{config}: _name_or_path {name!r}"
