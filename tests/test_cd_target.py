@@ -31,13 +31,18 @@ def _perturb(module: torch.nn.Module, scale: float, seed: int) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
 
 
-@pytest.fixture(scope="module")
-def distiller(tmp_path_factory: pytest.TempPathFactory) -> ConsistencyDistiller:
+def _tiny_distiller(work: Path, **options: object) -> ConsistencyDistiller:
+    """A distiller of the embedded teacher on 8 random images, batch 4, g in [2, 5], seed 3 (+ `options`)."""
     parts = load_latent_pipeline(default_teacher())
     gen = torch.Generator().manual_seed(0)
     data = ImageDataset(torch.rand(8, 1, 32, 32, generator=gen) * 2 - 1, torch.arange(8) % 10, list(FASHION_MNIST_CLASSES))
-    config = DistillConfig(steps=1, batch_size=4, guidance_range=(2.0, 5.0), sample_every=0, ema_decay=0.95, seed=3)
-    d = ConsistencyDistiller(parts, data, config, tmp_path_factory.mktemp("cd_target"))
+    config = DistillConfig(steps=1, batch_size=4, guidance_range=(2.0, 5.0), sample_every=0, seed=3, **options)
+    return ConsistencyDistiller(parts, data, config, work)
+
+
+@pytest.fixture(scope="module")
+def distiller(tmp_path_factory: pytest.TempPathFactory) -> ConsistencyDistiller:
+    d = _tiny_distiller(tmp_path_factory.mktemp("cd_target"), ema_decay=0.95)
     _perturb(d.target, 0.05, seed=1)
     _perturb(d.accelerator.unwrap_model(d.student), 0.05, seed=2)
     return d
@@ -120,12 +125,8 @@ def test_the_three_networks_differ_enough_to_tell_the_bugs_apart(distiller: Cons
 # ---- the ODE-pair regression term (--ode-regression-weight) ------------------------------------------------------
 @pytest.fixture(scope="module")
 def regressing(tmp_path_factory: pytest.TempPathFactory) -> ConsistencyDistiller:
-    parts = load_latent_pipeline(default_teacher())
-    gen = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.rand(8, 1, 32, 32, generator=gen) * 2 - 1, torch.arange(8) % 10, list(FASHION_MNIST_CLASSES))
-    config = DistillConfig(steps=1, batch_size=4, guidance_range=(2.0, 5.0), sample_every=0, seed=3,
-                           ode_regression_weight=0.5, ode_regression_steps=3, ode_regression_batch=3)
-    d = ConsistencyDistiller(parts, data, config, tmp_path_factory.mktemp("ode_regression"))
+    d = _tiny_distiller(tmp_path_factory.mktemp("ode_regression"), ode_regression_weight=0.5, ode_regression_steps=3,
+                        ode_regression_batch=3)
     _perturb(d.accelerator.unwrap_model(d.student), 0.05, seed=2)
     return d
 
