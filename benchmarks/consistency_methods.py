@@ -1,40 +1,60 @@
 """Benchmark: CD (online) | CD (cached rollouts) | CT | CT + variance reduction | ECT (| the t-2 bootstrap), one table.
 
 Every method starts from the embedded Fashion-MNIST teacher (cdx/assets/fashion_teacher) with the same seed, data,
-batch, learning rate and number of updates; each student (its EMA weights, what cdx saves) is then sampled at 1/2/4
-consistency steps on the same labels and seeds, and scored with cdx's classifier Fréchet distance and class accuracy
-against the Fashion-MNIST test split (Inception FID with --inception, slow on a CPU). Reported per method: training
-time, teacher UNet calls per update (counted with a forward hook, not assumed), and for the cached run the one-off
-write pass. Anchors: real train images (the floor at this n), the teacher's DDIM 50, and the untrained starting point
-(the teacher's weights under the same consistency sampler).
+batch, learning rate and number of updates. At each `--snapshots` update count (and at the end) the student — its EMA
+weights, what cdx saves — is written as a pipeline folder and scored by `cdx evaluate`'s own code
+(`benchmarks/distill_eval.py`: Inception FID/KID against the shipped reference, n samples at 1/2/4 consistency steps,
+the same labels and seeds as the README's quality table). Reported per method: training wall time and seconds per
+update, teacher UNet calls per update (counted with a forward hook, not assumed), and for the cached run the one-off
+write pass. With `--gap-every K` the self-consistency gap along fixed teacher DDIM trajectories (the seed's protocol,
+`benchmarks/consistency_eval.py`) is measured every K updates from update 0: its shape over t and its drift over
+training, per method.
 
-    nice -n 10 python -m cdx.benchmarks.consistency_methods --steps 200 --batch 32 --n 500 --out out/consistency_methods
+    python -m cdx.benchmarks.consistency_methods --anchors --out out/consistency_methods     # teacher 50 + start rows
+    python -m cdx.benchmarks.consistency_methods --methods ct,ct-vr --steps 10000 --snapshots 3000 --gap-every 1000
+    python -m cdx.benchmarks.consistency_methods --methods cd,cd-cached,ect --steps 3000 --gap-every 1000
+    python -m cdx.benchmarks.consistency_methods --render --out out/consistency_methods       # table + plots
 
-A short budget (hundreds of updates) says how each method moves away from its starting point and what a teacher call
-costs; it does not rank the methods at convergence.
+Each method writes `methods/<key>.json` under --out, so methods can run in separate processes side by side (one
+thread each) and `--render` joins whatever has finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cdx.atomic import atomic_write_text
-from cdx.benchmarks.quality import classifier_features, frechet_distance, load_classifier
+from cdx.errors import InputError
 
-METHODS: tuple[tuple[str, dict[str, Any], bool], ...] = (
-    ("CD (online)", {"method": "cd"}, False),
-    ("CD (cached rollouts)", {"method": "cd"}, True),
-    ("CT", {"method": "ct"}, False),
-    ("CT + variance reduction", {"method": "ct", "variance_reduction": True}, False),
-    ("ECT", {"method": "ect"}, False),
-    ("bootstrap (t-2)", {"method": "bootstrap"}, False),
-)
+
+@dataclass(frozen=True)
+class Method:
+    """One row group of the table: its DistillConfig options and whether CD streams a rollout cache."""
+
+    key: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+
+METHODS = {m.key: m for m in (
+    Method("cd", "CD (online)", {"method": "cd"}),
+    Method("cd-cached", "CD (cached rollouts)", {"method": "cd"}, cached=True),
+    Method("ct", "CT (improved CT schedule)", {"method": "ct"}),
+    Method("ct-vr", "CT + variance-reduced target", {"method": "ct", "variance_reduction": True}),
+    Method("ect", "ECT", {"method": "ect"}),
+    Method("bootstrap", "bootstrap (t − 2)", {"method": "bootstrap"}),
+)}
+DEFAULT_METHODS = "cd,cd-cached,ct,ct-vr,ect"
 SAMPLE_STEPS = (1, 2, 4)
 
 
@@ -49,158 +69,299 @@ class CallCounter:
         self.n += 1
 
 
-def train_one(label: str, options: dict[str, Any], cached: bool, args: argparse.Namespace, data, out: Path):
-    """Train one method; returns (distiller, timing row)."""
+def parse_methods(text: str) -> list[Method]:
+    """`ct,ct-vr` → those methods; an unknown key is one line listing the valid ones."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if unknown := [k for k in keys if k not in METHODS]:
+        raise InputError(f"unknown --methods {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    return [METHODS[k] for k in keys]
+
+
+def gap_roughness(rows: list[dict[str, Any]], key: str = "adjacent_mean") -> float:
+    """Mean |second difference| of a gap curve over the grid, relative to its mean: 0 for a straight line."""
+    values = np.array([r[key] for r in rows], dtype=np.float64)
+    if len(values) < 3 or not np.isfinite(values).all() or values.mean() == 0:
+        return math.nan
+    return float(np.abs(np.diff(values, 2)).mean() / values.mean())
+
+
+class GapProbe:
+    """The self-consistency gaps of a network along fixed teacher DDIM trajectories (computed once)."""
+
+    def __init__(self, teacher, cond, guidance: float, trajectories: int, grid_points: int, seed: int):
+        from cdx.benchmarks.consistency_eval import Schedule, distillation_grid, teacher_eps_fn, teacher_trajectories
+
+        self.teacher, self.cond, self.guidance = teacher, cond, guidance
+        schedule = Schedule.of(teacher.scheduler_config)
+        self.grid = distillation_grid(schedule.num_timesteps, grid_points)
+        classes = max(1, teacher.num_classes or len(teacher.class_names) or 1)
+        self.labels = torch.arange(trajectories) % classes
+        size = int(teacher.unet.config.sample_size)
+        noise = torch.randn((trajectories, teacher.latent_channels, size, size),
+                            generator=torch.Generator().manual_seed(seed))
+        self.path = teacher_trajectories(teacher_eps_fn(teacher.unet.eval(), cond, guidance), noise, self.labels,
+                                         schedule, self.grid)
+
+    def measure(self, unet: torch.nn.Module, parameterization: str) -> list[dict[str, Any]]:
+        from cdx.benchmarks.consistency_eval import self_consistency_gaps, student_consistency_fn
+
+        was_training = unet.training
+        f = student_consistency_fn(unet.eval(), self.teacher.scheduler_config, self.cond, self.guidance, parameterization)
+        rows = self_consistency_gaps(f, self.path, self.labels, self.grid)["rows"]
+        unet.train(was_training)
+        return rows
+
+
+def student_specs():
+    from cdx.benchmarks.distill_eval import parse_rows
+
+    return parse_rows(",".join(f"student{s}" for s in SAMPLE_STEPS))
+
+
+def quality_rows(student_dir: Path, out_dir: Path, args: argparse.Namespace, specs=None) -> list[dict[str, Any]]:
+    """`cdx evaluate`'s rows (no timing) for one saved student folder."""
+    from cdx.benchmarks.distill_eval import evaluate_distillation
     from cdx.defaults import default_teacher
+
+    result = evaluate_distillation(str(default_teacher()), str(student_dir), out_dir, n=args.n, guidance=args.guidance,
+                                   inception=args.inception, specs=specs or student_specs(), timing=False)
+    return [r for r in result["rows"] if r["model"] != "data"]
+
+
+def _machine() -> str:
+    from cdx.machine import describe_machine
+
+    return f"{describe_machine('cpu')}; {torch.get_num_threads()} torch thread(s)"
+
+
+def run_method(method: Method, args: argparse.Namespace, data, out: Path) -> dict[str, Any]:
+    """Train one method to --steps, snapshotting (save + evaluate) and probing the gap on the way; returns its record."""
+    from cdx.defaults import default_teacher
+    from cdx.distill.conditioning import TeacherConditioning
     from cdx.distill.distiller import ConsistencyDistiller, DistillConfig
     from cdx.distill.loading import load_latent_pipeline
     from cdx.distill.rollout_cache import attach_rollouts
 
+    options = dict(method.options)
+    if options["method"] == "cd":
+        options["num_solver_steps"] = args.num_solver_steps
     config = DistillConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, sample_every=0,
                            checkpoint_every=args.steps, seed=args.seed, **options)
-    slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-    work = out / "work" / slug
-    d = ConsistencyDistiller(load_latent_pipeline(default_teacher()), data, config, work)
+    teacher = load_latent_pipeline(default_teacher())
+    d = ConsistencyDistiller(teacher, data, config, out / "work" / method.key)
     calls = CallCounter(d.teacher)
-    row: dict[str, Any] = {"method": label, **options, "cached": cached, "steps": args.steps, "batch": args.batch}
-    if cached:
+    record: dict[str, Any] = {"key": method.key, "method": method.label, "options": options, "cached": method.cached,
+                              "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                              "train_images": len(data), "machine": _machine(), "snapshots": [], "gaps": []}
+    if method.cached:
         started = time.perf_counter()
-        info = attach_rollouts(d, out / "rollouts", show=False)
-        row.update(cache_write_s=round(time.perf_counter() - started, 1), cache_records=info["records"],
-                   cache_written_now=info["written"], cache_teacher_calls=info["teacher_calls"],
-                   cache_teacher_calls_this_run=calls.n)
+        info = attach_rollouts(d, out / "rollouts" / f"{args.steps}x{args.batch}-seed{args.seed}", show=False)
+        record["cache"] = {"write_s": round(time.perf_counter() - started, 1), "records": info["records"],
+                           "written_now": info["written"], "teacher_calls": info["teacher_calls"],
+                           "teacher_calls_counted": calls.n}
         calls.n = 0
-    started = time.perf_counter()
-    d.run(show=False)
-    row.update(train_s=round(time.perf_counter() - started, 1), teacher_calls_per_update=calls.n / args.steps,
-               final_loss=d.history[-1], loss_first10=sum(d.history[:10]) / 10, loss_last10=sum(d.history[-10:]) / 10)
+    probe = None
+    if args.gap_every:
+        probe = GapProbe(teacher, TeacherConditioning(teacher, teacher.class_names), args.guidance,
+                         args.gap_trajectories, args.gap_grid, args.seed + 2)
+        calls.n = 0
+        record["gap_grid"], record["gap_trajectories"] = probe.grid, args.gap_trajectories
+    stops = sorted({s for s in args.snapshots if 0 < s < args.steps} | {args.steps}
+                   | ({k for k in range(args.gap_every, args.steps, args.gap_every)} if args.gap_every else set()))
+    train_s = 0.0
+    if probe:
+        record["gaps"].append({"updates": 0, "rows": probe.measure(d.target, config.parameterization)})
+    for stop in stops:
+        started = time.perf_counter()
+        d.run(show=args.progress, stop_at=stop)
+        train_s += time.perf_counter() - started
+        if probe and stop % args.gap_every == 0:
+            record["gaps"].append({"updates": stop, "rows": probe.measure(d.target, config.parameterization)})
+        if stop in args.snapshots or stop == args.steps:
+            folder = out / "students" / f"{method.key}-{stop}"
+            d.save_student(folder, train_s, teacher.class_names)
+            snapshot = {"updates": stop, "train_s": round(train_s, 1), "s_per_update": round(train_s / stop, 4),
+                        "teacher_calls_per_update": calls.n / d.step, "loss_last100": float(np.mean(d.history[-100:])),
+                        "student": str(folder)}
+            if not args.no_eval:
+                snapshot["rows"] = quality_rows(folder, out / "eval" / f"{method.key}-{stop}", args)
+            record["snapshots"].append(snapshot)
+            save_record(out, record)
+            print(f"{method.label} @ {stop}: " + json.dumps({k: v for k, v in snapshot.items() if k != "rows"}),
+                  flush=True)
     calls.handle.remove()
-    return d, row
+    save_record(out, record)
+    return record
 
 
-@torch.no_grad()
-def sample_images(unet, parts, cond, n: int, steps: int, guidance: float, parameterization: str,
-                  teacher_ddim: bool = False, batch: int = 250) -> torch.Tensor:
-    from cdx.distill.sampling import consistency_sample, teacher_sample
-
-    images = []
-    for b, start in enumerate(range(0, n, batch)):
-        labels = torch.arange(start, min(n, start + batch)) % 10
-        if teacher_ddim:
-            images.append(teacher_sample(parts, cond, labels, steps=steps, guidance=guidance, seed=1000 + b))
-        else:
-            images.append(consistency_sample(unet, parts, cond, labels, steps=steps, guidance=guidance,
-                                             parameterization=parameterization, seed=1000 + b))
-    return torch.cat(images)
+def save_record(out: Path, record: dict[str, Any]) -> None:
+    (out / "methods").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "methods" / f"{record['key']}.json", json.dumps(record, indent=2) + "\n")
 
 
-def score(images: torch.Tensor, classifier, real_feats, labels, inception=None, real_inception=None) -> dict[str, float]:
-    feats, pred = classifier_features(classifier, images)
-    out = {"fd_classifier": frechet_distance(feats, real_feats), "accuracy": float((pred == labels).mean())}
-    if inception is not None:
-        out["fid_inception"] = frechet_distance(inception(images), real_inception)
-    return out
+def run_anchors(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The teacher's DDIM 50 and the untrained start (the teacher's weights under the consistency sampler)."""
+    from cdx.benchmarks.distill_eval import evaluate_distillation, parse_rows
+    from cdx.defaults import default_teacher
+
+    teacher = str(default_teacher())
+    result = evaluate_distillation(teacher, teacher, out / "eval" / "anchors", n=args.n, guidance=args.guidance,
+                                   inception=args.inception, specs=parse_rows("teacher50," + ",".join(
+                                       f"student{s}" for s in SAMPLE_STEPS)), timing=False)
+    record = {"key": "anchors", "rows": result["rows"], "machine": _machine(), "n": args.n, "guidance": args.guidance}
+    save_record(out, record)
+    return record
 
 
-def render(result: dict[str, Any]) -> str:
-    """The markdown table: one row per method × sampling steps."""
-    fid = any("fid_inception" in r for r in result["rows"])
-    head = "| method | sampling steps | classifier FD ↓ | accuracy | " + ("Inception FID ↓ | " if fid else "") + \
-           "train s | teacher calls / update | notes |"
-    lines = [f"n = {result['n']} samples per row (labels cycling 0–9, guidance {result['guidance']}), "
-             f"{result['steps']} updates × batch {result['batch']} per method, seed {result['seed']}, "
-             f"{result['train_images']} training images; machine: {result['machine']}.", "", head,
-             "|" + "---|" * (head.count("|") - 1)]
-    for r in result["rows"]:
-        cells = [r["name"], str(r.get("sampling_steps", "")), f"{r['fd_classifier']:.1f}", f"{r['accuracy']:.3f}"]
-        if fid:
-            cells.append(f"{r['fid_inception']:.1f}" if "fid_inception" in r else "")
-        cells += [str(r.get("train_s", "")), str(r.get("teacher_calls_per_update", "")), r.get("notes", "")]
-        lines.append("| " + " | ".join(cells) + " |")
+# ---- rendering ------------------------------------------------------------------------------------------------------
+def _fid(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "—"
+    if "fid_inception" in row:
+        k = row.get("kid_inception")
+        return f"{row['fid_inception']:.1f}" + (f" ({k['mean'] * 1e3:.1f})" if k else "")
+    return f"FD {row['fd_classifier']:.2f}"
+
+
+def _by_steps(rows: list[dict[str, Any]], model: str = "student") -> dict[int, dict[str, Any]]:
+    return {r["steps"]: r for r in rows if r["model"] == model}
+
+
+def render(records: list[dict[str, Any]], anchors: dict[str, Any] | None) -> str:
+    """The methods table (one row per method × snapshot) and, where gaps were probed, the gap drift table."""
+    lines = []
+    if records:
+        r0 = records[0]
+        lines += [f"Batch {r0['batch']}, lr {r0['lr']}, seed {r0['seed']}, {r0['train_images']} training images, from "
+                  "the embedded teacher's weights; cells: Inception FID (KID ×10³) at n samples per row, the README "
+                  f"quality table's protocol; machine: {r0['machine']}.", ""]
+    lines += ["| method | updates | 1 step | 2 steps | 4 steps | train s (s / update) | teacher calls / update |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    if anchors:
+        rows = anchors["rows"]
+        full = next((r for r in rows if r["model"] == "teacher"), None)
+        start = _by_steps(rows)
+        lines.append(f"| teacher DDIM 50 (CFG, 100 UNet calls) | — | {_fid(full)} | | | — | — |")
+        lines.append(f"| start: teacher weights, consistency sampler | 0 | {_fid(start.get(1))} | {_fid(start.get(2))} | "
+                     f"{_fid(start.get(4))} | — | — |")
+    for rec in records:
+        for snap in rec["snapshots"]:
+            steps = _by_steps(snap.get("rows", []))
+            calls = snap["teacher_calls_per_update"]
+            note = f"{calls:g}"
+            if rec.get("cache"):
+                c = rec["cache"]
+                note += f" (+ {c['teacher_calls']:,} once, writing the cache: {c['write_s']} s)"
+            lines.append(f"| {rec['method']} | {snap['updates']:,} | {_fid(steps.get(1))} | {_fid(steps.get(2))} | "
+                         f"{_fid(steps.get(4))} | {snap['train_s']:,.0f} ({snap['s_per_update']:.3f}) | {note} |")
+    gapped = [r for r in records if r.get("gaps")]
+    if gapped:
+        lines += ["", f"Self-consistency gap along {gapped[0].get('gap_trajectories', 16)} fixed teacher DDIM trajectories "
+                  "(CFG at w, latent L2; grid "
+                  f"{', '.join(str(t) for t in gapped[0]['gap_grid'])}): mean adjacent-point gap over the grid, the "
+                  "gap from t = 999 to the trajectory's end, and the roughness of the adjacent gap over t (mean |second "
+                  "difference| / mean; 0 = a straight line).", "",
+                  "| method | updates | mean adjacent gap | gap t = 999 → end | roughness over t |", "|---|---:|---:|---:|---:|"]
+        for rec in gapped:
+            for g in rec["gaps"]:
+                adjacent = np.mean([r["adjacent_mean"] for r in g["rows"]])
+                lines.append(f"| {rec['method']} | {g['updates']:,} | {adjacent:.3f} | {g['rows'][0]['boundary_mean']:.3f} | "
+                             f"{gap_roughness(g['rows']):.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def plot_gaps(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Left: the final adjacent gap vs t per method; right: the mean adjacent and t = 999 gaps vs updates."""
+    from cdx.benchmarks.consistency_eval import _pyplot, _save_figure
+
+    gapped = [r for r in records if r.get("gaps")]
+    if not gapped:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for rec in gapped:
+        last = rec["gaps"][-1]
+        t = [r["t"] for r in last["rows"]]
+        line, = left.plot(t, [r["adjacent_mean"] for r in last["rows"]], marker=".",
+                          label=f"{rec['method']} @ {last['updates']:,}")
+        updates = [g["updates"] for g in rec["gaps"]]
+        right.plot(updates, [np.mean([r["adjacent_mean"] for r in g["rows"]]) for g in rec["gaps"]], marker=".",
+                   color=line.get_color(), label=f"{rec['method']}: mean adjacent gap")
+        right.plot(updates, [g["rows"][0]["boundary_mean"] for g in rec["gaps"]], marker="x", linestyle="--",
+                   color=line.get_color(), label=f"{rec['method']}: gap t = 999 → end")
+    left.set_xlabel("timestep t_n (teacher DDIM trajectory)")
+    left.set_ylabel("‖f(x_tn, t_n) − f(x_tn−1, t_n−1)‖ (latent L2)")
+    left.set_title("adjacent-point gap vs t, last probe")
+    right.set_xlabel("updates")
+    right.set_ylabel("latent L2")
+    right.set_title("gap drift over training")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path = _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def load_records(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    folder = out / "methods"
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    anchors = found.pop("anchors", None)
+    order = list(METHODS)
+    return sorted(found.values(), key=lambda r: order.index(r["key"]) if r["key"] in order else len(order)), anchors
+
+
+def write_report(out: Path) -> str:
+    records, anchors = load_records(out)
+    text = render(records, anchors)
+    atomic_write_text(out / "consistency_methods.md", text)
+    plot_gaps(records, out / "gap_drift.png")
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated keys of {', '.join(METHODS)}")
+    parser.add_argument("--steps", type=int, default=3000, help="updates per method")
+    parser.add_argument("--snapshots", default="", help="extra update counts to save and evaluate at (the end always is)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--n", type=int, default=500, help="samples per table row")
+    parser.add_argument("--num-solver-steps", type=int, default=5, help="CD's grid N (the committed student's)")
+    parser.add_argument("--n", type=int, default=1000, help="samples per table row")
     parser.add_argument("--limit", type=int, default=10000, help="training images (Fashion-MNIST train)")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="", help="comma-separated labels (default: the first five; the bootstrap "
-                        "variant runs when named)")
-    parser.add_argument("--inception", action="store_true", help="also Inception FID (≈ 0.2 s/image on 2 cores)")
+    parser.add_argument("--gap-every", type=int, default=0, help="probe the self-consistency gap every K updates")
+    parser.add_argument("--gap-trajectories", type=int, default=16)
+    parser.add_argument("--gap-grid", type=int, default=10, help="grid points of the probe's teacher trajectories")
+    parser.add_argument("--no-inception", dest="inception", action="store_false",
+                        help="classifier FD only (fast; not the field's metric)")
+    parser.add_argument("--no-eval", action="store_true", help="train and save only")
+    parser.add_argument("--anchors", action="store_true", help="evaluate the teacher's DDIM 50 and the untrained start")
+    parser.add_argument("--render", action="store_true", help="only join the saved records into the table and plot")
+    parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     parser.add_argument("--out", type=Path, default=Path("out/consistency_methods"))
     args = parser.parse_args(argv)
-
-    import platform
-
-    from cdx.defaults import default_teacher
-    from cdx.distill.conditioning import TeacherConditioning
-    from cdx.distill.data import load_dataset, load_fashion_mnist
-    from cdx.distill.loading import load_latent_pipeline
-
+    try:
+        args.snapshots = {int(s) for s in args.snapshots.split(",") if s.strip()}
+    except ValueError:
+        raise InputError(f"--snapshots {args.snapshots!r}: comma-separated update counts") from None
+    methods = parse_methods(args.methods)
+    if args.steps < 1 or args.gap_every < 0:
+        raise InputError("--steps must be ≥ 1 and --gap-every ≥ 0")
     args.out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(limit=args.limit)
-    test = load_fashion_mnist(split="test")
-    classifier = load_classifier()
-    labels = (torch.arange(args.n) % 10).numpy()
-    real_feats, _ = classifier_features(classifier, (test.images[: args.n] + 1) / 2)
-    inception = real_inception = None
-    if args.inception:
-        from cdx.benchmarks.quality import InceptionFeatures
+    if not args.render:
+        if args.anchors:
+            run_anchors(args, args.out)
+        else:
+            from cdx.distill.data import load_dataset
 
-        inception = InceptionFeatures()
-        real_inception = inception((test.images[: args.n] + 1) / 2)
-    teacher = load_latent_pipeline(default_teacher())
-    cond = TeacherConditioning(teacher, teacher.class_names)
-    rows: list[dict[str, Any]] = []
-    train = load_fashion_mnist(split="train", limit=args.n)
-    rows.append({"name": "real train images (floor at this n)", **score((train.images + 1) / 2, classifier, real_feats,
-                                                                         train.labels.numpy())})
-    rows.append({"name": "teacher DDIM 50", "sampling_steps": 50, **score(
-        sample_images(None, teacher, cond, args.n, 50, args.guidance, "lcm", teacher_ddim=True), classifier, real_feats,
-        labels, inception, real_inception), "teacher_calls_per_update": "", "notes": "CFG: 2 UNet calls per step"})
-    for steps in SAMPLE_STEPS:
-        rows.append({"name": "start (teacher weights, no training)", "sampling_steps": steps, **score(
-            sample_images(teacher.unet, teacher, cond, args.n, steps, args.guidance, "lcm"), classifier, real_feats,
-            labels, inception, real_inception), "notes": "the point every method starts from"})
-    print(render({"rows": rows, "n": args.n, "guidance": args.guidance, "steps": args.steps, "batch": args.batch,
-                  "seed": args.seed, "train_images": len(data), "machine": "?"}), flush=True)
-    wanted = {m.strip() for m in args.methods.split(",") if m.strip()} or {label for label, _, _ in METHODS[:5]}
-    timings = []
-    for label, options, cached in METHODS:
-        if wanted and label not in wanted:
-            continue
-        try:
-            d, timing = train_one(label, options, cached, args, data, args.out)
-        except Exception as exc:  # one method failing must not lose the others' rows
-            rows.append({"name": label, "fd_classifier": float("nan"), "accuracy": float("nan"),
-                         "notes": f"FAILED: {type(exc).__name__}: {exc}"[:200]})
-            print(f"{label}: FAILED {exc!r}", flush=True)
-            continue
-        timings.append(timing)
-        note = (f"cache written once: {timing['cache_write_s']} s, {timing['cache_teacher_calls']} teacher calls"
-                if cached else "")
-        for steps in SAMPLE_STEPS:
-            images = sample_images(d.target, d.parts, d.cond, args.n, steps, args.guidance, d.config.parameterization)
-            rows.append({"name": label, "sampling_steps": steps, **score(images, classifier, real_feats, labels, inception,
-                                                                         real_inception),
-                         "train_s": timing["train_s"], "teacher_calls_per_update": timing["teacher_calls_per_update"],
-                         "notes": note})
-        print(json.dumps(timing), flush=True)
-        print(render({"rows": rows, "n": args.n, "guidance": args.guidance, "steps": args.steps, "batch": args.batch,
-                      "seed": args.seed, "train_images": len(data), "machine": "?"}), flush=True)
-    result = {"rows": rows, "timings": timings, "n": args.n, "guidance": args.guidance, "steps": args.steps,
-              "batch": args.batch, "lr": args.lr, "seed": args.seed, "train_images": len(data),
-              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, shared (nice 10)",
-              "feature_space": "cdx Fashion-MNIST classifier (128-d)" + (" + Inception-v3" if args.inception else "")}
-    atomic_write_text(args.out / "consistency_methods.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "consistency_methods.md", render(result))
-    print(render(result))
-    return result
+            data = load_dataset(limit=args.limit)
+            for method in methods:
+                run_method(method, args, data, args.out)
+    text = write_report(args.out)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
