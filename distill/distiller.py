@@ -47,6 +47,9 @@ from cdx.distill.solvers import skipping_timesteps, solver_step
 from cdx.distill.sources import DataSource, as_source
 from cdx.errors import CdxError, InputError
 
+ROLLOUTS_WITH_REGRESSION = ("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
+                            "fresh noise every update; drop one of them")
+
 
 @dataclass
 class DistillConfig:
@@ -574,8 +577,7 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
 
     config.validate()
     if rollout_cache is not None and config.ode_regression_weight:
-        raise InputError("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
-                         "fresh noise every update; drop one of them")
+        raise InputError(ROLLOUTS_WITH_REGRESSION)
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)
     if parts.conditioning == "none":

@@ -232,6 +232,10 @@ def attach_rollouts(distiller: Any, folder: str | Path, show: bool = False) -> d
     """Write/resume/extend the cache for this run's micro-batches, then make the distiller stream it (no teacher)."""
     if getattr(distiller, "method", None) is not None:
         raise InputError("--rollout-cache stores the teacher's solver steps: it applies to --method cd only")
+    if getattr(distiller.config, "ode_regression_weight", 0):
+        from cdx.distill.distiller import ROLLOUTS_WITH_REGRESSION
+
+        raise InputError(ROLLOUTS_WITH_REGRESSION)
     micro_steps = distiller.config.steps * distiller.config.gradient_accumulation
     info = write_rollouts(distiller, folder, micro_steps, show=show)
     distiller.rollouts = RolloutStream(folder, distiller, micro_steps)

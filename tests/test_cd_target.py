@@ -203,3 +203,14 @@ def test_ode_regression_with_a_rollout_cache_is_refused_before_the_teacher_loads
         distill_student(tmp_path / "no-such-teacher", tmp_path / "out", DistillConfig(ode_regression_weight=1.0),
                         rollout_cache=tmp_path / "cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
+def test_attaching_rollouts_through_the_python_api_refuses_a_regression_term(tmp_path: Path) -> None:
+    """The cache replaces the teacher's batches: the regression term would be skipped silently, so it is refused."""
+    from cdx.distill.rollout_cache import attach_rollouts
+    from cdx.errors import InputError
+
+    d = _tiny_distiller(tmp_path / "work", ode_regression_weight=1.0)
+    with pytest.raises(InputError, match=r"^--rollout-cache with --ode-regression-weight: "):
+        attach_rollouts(d, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and d.rollouts is None
