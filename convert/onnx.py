@@ -105,16 +105,79 @@ STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")  # STACK.md: quantizing more breaks
 
 def to_fp16(source: Path, path: Path) -> dict[str, Any]:
     """fp16 weights and compute with float32 inputs/outputs (onnxruntime's converter; onnxconverter-common's
-    keep_io_types emits a Cast type mismatch at time_proj on these graphs)."""
+    keep_io_types emits a Cast type mismatch at time_proj on these graphs).
+
+    The converter rewrites the graph (types, Casts, blocked ops); a source whose weights are external data is loaded
+    without them and its tensors are converted one at a time into the new file's external data (`stream_fp16_weights`),
+    so the fp32 model is never resident."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(source)))  # fp32 tensors are replaced one by one: peak ≈ the fp32 model once
-    model.convert_float_to_float16(keep_io_types=True)
-    save_onnx(model.model, path)
+    proto = onnx.load(str(source), load_external_data=False)
+    external = {t.name: t.data_type for t in proto.graph.initializer if uses_external_data(t)}
+    model = OnnxModel(proto if external else onnx.load(str(source)))
+    del proto
+    with _value_info_from_dims():  # ONNX's own shape inference: it reads no weights (symbolic inference does)
+        model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True)
+    record = {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
+              "io": "float32"}
+    if external:
+        stream_fp16_weights(model.model, source.parent, path, external)
+        record["weights"] = "converted tensor by tensor from the fp32 external data"
+    else:
+        save_onnx(model.model, path)
     del model
-    return {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
-            "io": "float32"}
+    return record
+
+
+@contextlib.contextmanager
+def _value_info_from_dims():
+    """The converter takes each converted initializer's shape from `numpy_helper.to_array(tensor).shape`, which reads
+    (and attaches) an external tensor's data; the same value info from the tensor's dims reads nothing."""
+    from onnx import helper
+    from onnxruntime.transformers import onnx_model
+
+    scope = onnx_model.convert_float_to_float16.__globals__  # the `float16` module OnnxModel imported (a sys.path name)
+    original = scope["make_value_info_from_tensor"]
+    scope["make_value_info_from_tensor"] = lambda t: helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+    try:
+        yield
+    finally:
+        scope["make_value_info_from_tensor"] = original
+
+
+def stream_fp16_weights(proto: Any, source_dir: Path, path: Path, source_types: dict[str, int]) -> None:
+    """Write `proto` (converted graph, weights still pointing at the fp32 external data) to `path` with its weights in
+    `<name>.data`: each tensor read from the source file, cast to fp16 where the converter made it fp16 (its own
+    clamping, `convert_np_to_float16`), written, and dropped before the next."""
+    import onnx
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    data_name = f"{path.name}.data"
+    offset = 0
+    with open(path.parent / data_name, "wb") as sink:
+        for tensor in proto.graph.initializer:
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            raw = np.memmap(source_dir / info.location, dtype=np.uint8, mode="r", offset=info.offset or 0,
+                            shape=(info.length,)) if info.length else np.zeros(0, np.uint8)
+            if source_types[tensor.name] == TensorProto.FLOAT and tensor.data_type == TensorProto.FLOAT16:
+                data = convert_np_to_float16(np.asarray(raw).view(np.float32)).tobytes()
+            else:
+                data = raw.tobytes()
+            del raw
+            sink.write(data)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = TensorProto.EXTERNAL
+            offset += len(data)
+    onnx.save_model(proto, str(path))
 
 
 def quantize_int8_dynamic(source: Path, path: Path, feeds: list[dict[str, np.ndarray]] | None = None,

@@ -95,3 +95,62 @@ def test_int8_keeps_the_few_sensitive_nodes_float_to_pass_the_gate(embedded_onnx
     proto = onnx.load(str(embedded_onnx / model["file"]))
     names = {n.name for n in proto.graph.node}
     assert set(search["kept_float"]) <= names, "the nodes kept float are still plain float ops in the graph"
+
+
+def _external_fp32_model(folder: Path) -> Path:
+    """Conv → GroupNorm-free Add → MatMul with weights as external data (what a large export writes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    gen = np.random.default_rng(0)
+    w = numpy_helper.from_array(gen.standard_normal((8, 4, 3, 3)).astype(np.float32), "conv.weight")
+    b = numpy_helper.from_array(gen.standard_normal(8).astype(np.float32) * 1e-9, "conv.bias")  # below fp16's range
+    m = numpy_helper.from_array(gen.standard_normal((6, 5)).astype(np.float32) * 7e4, "proj.weight")  # above it
+    shape = numpy_helper.from_array(np.array([1, 8, 6, 6], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"]),
+         helper.make_node("Reshape", ["c", "shape"], ["r"]),
+         helper.make_node("MatMul", ["r", "proj.weight"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 5])], [w, b, m, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = folder / "fp32.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="fp32.onnx.data", size_threshold=100)  # the int64 shape stays inline, as in exports
+    return path
+
+
+def test_fp16_of_external_data_streams_tensors_and_equals_the_in_memory_conversion(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large model's fp16 file is made tensor by tensor from the fp32 external data (the fp32 weights never loaded
+    whole) and holds exactly what onnxruntime's in-memory converter makes, its fp16 clamping included."""
+    from onnx import numpy_helper
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from cdx.convert.onnx import external_data_files, to_fp16
+
+    source = _external_fp32_model(tmp_path)
+    reference = OnnxModel(onnx.load(str(source)))
+    reference.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True)
+    expected = {t.name: numpy_helper.to_array(t) for t in reference.model.graph.initializer}
+
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda f, *a, load_external_data=True, **k: pytest.fail("fp32 weights loaded")
+                        if load_external_data else real_load(f, *a, load_external_data=False, **k))
+    out = tmp_path / "fp16" / "generator_fp16.onnx"
+    out.parent.mkdir()
+    record = to_fp16(source, out)
+    monkeypatch.setattr(onnx, "load", real_load)
+
+    assert record["weights"].startswith("converted tensor by tensor")
+    assert external_data_files(out) == ["generator_fp16.onnx.data"]
+    got = {t.name: numpy_helper.to_array(t, base_dir=str(out.parent)) for t in onnx.load(str(out)).graph.initializer}
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and np.array_equal(got[name], value), name
+    assert got["conv.weight"].dtype == np.float16 and np.abs(got["proj.weight"]).max() == 65504.0
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    ours = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    theirs = ort.InferenceSession(reference.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(ours, theirs)
