@@ -138,9 +138,9 @@ def to_fp16(source: Path, path: Path) -> dict[str, Any]:
     from onnx.external_data_helper import uses_external_data
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    proto = onnx.load(str(source), load_external_data=False)
+    proto = onnx.load(str(source), load_external_data=False)  # inline weights load here; external ones stay on disk
     external = {t.name: t.data_type for t in proto.graph.initializer if uses_external_data(t)}
-    model = OnnxModel(proto if external else onnx.load(str(source)))
+    model = OnnxModel(proto)
     del proto
     with _value_info_from_dims():  # ONNX's own shape inference: it reads no weights (symbolic inference does)
         model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True)
