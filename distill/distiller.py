@@ -47,9 +47,6 @@ from cdx.distill.solvers import skipping_timesteps, solver_step
 from cdx.distill.sources import DataSource, as_source
 from cdx.errors import CdxError, InputError
 
-ROLLOUTS_WITH_REGRESSION = ("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
-                            "fresh noise every update; drop one of them")
-
 
 @dataclass
 class DistillConfig:
@@ -577,6 +574,8 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
 
     config.validate()
     if rollout_cache is not None and config.ode_regression_weight:
+        from cdx.distill.rollout_cache import ROLLOUTS_WITH_REGRESSION
+
         raise InputError(ROLLOUTS_WITH_REGRESSION)
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)

@@ -27,6 +27,9 @@ from safetensors.torch import save as save_bytes
 from cdx.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from cdx.errors import CdxError, InputError
 
+ROLLOUTS_WITH_REGRESSION = ("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
+                            "fresh noise every update; drop one of them")
+
 FORMAT = "cdx-rollouts/1"
 INDEX = "index.json"
 RNG_KEY = "__rng_after__"
@@ -233,8 +236,6 @@ def attach_rollouts(distiller: Any, folder: str | Path, show: bool = False) -> d
     if getattr(distiller, "method", None) is not None:
         raise InputError("--rollout-cache stores the teacher's solver steps: it applies to --method cd only")
     if getattr(distiller.config, "ode_regression_weight", 0):
-        from cdx.distill.distiller import ROLLOUTS_WITH_REGRESSION
-
         raise InputError(ROLLOUTS_WITH_REGRESSION)
     micro_steps = distiller.config.steps * distiller.config.gradient_accumulation
     info = write_rollouts(distiller, folder, micro_steps, show=show)
