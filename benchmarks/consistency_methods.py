@@ -128,6 +128,27 @@ def quality_rows(student_dir: Path, out_dir: Path, args: argparse.Namespace, spe
     return [r for r in result["rows"] if r["model"] != "data"]
 
 
+def validation_mse(student_dir: Path, guidance: float, n_images: int = 200, per_image: int = 32,
+                   seed: int = 0) -> dict[str, Any]:
+    """Held-out reconstruction error: mean ‖f(z_t, t) − z₀‖² / d over the first test images × random t (seeded)."""
+    from cdx.benchmarks.consistency_eval import Schedule, encode_images, reconstruction_errors, student_consistency_fn
+    from cdx.distill.conditioning import TeacherConditioning
+    from cdx.distill.data import load_fashion_mnist
+    from cdx.distill.loading import load_latent_pipeline, read_cdx_info
+
+    student = load_latent_pipeline(student_dir)
+    parameterization = read_cdx_info(Path(student_dir)).get("parameterization", "lcm")
+    data = load_fashion_mnist(None, split="test", limit=n_images)
+    cond = TeacherConditioning(student, student.class_names or ["an image"])
+    f = student_consistency_fn(student.unet.eval(), student.scheduler_config, cond, guidance, parameterization)
+    with torch.no_grad():
+        z0 = encode_images(student, data.images)
+        errors = reconstruction_errors(f, z0, data.labels, Schedule.of(student.scheduler_config), per_image, seed)
+    mse = errors["latent_l2"] ** 2 / float(errors["latent_dim"])
+    return {"mse": float(mse.mean()), "sem": float(mse.std(ddof=1) / math.sqrt(len(mse))), "images": len(data.images),
+            "timesteps_per_image": per_image, "seed": seed}
+
+
 def _machine() -> str:
     from cdx.machine import describe_machine
 
@@ -185,6 +206,8 @@ def run_method(method: Method, args: argparse.Namespace, data, out: Path) -> dic
                         "student": str(folder)}
             if not args.no_eval:
                 snapshot["rows"] = quality_rows(folder, out / "eval" / f"{method.key}-{stop}", args)
+                snapshot["validation"] = validation_mse(folder, args.guidance, args.validation_images,
+                                                        args.validation_timesteps)
             record["snapshots"].append(snapshot)
             save_record(out, record)
             print(f"{method.label} @ {stop}: " + json.dumps({k: v for k, v in snapshot.items() if k != "rows"}),
@@ -192,6 +215,27 @@ def run_method(method: Method, args: argparse.Namespace, data, out: Path) -> dic
     calls.handle.remove()
     save_record(out, record)
     return record
+
+
+def fill_validation(out: Path, args: argparse.Namespace) -> int:
+    """Add the validation MSE to every saved snapshot (and the start anchor) that lacks it; returns how many."""
+    from cdx.defaults import default_teacher
+
+    records, anchors = load_records(out)
+    filled = 0
+    for record in records:
+        for snap in record["snapshots"]:
+            if "validation" not in snap and Path(snap["student"]).is_dir():
+                snap["validation"] = validation_mse(Path(snap["student"]), args.guidance, args.validation_images,
+                                                    args.validation_timesteps)
+                filled += 1
+        save_record(out, record)
+    if anchors is not None and "validation" not in anchors:
+        anchors["validation"] = validation_mse(default_teacher(), args.guidance, args.validation_images,
+                                               args.validation_timesteps)
+        save_record(out, anchors)
+        filled += 1
+    return filled
 
 
 def save_record(out: Path, record: dict[str, Any]) -> None:
@@ -208,7 +252,9 @@ def run_anchors(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     result = evaluate_distillation(teacher, teacher, out / "eval" / "anchors", n=args.n, guidance=args.guidance,
                                    inception=args.inception, specs=parse_rows("teacher50," + ",".join(
                                        f"student{s}" for s in SAMPLE_STEPS)), timing=False)
-    record = {"key": "anchors", "rows": result["rows"], "machine": _machine(), "n": args.n, "guidance": args.guidance}
+    record = {"key": "anchors", "rows": result["rows"], "machine": _machine(), "n": args.n, "guidance": args.guidance,
+              "validation": validation_mse(Path(teacher), args.guidance, args.validation_images,
+                                           args.validation_timesteps)}
     save_record(out, record)
     return record
 
@@ -223,6 +269,17 @@ def _fid(row: dict[str, Any] | None) -> str:
     return f"FD {row['fd_classifier']:.2f}"
 
 
+def _validation_draws(records: list[dict[str, Any]]) -> str:
+    v = next((s["validation"] for r in records for s in r["snapshots"] if s.get("validation")), None)
+    if v is None:
+        return "the held-out test images (not measured yet: --validate)"
+    return f"the first {v['images']} Fashion-MNIST test images × {v['timesteps_per_image']} seeded random t"
+
+
+def _mse(validation: dict[str, Any] | None) -> str:
+    return "—" if not validation else f"{validation['mse']:.4f} ± {validation['sem']:.4f}"
+
+
 def _by_steps(rows: list[dict[str, Any]], model: str = "student") -> dict[int, dict[str, Any]]:
     return {r["steps"]: r for r in rows if r["model"] == model}
 
@@ -234,16 +291,19 @@ def render(records: list[dict[str, Any]], anchors: dict[str, Any] | None) -> str
         r0 = records[0]
         lines += [f"Batch {r0['batch']}, lr {r0['lr']}, seed {r0['seed']}, {r0['train_images']} training images, from "
                   "the embedded teacher's weights; cells: Inception FID (KID ×10³) at n samples per row, the README "
-                  f"quality table's protocol; machine: {r0['machine']}.", ""]
-    lines += ["| method | updates | 1 step | 2 steps | 4 steps | train s (s / update) | teacher calls / update |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"quality table's protocol; validation MSE: held-out reconstruction error ‖f(z_t, t) − z₀‖² / d "
+                  f"(latent, mean ± s.e.) over {_validation_draws(records)}, the same draws for every row; "
+                  f"machine: {r0['machine']}.", ""]
+    lines += ["| method | updates | 1 step | 2 steps | 4 steps | validation MSE | train s (s / update) "
+              "| teacher calls / update |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     if anchors:
         rows = anchors["rows"]
         full = next((r for r in rows if r["model"] == "teacher"), None)
         start = _by_steps(rows)
-        lines.append(f"| teacher DDIM 50 (CFG, 100 UNet calls) | — | {_fid(full)} | | | — | — |")
+        lines.append(f"| teacher DDIM 50 (CFG, 100 UNet calls) | — | {_fid(full)} | | | | — | — |")
         lines.append(f"| start: teacher weights, consistency sampler | 0 | {_fid(start.get(1))} | {_fid(start.get(2))} | "
-                     f"{_fid(start.get(4))} | — | — |")
+                     f"{_fid(start.get(4))} | {_mse(anchors.get('validation'))} | — | — |")
     for rec in records:
         for snap in rec["snapshots"]:
             steps = _by_steps(snap.get("rows", []))
@@ -253,7 +313,8 @@ def render(records: list[dict[str, Any]], anchors: dict[str, Any] | None) -> str
                 c = rec["cache"]
                 note += f" (+ {c['teacher_calls']:,} once, writing the cache: {c['write_s']} s)"
             lines.append(f"| {rec['method']} | {snap['updates']:,} | {_fid(steps.get(1))} | {_fid(steps.get(2))} | "
-                         f"{_fid(steps.get(4))} | {snap['train_s']:,.0f} ({snap['s_per_update']:.3f}) | {note} |")
+                         f"{_fid(steps.get(4))} | {_mse(snap.get('validation'))} | {snap['train_s']:,.0f} "
+                         f"({snap['s_per_update']:.3f}) | {note} |")
     gapped = [r for r in records if r.get("gaps")]
     if gapped:
         lines += ["", f"Self-consistency gap along {gapped[0].get('gap_trajectories', 16)} fixed teacher DDIM trajectories "
@@ -338,6 +399,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="classifier FD only (fast; not the field's metric)")
     parser.add_argument("--no-eval", action="store_true", help="train and save only")
     parser.add_argument("--anchors", action="store_true", help="evaluate the teacher's DDIM 50 and the untrained start")
+    parser.add_argument("--validation-images", type=int, default=200, help="held-out test images of the validation MSE")
+    parser.add_argument("--validation-timesteps", type=int, default=32, help="random t per held-out image")
+    parser.add_argument("--validate", action="store_true",
+                        help="add the held-out validation MSE to saved snapshots that lack it, then render")
     parser.add_argument("--render", action="store_true", help="only join the saved records into the table and plot")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     parser.add_argument("--out", type=Path, default=Path("out/consistency_methods"))
@@ -350,7 +415,9 @@ def main(argv: list[str] | None = None) -> str:
     if args.steps < 1 or args.gap_every < 0:
         raise InputError("--steps must be ≥ 1 and --gap-every ≥ 0")
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.render:
+    if args.validate:
+        print(f"validation MSE added to {fill_validation(args.out, args)} snapshot(s)")
+    elif not args.render:
         if args.anchors:
             run_anchors(args, args.out)
         else:

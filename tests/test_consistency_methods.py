@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("methods")
     cm.main(["--methods", "cd,cd-cached,ct-vr", "--steps", "2", "--snapshots", "1", "--batch", "4", "--limit", "64",
              "--gap-every", "1", "--gap-trajectories", "2", "--gap-grid", "3", "--n", "10", "--no-inception",
-             "--out", str(out)])
+             "--validation-images", "8", "--validation-timesteps", "4", "--out", str(out)])
     return out, {p.stem: json.loads(p.read_text()) for p in (out / "methods").glob("*.json")}
 
 
@@ -66,3 +68,24 @@ def test_render_joins_the_saved_records(tiny_run):
     assert text.index("CD (online)") < text.index("CD (cached rollouts)") < text.index("CT + variance-reduced target")
     assert "writing the cache" in text and "roughness over t" in text
     assert (out / "gap_drift.png").stat().st_size > 0
+
+
+def test_validation_mse_is_on_the_same_held_out_draws_for_every_snapshot(tiny_run):
+    _, records = tiny_run
+    snaps = records["cd"]["snapshots"]
+    assert all(s["validation"]["images"] == 8 and s["validation"]["timesteps_per_image"] == 4 for s in snaps)
+    again = cm.validation_mse(Path(snaps[-1]["student"]), 3.0, 8, 4)
+    assert again["mse"] == pytest.approx(snaps[-1]["validation"]["mse"], rel=1e-6)  # seeded draws, not fresh noise
+    assert snaps[0]["validation"]["mse"] != snaps[-1]["validation"]["mse"]  # a different network scores differently
+
+
+def test_validate_fills_a_snapshot_that_lacks_it_and_the_table_shows_it(tiny_run):
+    out, records = tiny_run
+    record = copy.deepcopy(records["ct-vr"])
+    expected = record["snapshots"][0].pop("validation")
+    (out / "methods" / "ct-vr.json").write_text(json.dumps(record))
+    cm.main(["--validate", "--validation-images", "8", "--validation-timesteps", "4", "--out", str(out)])
+    filled = json.loads((out / "methods" / "ct-vr.json").read_text())["snapshots"][0]["validation"]
+    assert filled["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+    text = (out / "consistency_methods.md").read_text()
+    assert f"{filled['mse']:.4f} ± " in text and "8 Fashion-MNIST test images × 4 seeded random t" in text
