@@ -103,6 +103,11 @@ def strip_debug_metadata(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
+def external_data_name(path: Path) -> str:
+    """The file beside `path` that holds its weights when they are external: `<name>.data`."""
+    return f"{path.name}.data"
+
+
 def save_onnx(proto: Any, path: Path) -> None:
     """Save a ModelProto, its weights beside it (`<name>.data`) when large (see EXTERNAL_DATA_BYTES)."""
     import onnx
@@ -110,7 +115,7 @@ def save_onnx(proto: Any, path: Path) -> None:
     weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
     if needs_external_data(weight_bytes):
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{path.name}.data", size_threshold=1024)
+                        location=external_data_name(path), size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
 
@@ -180,7 +185,7 @@ def stream_fp16_weights(proto: Any, source_dir: Path, path: Path, source_types: 
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     from onnxruntime.transformers.float16 import convert_np_to_float16
 
-    data_name = f"{path.name}.data"
+    data_name = external_data_name(path)
     offset = 0
     with open(path.parent / data_name, "wb") as sink:
         for tensor in proto.graph.initializer:
