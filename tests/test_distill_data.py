@@ -320,3 +320,15 @@ def test_cli_distills_from_shards_with_a_latent_cache_and_strict_fails_in_one_li
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(errors) == 1 and "shard-000.tar:bad: unreadable image (not an image format" in errors[0], proc.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_grid_prompts_prefer_the_text_teachers_recorded_prompts_over_the_first_captions() -> None:
+    from types import SimpleNamespace
+
+    source = SimpleNamespace(class_names=["animal", "flag"], example_prompts=lambda: ["first caption", "second"])
+    recorded = SimpleNamespace(conditioning="text_embedding", class_names=["balloon", "niger flag"])
+    bare = SimpleNamespace(conditioning="text_embedding", class_names=[])
+    classes = SimpleNamespace(conditioning="class_label", class_names=["T-shirt", "Bag"])
+    assert ConsistencyDistiller._grid_prompts(recorded, source) == ["balloon", "niger flag"]
+    assert ConsistencyDistiller._grid_prompts(bare, source) == ["first caption", "second"]
+    assert ConsistencyDistiller._grid_prompts(classes, source) == ["animal", "flag"]
