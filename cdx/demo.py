@@ -64,6 +64,9 @@ def _redistill(workdir: Path, student: str, distill_steps: int | None) -> str:
     recipe = read_cdx_info(Path(student)).get("distill", {})
     config = DistillConfig(**{k: v for k, v in recipe.items() if k in DistillConfig.__dataclass_fields__})
     config.guidance_range = tuple(config.guidance_range)  # type: ignore[assignment]
+    # the committed student's last stage started from earlier students (`init_from` in its cdx.json) that are not
+    # shipped: re-distilling runs that stage's recipe from the teacher
+    config.init_student = None
     if distill_steps:
         config.steps = distill_steps
     student_dir = workdir / "student"
