@@ -105,7 +105,7 @@ class SubPixelUpsample2D(nn.Module):
     """diffusers' Upsample2D (nearest 2x, then conv3x3) as four 2x2 convs on the input grid + a pixel shuffle.
 
     Same numbers (each phase kernel sums the 3x3 taps that read the same input pixel), 16 instead of 36 multiply-adds
-    per input pixel and channel pair, no upsampled tensor, and only ops XNNPACK delegates (pad, slice, conv, cat,
+    per input pixel and channel pair, no upsampled tensor, and only ops XNNPACK delegates (conv, slice, cat,
     reshape, permute). Measured on the SD-small generator (ETDump): the previous rewrite, nearest 2x as a depthwise
     transposed conv, ran in XNNPACK's grouped deconvolution at one channel per group and took 36% of the whole run.
     """
@@ -121,8 +121,10 @@ class SubPixelUpsample2D(nn.Module):
         n, _, h, w = hidden_states.shape
         if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
             return self._original[0](hidden_states, output_size, *args, **kwargs)
-        padded = F.pad(hidden_states, (1, 1, 1, 1))
-        phases = [F.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], self.phases[2 * a + b], self.bias)
+        # phase (a, b) reads input rows a-1 … a+h-1 (and columns alike): the (h+1)×(w+1) output of its 2x2 conv with
+        # padding 1, from row a / column b. No separate pad op: XNNPACK's int8 StaticConstantPad refused the
+        # emoji student's (`xnn_status_invalid_parameter` at load), while conv padding is part of the conv.
+        phases = [F.conv2d(hidden_states, self.phases[2 * a + b], self.bias, padding=1)[:, :, a : a + h, b : b + w]
                   for a in (0, 1) for b in (0, 1)]
         out = torch.cat(phases, dim=1)  # (n, [a, b, c], h, w)
         c = out.shape[1] // 4

@@ -166,3 +166,17 @@ def test_subpixel_upsample_matches_at_odd_sizes_and_falls_back_for_other_output_
         assert (rewritten[0](x) - upsample(x)).abs().max().item() <= 1e-5
         assert (rewritten[0](x, output_size=(9, 13)) - upsample(x, output_size=(9, 13))).abs().max().item() <= 1e-5
     assert len(list(rewritten[0].parameters())) == 5, "four phase kernels and the bias, not the original conv too"
+
+
+def test_subpixel_upsample_exports_without_a_pad_op() -> None:
+    """XNNPACK's int8 StaticConstantPad refused the emoji student's upsample pad at load; the conv's own padding
+    replaces it."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    rewritten, _ = apply_passes(nn.ModuleList([Upsample2D(8, use_conv=True, out_channels=8).eval()]),
+                                ["delegate_friendly_upsample"])
+    program = torch.export.export(rewritten[0], (torch.randn(1, 8, 6, 6),), strict=False)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert not [t for t in targets if "pad" in t], targets
+    assert sum("convolution" in t or "conv2d" in t for t in targets) == 4
