@@ -308,3 +308,32 @@ def test_bench_splits_unet_step_and_decoder_under_a_time_budget(onnx_export: Pat
     assert "## Runtime memory" in markdown and f"{MIN_SEEDS} of 5 seeds" in markdown
     with pytest.raises(ManifestError, match="decoder_share"):
         validate_report({**loaded, "components": [{**split, "decoder_share": 1.5}]})
+
+
+def test_report_roles_cover_every_manifest_role() -> None:
+    """A bench of a text student's bundle reports its text encoder: `cdx demo --model emoji` stopped at the report's
+    schema check when the report's role enum lagged the manifest's."""
+    import json
+    from importlib.resources import files
+
+    from cdx.benchmarks.report import report_schema
+
+    def roles(schema: dict) -> set[str]:
+        found: set[str] = set()
+
+        def walk(node: object) -> None:
+            if isinstance(node, dict):
+                role = node.get("role")
+                if isinstance(role, dict) and "enum" in role:
+                    found.update(role["enum"])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(schema)
+        return found
+
+    manifest = json.loads(files("cdx").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
+    assert roles(manifest) and roles(manifest) <= roles(report_schema())
