@@ -156,7 +156,7 @@ class DecoderDistiller:
         from cdx.distill.conditioning import TeacherConditioning
         from cdx.distill.distiller import WEIGHT_DTYPES, cpu_ranks, teacher_resolution
         from cdx.distill.generator import build_generator
-        from cdx.distill.sources import as_source
+        from cdx.distill.sources import as_source, example_prompts
 
         config.validate()
         self.config, self.work_dir, self.parts = config, Path(work_dir), parts
@@ -177,8 +177,7 @@ class DecoderDistiller:
         parts.vae.eval().requires_grad_(False).to(self.device, weight_dtype)
         if parts.text_encoder is not None:
             parts.text_encoder.eval().requires_grad_(False).to(self.device, weight_dtype)
-        prompts = source.example_prompts() if parts.conditioning == "text_embedding" else self.class_names
-        self.cond = TeacherConditioning(parts, prompts or ["an image"])
+        self.cond = TeacherConditioning(parts, example_prompts(parts, source) or ["an image"])
         self.generator, _ = build_generator(parts, 1, latent_hw=self.latent_hw)
         self.tiny = build_tiny_autoencoder(parts, config.width, config.depth).train()
         step_module = TinyAutoencoderStep(self.tiny)

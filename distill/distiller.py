@@ -44,7 +44,7 @@ from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.sampling import ddim_schedule, guided_output
 from cdx.distill.solvers import skipping_timesteps, solver_step
-from cdx.distill.sources import DataSource, as_source
+from cdx.distill.sources import DataSource, as_source, example_prompts
 from cdx.errors import CdxError, InputError
 
 
@@ -210,7 +210,7 @@ class ConsistencyDistiller:
         self.export_parts, self.parts = parts, self._frozen_on_device(parts)
         self.batches = self._open_data(data, data_options or DataOptions())
         source = self.batches.source  # grid rows: example captions for text teachers, else the class names
-        self.grid_prompts = self._grid_prompts(parts, source)
+        self.grid_prompts = example_prompts(parts, source)
         self.cond = TeacherConditioning(self.parts, self.grid_prompts or ["an image"])
         self.teacher = self.parts.unet
         student.to(self.device)
@@ -504,15 +504,6 @@ class ConsistencyDistiller:
                     self.save()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
                     self.sample_grid(self.work_dir / "samples" / f"step-{self.step:07d}.png")
-
-    @staticmethod
-    def _grid_prompts(parts: LatentPipelineParts, source) -> list[str]:
-        """Sample-grid rows, kept as the student's example prompts (convert's default prompt set): a text teacher's
-        own recorded prompts (cdx.json `class_names`, e.g. the emoji teacher's held-out prompts, one per category)
-        when it has them, else the first distinct captions of the data; class teachers: the class names."""
-        if parts.conditioning != "text_embedding":
-            return list(source.class_names)
-        return list(parts.class_names) or source.example_prompts()
 
     # ---- outputs ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -432,6 +432,16 @@ def _hf_source(dataset: Any, what: str, size: int, channels: int, limit: int | N
                     f"{identity}|limit={limit}")
 
 
+def example_prompts(parts: Any, source: DataSource) -> list[str]:
+    """The conditions a model's sample grids and decoder training use, kept as the student's example prompts
+    (convert's default prompt set): a text teacher's own recorded prompts (cdx.json `class_names`, e.g. the emoji
+    teacher's held-out prompts, one per category) when it has them, else the first distinct captions of the data;
+    class-conditional teachers: the data's class names."""
+    if parts.conditioning != "text_embedding":
+        return list(source.class_names)
+    return list(parts.class_names) or source.example_prompts()
+
+
 def as_source(data: Any, size: int, channels: int) -> DataSource:
     """A source from what callers hand the distiller: a source, or an `ImageDataset` (tests, the Python API)."""
     from cdx.distill.data import ImageDataset

@@ -25,7 +25,7 @@ from cdx.distill.distiller import ConsistencyDistiller, DistillConfig, distill_s
 from cdx.distill.image_io import UnreadableImage, decode_image
 from cdx.distill.latent_cache import build_latent_cache, encode_latents, expected_index
 from cdx.distill.loading import load_latent_pipeline
-from cdx.distill.sources import ShardSource, open_source
+from cdx.distill.sources import ShardSource, example_prompts, open_source
 from cdx.errors import InputError
 
 COLORS = {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (40, 50, 210), "yellow": (235, 215, 40),
@@ -322,13 +322,13 @@ def test_cli_distills_from_shards_with_a_latent_cache_and_strict_fails_in_one_li
     assert not (tmp_path / "never").exists()
 
 
-def test_grid_prompts_prefer_the_text_teachers_recorded_prompts_over_the_first_captions() -> None:
+def test_example_prompts_prefer_the_text_teachers_recorded_prompts_over_the_first_captions() -> None:
     from types import SimpleNamespace
 
     source = SimpleNamespace(class_names=["animal", "flag"], example_prompts=lambda: ["first caption", "second"])
     recorded = SimpleNamespace(conditioning="text_embedding", class_names=["balloon", "niger flag"])
     bare = SimpleNamespace(conditioning="text_embedding", class_names=[])
     classes = SimpleNamespace(conditioning="class_label", class_names=["T-shirt", "Bag"])
-    assert ConsistencyDistiller._grid_prompts(recorded, source) == ["balloon", "niger flag"]
-    assert ConsistencyDistiller._grid_prompts(bare, source) == ["first caption", "second"]
-    assert ConsistencyDistiller._grid_prompts(classes, source) == ["animal", "flag"]
+    assert example_prompts(recorded, source) == ["balloon", "niger flag"]
+    assert example_prompts(bare, source) == ["first caption", "second"]
+    assert example_prompts(classes, source) == ["animal", "flag"]
