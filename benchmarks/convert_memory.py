@@ -3,8 +3,9 @@
     python -m cdx.benchmarks.convert_memory --model DIR [--targets onnx,executorch,coreml] [--out out/convert_memory]
 
 Each target's conversion runs in its own fresh process (`--worker`), so one target's leftovers never count against
-the next. This process samples the worker's whole process tree (the worker plus anything it starts, e.g. a parity
-subprocess) with psutil every 50 ms from outside, so long C++ calls that hold the GIL cannot hide a peak; the worker
+the next. This process samples the worker's whole process tree (the worker plus anything it starts, e.g. the forked
+ExecuTorch lowering process) with psutil every 50 ms from outside, as summed PSS (the RSS sum, also kept, counts
+the pages a forked child shares with its parent twice), so long C++ calls that hold the GIL cannot hide a peak; the worker
 marks each stage (its progress lines) with a timestamp, so every stage gets its own peak. The kernel's exact
 per-process high-water mark (VmHWM, ru_maxrss of the children) is reported next to the sampled tree peak.
 
@@ -98,28 +99,33 @@ def run_worker(spec_path: Path) -> None:
 
 
 # ---- the parent: sample the worker's process tree ---------------------------------------------------------------
-def _tree_rss_bytes(process: Any) -> int:
+def _tree_memory_bytes(process: Any) -> tuple[int, int]:
+    """(RSS, PSS) summed over the process tree. PSS splits each shared page between the processes that map it, so
+    its sum is what the tree costs in RAM even when a child was forked and shares the parent's weights (the RSS sum
+    counts those twice)."""
     import psutil
 
-    total = 0
+    rss = pss = 0
     try:
         procs = [process, *process.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
+            info = proc.memory_full_info()
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+    return rss, pss
 
 
-def _stage_peaks(samples: list[tuple[float, int]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Peak tree RSS between consecutive stage marks (stage = the progress line that started it)."""
+def _stage_peaks(samples: list[tuple[float, int, int]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Peak tree PSS (and RSS) between consecutive stage marks (stage = the progress line that started it)."""
     stages = []
     for i, event in enumerate(events):
         end = events[i + 1]["t"] if i + 1 < len(events) else float("inf")
-        inside = [rss for t, rss in samples if event["t"] <= t < end]
+        inside = [(rss, pss) for t, rss, pss in samples if event["t"] <= t < end]
         stages.append({"stage": event["stage"], "seconds": round(min(end, samples[-1][0] if samples else end) - event["t"], 1),
-                       "peak_mb": round(max(inside, default=0) / 2**20, 1)})
+                       "peak_mb": round(max((p for _, p in inside), default=0) / 2**20, 1),
+                       "peak_rss_mb": round(max((r for r, _ in inside), default=0) / 2**20, 1)})
     return stages
 
 
@@ -138,9 +144,9 @@ def measure_target(model: str, target: str, quants: tuple[str, ...], out: Path, 
         child = subprocess.Popen([sys.executable, "-m", "cdx.benchmarks.convert_memory", "--worker", str(spec_path)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         proc = psutil.Process(child.pid)
-        samples: list[tuple[float, int]] = []
+        samples: list[tuple[float, int, int]] = []
         while child.poll() is None:
-            samples.append((time.time(), _tree_rss_bytes(proc)))
+            samples.append((time.time(), *_tree_memory_bytes(proc)))
             time.sleep(SAMPLE_SECONDS)
         stderr = child.stderr.read() if child.stderr else ""
         children_hwm = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
@@ -149,8 +155,10 @@ def measure_target(model: str, target: str, quants: tuple[str, ...], out: Path, 
             return {"target": target, "quants": list(quants), "error": f"exit {child.returncode}: {tail[-400:]}"}
         events = [json.loads(line) for line in Path(spec["events"]).read_text().splitlines()]
         result = json.loads(Path(spec["result"]).read_text())
-    peak = max((rss for _, rss in samples), default=0)
-    return {"target": target, "quants": list(quants), "peak_tree_rss_mb": round(peak / 2**20, 1),
+    peak = max((pss for _, _, pss in samples), default=0)
+    peak_rss = max((rss for _, rss, _ in samples), default=0)
+    return {"target": target, "quants": list(quants), "peak_tree_mb": round(peak / 2**20, 1),
+            "peak_tree_rss_mb": round(peak_rss / 2**20, 1),
             "worker_vm_hwm_mb": round(result["vm_hwm_mb"], 1), "children_max_rss_mb": round(children_hwm, 1),
             "baseline_rss_mb": round(result["baseline_rss_mb"], 1), "seconds": round(result["seconds"], 1),
             "stages": _stage_peaks(samples, events)}
@@ -168,15 +176,16 @@ def markdown(report: dict[str, Any]) -> str:
     """The README table: one row per target, peak / fp32 weight bytes."""
     weights = report["fp32_weight_bytes"]
     lines = [f"Model: {report['model']} (fp32 weights {weights / 1e9:.3f} GB); {report['machine']}.", "",
-             "| target | --quant | peak RSS GB (process tree) | × fp32 weights | baseline after imports GB | seconds | "
-             "≤ 2.5× |", "|---|---|---:|---:|---:|---:|---|"]
+             "| target | --quant | peak GB (process tree, PSS) | × fp32 weights | RSS sum GB | baseline after imports GB | "
+             "seconds | ≤ 2.5× |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in report["rows"]:
         if "error" in row:
-            lines.append(f"| {row['target']} | {', '.join(row['quants'])} | failed: {row['error']} | | | | |")
+            lines.append(f"| {row['target']} | {', '.join(row['quants'])} | failed: {row['error']} | | | | | |")
             continue
-        ratio = row["peak_tree_rss_mb"] * 2**20 / weights
-        lines.append(f"| {row['target']} | {', '.join(row['quants'])} | {row['peak_tree_rss_mb'] / 1024:.2f} | "
-                     f"{ratio:.2f}× | {row['baseline_rss_mb'] / 1024:.2f} | {row['seconds']:.0f} | "
+        ratio = row["peak_tree_mb"] * 2**20 / weights
+        lines.append(f"| {row['target']} | {', '.join(row['quants'])} | {row['peak_tree_mb'] / 1024:.2f} | "
+                     f"{ratio:.2f}× | {row['peak_tree_rss_mb'] / 1024:.2f} | {row['baseline_rss_mb'] / 1024:.2f} | "
+                     f"{row['seconds']:.0f} | "
                      f"{'yes' if ratio <= TARGET_RATIO else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in row:
             print(f"  {row['error']}", flush=True)
             continue
-        print(f"  peak {row['peak_tree_rss_mb'] / 1024:.2f} GB = {row['peak_tree_rss_mb'] * 2**20 / weights:.2f}× fp32 weights "
+        print(f"  peak {row['peak_tree_mb'] / 1024:.2f} GB (PSS) = {row['peak_tree_mb'] * 2**20 / weights:.2f}× fp32 weights "
               f"({row['seconds']:.0f} s)", flush=True)
         for stage in row["stages"]:
             print(f"    {stage['peak_mb']:9.1f} MB  {stage['seconds']:6.1f} s  {stage['stage']}", flush=True)

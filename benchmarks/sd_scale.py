@@ -89,7 +89,7 @@ def _convert_with_decoder(pipeline: Path, out: Path, target: str, quants: tuple[
 def _conversion_line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"failed: {row['error']}"
-    peak = row.get("peak_tree_rss_mb") or row.get("worker_vm_hwm_mb") or 0.0
+    peak = row.get("peak_tree_mb") or row.get("peak_tree_rss_mb") or row.get("worker_vm_hwm_mb") or 0.0
     return f"peak {peak / 1024:.2f} GB, {row['seconds']:.0f} s"
 
 
@@ -238,7 +238,7 @@ def render_markdown(tables: list[dict[str, Any]], machine: str) -> str:
                          f"{_f(r['rss_over_size'], 2, '×')} | {tiers} |")
         lines += ["", "| conversion | mode | --quant | peak RSS GB | × fp32 weights | seconds |", "|---|---|---|---:|---:|---:|"]
         for c in t["conversions"]:
-            peak = c.get("peak_tree_rss_mb") or c.get("worker_vm_hwm_mb")
+            peak = c.get("peak_tree_mb") or c.get("peak_tree_rss_mb") or c.get("worker_vm_hwm_mb")
             ratio = peak * 2**20 / t["fp32_weight_bytes"] if peak else None
             name = c["target"] + (" --decoder (tiny)" if c.get("decoder") else "")
             cells = f"failed: {c['error'][:120]} | | " if "error" in c else f"{_f(peak / 1024, 2)} | {_f(ratio, 2, '×')} | "

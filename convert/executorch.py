@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
+import os
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -218,37 +221,112 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['portable_ops']} portable ({names})")
 
 
+# fp32 weight bytes from which the lowering runs in a child process (Linux): its native leftovers (XNNPACK's
+# serialized weight copies, heap fragments) leave with the child instead of staying beside the parity gates
+ISOLATE_FROM_BYTES = 256 * 2**20
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    """fp32 bytes of a module's parameters and buffers (each tensor once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * 4 for t in tensors.values())
+
+
+def _isolate_by_default(generator: nn.Module) -> bool:
+    return sys.platform.startswith("linux") and _weight_bytes(generator) >= ISOLATE_FROM_BYTES
+
+
+def _lower_to_file(generator: ExportableGraph, path: Path, quant: str, names: tuple[str, ...],
+                   calibration: list[tuple[torch.Tensor, ...]] | None) -> dict[str, Any]:
+    """Passes → (int8) → torch.export → lowering → the .pte streamed to `path`; returns what the record needs."""
+    _, delegate = QUANTS[quant]
+    args = tuple(generator.example_inputs().values())
+    module, counts = apply_passes(generator, names)
+    quantization = None
+    if quant == "int8":
+        samples = calibration or [args]
+        module, search = int8_with_mixed_precision(module, args, samples, generator.output_specs()[0].range)
+        quantization = {"method": "PT2E static", "quantizer": "XNNPACKQuantizer",
+                        "config": "get_symmetric_quantization_config(is_per_channel=True)",
+                        "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor, calibrated",
+                        "calibration_samples": len(samples),
+                        "calibration": "seeded generator inputs (noise + conditioning)", "mixed_precision": search}
+    edge = lower(export_program(module, args), delegate)
+    summary = delegation_summary(edge)
+    with path.open("wb") as handle:  # streamed: `.buffer` would join the whole program in memory once more
+        edge.to_executorch().write_to_file(handle)
+    return {"passes": counts, "delegation": summary, "quantization": quantization}
+
+
+def _lower_in_child(work: Any, path: Path) -> dict[str, Any]:
+    """Run `work()` (which writes `path`) in a forked child and return its JSON-able result. The child shares the
+    parent's weights copy-on-write (read only, so never copied); whatever lowering leaves in native memory is given
+    back to the OS when the child exits. A failure comes back as one line; a partial file is removed."""
+    result_path = path.with_name(f".{path.name}.result.json")
+    log_path = path.with_name(f".{path.name}.log")
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the parent's code
+        code = 1
+        try:
+            with log_path.open("w") as log:  # fresh streams: a lock held by a parent thread at fork stays held
+                sys.stdout = sys.stderr = log
+                # GNU OpenMP cannot use the parent's thread pool after fork (the first parallel GEMM would wait on
+                # threads that no longer exist); one thread never enters it
+                torch.set_num_threads(1)
+                try:
+                    outcome = {"ok": work()}
+                    code = 0
+                except BaseException as exc:
+                    outcome = {"error": explain(exc, "executorch")}
+                result_path.write_text(json.dumps(outcome))
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        outcome = json.loads(result_path.read_text()) if result_path.exists() else None
+    finally:
+        for leftover in (result_path, log_path):
+            leftover.unlink(missing_ok=True)
+    if outcome is None or "ok" not in outcome:
+        path.unlink(missing_ok=True)
+        if outcome is not None:
+            raise ConversionError(outcome["error"])
+        signal_number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        cause = (f"killed by signal {signal_number}" + (" (out of memory?)" if signal_number == 9 else "")
+                 if signal_number else f"exit status {os.WEXITSTATUS(status)}")
+        raise ConversionError(f"executorch: the lowering process for {path.name} ended without a result: {cause}")
+    return outcome["ok"]
+
+
 def export_executorch(generator: ExportableGraph, path: Path, quant: str = "none", passes: Iterable[str] | None = None,
                       calibration: list[tuple[torch.Tensor, ...]] | None = None,
-                      say: Any = None) -> Artifact:
-    """Write `path` (.pte) for `generator`; returns the artifact with its export record (passes, delegation, sizes)."""
+                      say: Any = None, isolate: bool | None = None) -> Artifact:
+    """Write `path` (.pte) for `generator`; returns the artifact with its export record (passes, delegation, sizes).
+
+    `isolate` lowers in a forked child process (default: on Linux for weights ≥ ISOLATE_FROM_BYTES): measured on
+    SD-1.5, lowering leaves ~2.4× the fp32 weights resident that no Python object holds any more."""
     from importlib.metadata import version
 
     precision, delegate = QUANTS[quant]
     names = resolve_passes(passes)
     if quant == "int8" and passes is None:  # defaults only: an explicit --passes list is taken as given
         names = tuple(n for n in names if n not in _NOT_FOR_INT8)
-    args = tuple(generator.example_inputs().values())
-    sink = io.StringIO()
-    try:
+    isolate = _isolate_by_default(generator) if isolate is None else isolate
+
+    def work() -> dict[str, Any]:
+        sink = io.StringIO()
         with contextlib.redirect_stdout(sink):
-            module, counts = apply_passes(generator, names)
-            quantization = None
-            if quant == "int8":
-                samples = calibration or [args]
-                module, search = int8_with_mixed_precision(module, args, samples, generator.output_specs()[0].range)
-                quantization = {"method": "PT2E static", "quantizer": "XNNPACKQuantizer",
-                                "config": "get_symmetric_quantization_config(is_per_channel=True)",
-                                "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor, calibrated",
-                                "calibration_samples": len(samples),
-                                "calibration": "seeded generator inputs (noise + conditioning)", "mixed_precision": search}
-            edge = lower(export_program(module, args), delegate)
-            summary = delegation_summary(edge)
-            with path.open("wb") as handle:  # streamed: `.buffer` would join the whole program in memory once more
-                edge.to_executorch().write_to_file(handle)
-            del edge, module
-    except Exception as exc:  # converters raise anything; the user gets one line
-        raise ConversionError(explain(exc, "executorch")) from None
+            return _lower_to_file(generator, path, quant, names, calibration)
+
+    if isolate:
+        done = _lower_in_child(work, path)
+    else:
+        try:
+            done = work()
+        except Exception as exc:  # converters raise anything; the user gets one line
+            raise ConversionError(explain(exc, "executorch")) from None
+    counts, summary, quantization = done["passes"], done["delegation"], done["quantization"]
     if say:
         say(format_summary(summary))
     record = {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cdx.convert.export import ConvertOptions, convert
 from cdx.convert.golden import read_golden, unstack
@@ -92,3 +93,66 @@ def test_coreml_delegated_pte_is_written_and_honestly_not_run_here(micro: Path, 
     assert (out / model["file"]).stat().st_size > 10_000
     with pytest.raises(UnsupportedError, match="runs only on Apple devices"):
         load_runner(out, model["name"])
+
+
+@pytest.fixture(scope="module")
+def micro_generator(micro: Path):
+    from cdx.distill.generator import build_generator
+    from cdx.distill.loading import load_latent_pipeline
+
+    generator, _ = build_generator(load_latent_pipeline(micro), 1)
+    return generator
+
+
+def test_lowering_in_a_child_process_writes_the_same_program(micro_generator, tmp_path: Path) -> None:
+    """Large models lower in a forked child (its native leftovers leave with it); the .pte and record are the same."""
+    from cdx.convert.executorch import export_executorch
+
+    here = export_executorch(micro_generator, tmp_path / "here.pte", isolate=False)
+    child = export_executorch(micro_generator, tmp_path / "child.pte", isolate=True)
+    assert (tmp_path / "child.pte").read_bytes() == (tmp_path / "here.pte").read_bytes()
+    assert child.export["delegation"] == here.export["delegation"] and child.export["passes"] == here.export["passes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.pte", "here.pte"]  # no result/log files left
+
+
+def test_a_failure_inside_the_lowering_child_is_one_line_and_leaves_no_file(micro_generator, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import cdx.convert.executorch as et
+    from cdx.errors import ConversionError
+
+    def broken_lower(*_args, **_kwargs):
+        raise RuntimeError("XNNPACK refused node conv_17")
+
+    monkeypatch.setattr(et, "lower", broken_lower)
+    with pytest.raises(ConversionError, match="XNNPACK refused node conv_17") as caught:
+        et.export_executorch(micro_generator, tmp_path / "g.pte", isolate=True)
+    assert "\n" not in str(caught.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_lowering_child_killed_by_a_signal_is_named(micro_generator, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's OOM killer ends the child with SIGKILL: the parent says so instead of hanging or crashing."""
+    import os
+    import signal
+
+    import cdx.convert.executorch as et
+    from cdx.errors import ConversionError
+
+    def killed_lower(*_args, **_kwargs):
+        (tmp_path / "g.pte").write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(et, "lower", killed_lower)
+    with pytest.raises(ConversionError, match=r"g\.pte ended without a result: killed by signal 9 \(out of memory\?\)"):
+        et.export_executorch(micro_generator, tmp_path / "g.pte", isolate=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_large_models_lower_in_a_child_by_default(micro_generator) -> None:
+    import sys
+
+    from cdx.convert.executorch import ISOLATE_FROM_BYTES, _isolate_by_default, _weight_bytes
+
+    assert _weight_bytes(micro_generator) < ISOLATE_FROM_BYTES and not _isolate_by_default(micro_generator)
+    big = torch.nn.Linear(8192, 8192)  # 256 MiB of fp32 weights
+    assert _isolate_by_default(big) == sys.platform.startswith("linux")
