@@ -319,6 +319,8 @@ def export_executorch(generator: ExportableGraph, path: Path, quant: str = "none
         with contextlib.redirect_stdout(sink):
             return _lower_to_file(generator, path, quant, names, calibration)
 
+    if say:
+        say(f"lowering {path.stem} for {delegate}" + (" in a child process" if isolate else ""))
     if isolate:
         done = _lower_in_child(work, path)
     else:
