@@ -181,6 +181,13 @@ def distill(
                                                        "regression term); 0 = off.")] = 0.0,
     ode_regression_steps: Annotated[int, typer.Option(help="Teacher DDIM steps of that solution.")] = 4,
     ode_regression_batch: Annotated[int, typer.Option(help="Noises per update for the regression term.")] = 16,
+    adversarial_weight: Annotated[float, typer.Option(help="CD: add this weight × −critic(f(z, T)) on those noises, a "
+                                                    "class-projection patch critic on clean latents trained here "
+                                                    "with the hinge loss (real latents vs one-step outputs; DMD2, "
+                                                    "LADD); 0 = off.")] = 0.0,
+    adversarial_start: Annotated[int, typer.Option(help="Step the adversarial term starts at (its critic trains from "
+                                                   "step 0).")] = 0,
+    critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -201,7 +208,8 @@ def distill(
                            seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank,
                            init_student=str(init_student) if init_student else None,
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
-                           ode_regression_batch=ode_regression_batch)
+                           ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
+                           adversarial_start=adversarial_start, critic_lr=critic_lr)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

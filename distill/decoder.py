@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 from torch import nn
 
+from cdx.distill.critic import AdversarialCritic, PatchDiscriminator
 from cdx.distill.loading import LatentPipelineParts
 from cdx.errors import CdxError, InputError
 
@@ -102,21 +103,6 @@ def build_tiny_autoencoder(parts: LatentPipelineParts, width: int, depth: int) -
     )
 
 
-class PatchDiscriminator(nn.Module):
-    """A small fully convolutional critic (one score per patch) for the optional adversarial term."""
-
-    def __init__(self, channels: int, width: int = 32):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.GroupNorm(8, 2 * width), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 1, 3, 1, 1),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-
 def pixel_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     diff = prediction.float() - target.float()
     l1, l2 = diff.abs().mean(), diff.pow(2).mean()
@@ -183,13 +169,9 @@ class DecoderDistiller:
         step_module = TinyAutoencoderStep(self.tiny)
         self.optimizer = torch.optim.Adam(self.tiny.parameters(), lr=config.lr)
         self.adversarial = config.adversarial_weight > 0
-        if self.adversarial:
-            self.critic = PatchDiscriminator(int(parts.vae.config.out_channels))
-            critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr, betas=(0.5, 0.9))
-            self.step_module, self.optimizer, self.critic_step, self.critic_optimizer = acc.prepare(
-                step_module, self.optimizer, self.critic, critic_optimizer)
-        else:
-            self.step_module, self.optimizer = acc.prepare(step_module, self.optimizer)
+        self.step_module, self.optimizer = acc.prepare(step_module, self.optimizer)
+        if self.adversarial:  # prepared after the autoencoder: the checkpoint's model_1 / optimizer_1
+            self.critic = AdversarialCritic(acc, PatchDiscriminator(int(parts.vae.config.out_channels)), config.lr)
         self.tiny = acc.unwrap_model(self.step_module).tiny  # the same parameters, on the device
         self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)
         self.step = 0
@@ -264,25 +246,16 @@ class DecoderDistiller:
                 enc = F.mse_loss(encoded, b["latents"][: len(encoded)])
                 loss = loss + cfg.encoder_weight * enc
                 stats["encoder"] = float(enc.detach())
-            if use_adv:  # the plain critic module, frozen: its gradients reach the decoder only
-                self.critic.requires_grad_(False)
-                adv = -self.critic(prediction).float().mean()
-                self.critic.requires_grad_(True)
+            if use_adv:
+                adv = self.critic.generator_loss(prediction)
                 loss = loss + cfg.adversarial_weight * adv
                 stats["adversarial"] = float(adv.detach())
         acc.backward(loss)
         acc.clip_grad_norm_(self.tiny.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if use_adv:  # hinge critic step: the teacher decoder's images are real, the tiny decoder's fake
-            with acc.autocast():
-                scores = self.critic_step(torch.cat([b["target"], prediction.detach()])).float()
-                real, fake = scores[: len(prediction)], scores[len(prediction):]
-                critic_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            acc.backward(critic_loss)
-            self.critic_optimizer.step()
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            stats["critic"] = float(critic_loss.detach())
+        if use_adv:  # the teacher decoder's images are real, the tiny decoder's fake
+            stats["critic"] = self.critic.update(b["target"], prediction)
         stats["loss"] = float(loss.detach())
         return stats
 

@@ -81,6 +81,13 @@ class DistillConfig:
     ode_regression_weight: float = 0.0
     ode_regression_steps: int = 4
     ode_regression_batch: int = 16
+    # > 0: add weight × −critic(f(z, T)) on the same fresh noises, a class/text-projection patch critic on clean latents
+    # trained alongside with the hinge loss, the batch's real latents against the one-step outputs (DMD2, LADD): a
+    # term against the data itself, where the teacher-matching terms can at best tie the teacher
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0  # step the generator term starts at; the critic trains from step 0, so it is no longer
+    # random (its first gradients would be noise, and would fill Adam's second moments) when the term arrives
+    critic_lr: float = 2e-4  # the critic's Adam learning rate (constant; betas 0.5, 0.9)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +129,12 @@ class DistillConfig:
             (not (self.ode_regression_weight and self.method != "cd"),
              f"--ode-regression-weight with --method {self.method}: the regression target is the teacher's ODE "
              "solution, and teacher-free methods make no teacher calls; use --method cd"),
+            (self.adversarial_weight >= 0, f"--adversarial-weight {self.adversarial_weight}: must be >= 0"),
+            (self.adversarial_start >= 0, f"--adversarial-start {self.adversarial_start}: must be >= 0"),
+            (self.critic_lr > 0, f"--critic-lr {self.critic_lr}: must be > 0"),
+            (not (self.adversarial_weight and self.method != "cd"),
+             f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
+             "the CD student; use --method cd"),
         ]
         if num_train_timesteps is not None:
             checks.append((self.num_solver_steps <= num_train_timesteps,
@@ -223,6 +236,8 @@ class ConsistencyDistiller:
         self.student, self.optimizer = acc.prepare(student, self.optimizer)
         by_name = dict(student.named_parameters())
         self._student_trainable = [by_name[n] for n in self.trainable]
+        self.critic = self._make_critic(parts) if config.adversarial_weight > 0 else None  # prepared after the student
+        self.terms: dict[str, float] = {}  # the last micro-batch's separate terms (for the progress line)
         self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)  # per-process draws
         sched = parts.scheduler_config
         self.acp = alphas_cumprod(sched).to(self.device, torch.float32)
@@ -253,6 +268,17 @@ class ConsistencyDistiller:
         if self.config.init_student:
             return student_from_folder(Path(self.config.init_student), parts.unet, parts.conditioning != "none")
         return make_student(parts.unet, parts.conditioning != "none", self.config.guidance_embedding_dim)
+
+    def _make_critic(self, parts: LatentPipelineParts):
+        """The latent critic: a patch critic on the student's latent channels, projecting the class label (class
+        teachers) or the mean-pooled prompt embedding (text teachers); seeded on its own (see critic.py)."""
+        from cdx.distill.critic import AdversarialCritic, seeded_critic
+
+        classes = int(parts.unet.config.num_class_embeds) if parts.conditioning == "class_label" else 0
+        embedding = int(parts.text_encoder.config.hidden_size) if parts.conditioning == "text_embedding" else 0
+        critic = seeded_critic(self.config.seed + 7, parts.latent_channels, 64, num_classes=classes,
+                               embedding_dim=embedding).to(self.device)
+        return AdversarialCritic(self.accelerator, critic, self.config.critic_lr)
 
     def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:
         """The teacher's frozen modules on the device in the weight dtype; the VAE/text encoder are copied when that
@@ -339,7 +365,8 @@ class ConsistencyDistiller:
              "noise": noise, "g": g, "w_emb": w_emb}
         if self.cond.kind == "text_embedding":
             b["prompt_embeds"] = self.cond.encode(data["captions"])
-        if cfg.ode_regression_weight > 0:  # drawn only then, so runs without the term keep their exact draws
+        if cfg.ode_regression_weight > 0 or cfg.adversarial_weight > 0:  # drawn only then: runs without either
+            # term keep their exact draws (the critic's fakes are the regression's one-step outputs when both are on)
             n = min(cfg.ode_regression_batch, cfg.batch_size)
             b["ode_noise"] = torch.randn((n, *x0.shape[1:]), generator=self.rng)
         return b
@@ -364,19 +391,29 @@ class ConsistencyDistiller:
         a_t = self.acp[t].reshape(-1, 1, 1, 1)
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
         cond = self.cond.batch_kwargs(b)
-        with acc.accumulate(self.student):
+        generator_on = self.critic is not None and self.step >= cfg.adversarial_start
+        models = (self.student, self.critic.wrapped) if self.critic is not None else (self.student,)
+        with acc.accumulate(*models):
             prediction = self._f(self.student, x_t, t, cond, b["w_emb"]).float()
             with acc.autocast():  # the frozen teacher / EMA target run in the mixed-precision dtype
                 target = self.consistency_target(b).float()
             loss = (consistency_loss(prediction, target, cfg.loss, cfg.huber_c) if self.method is None
                     else self.method.loss(prediction, target, b))
-            if "ode_noise" in b:
-                loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b)
+            one_step = self.one_step(b) if "ode_noise" in b else None  # either term on
+            if cfg.ode_regression_weight > 0:
+                loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b, one_step)
+            if generator_on:
+                generator = self.critic.generator_loss(one_step, self.critic_condition(b, len(one_step)))
+                loss = loss + cfg.adversarial_weight * generator
+                self.terms["generator"] = float(generator.detach())
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self._student_trainable, 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
+                self.terms["critic"] = self.critic.update(b["x0"], one_step, self.critic_condition(b),
+                                                          self.critic_condition(b, len(one_step)))
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
         return float(loss.detach())
@@ -403,12 +440,28 @@ class ConsistencyDistiller:
     def _first(self, kwargs: dict[str, Any], n: int) -> dict[str, Any]:
         return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
-    def ode_regression_loss(self, b: dict[str, Any]) -> torch.Tensor:
-        """The student's one-step output f(z, T) on the batch's `ode_noise` vs the teacher's ODE solution of z."""
+    def one_step(self, b: dict[str, Any]) -> torch.Tensor:
+        """The student's one-step output f(z, T) on the batch's `ode_noise` (with the first samples' conditioning)."""
         n = len(b["ode_noise"])
         t = torch.full((n,), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64, device=self.device)
         w_emb = None if b["w_emb"] is None else b["w_emb"][:n]
-        prediction = self._f(self.student, b["ode_noise"], t, self._first(self.cond.batch_kwargs(b), n), w_emb).float()
+        return self._f(self.student, b["ode_noise"], t, self._first(self.cond.batch_kwargs(b), n), w_emb).float()
+
+    def critic_condition(self, b: dict[str, Any], n: int | None = None) -> torch.Tensor | None:
+        """What the critic projects (of the first `n` samples): class labels, a text batch's mean-pooled prompt
+        embeddings, or nothing for unconditional teachers."""
+        if self.cond.kind == "class_label":
+            condition = b["labels"]
+        elif self.cond.kind == "text_embedding":
+            condition = b["prompt_embeds"].float().mean(1)
+        else:
+            return None
+        return condition[:n]
+
+    def ode_regression_loss(self, b: dict[str, Any], prediction: torch.Tensor | None = None) -> torch.Tensor:
+        """The student's one-step output f(z, T) on the batch's `ode_noise` (`prediction`, when computed already) vs
+        the teacher's ODE solution of z."""
+        prediction = self.one_step(b) if prediction is None else prediction
         with self.accelerator.autocast():
             target = self.ode_regression_target(b).float()
         return consistency_loss(prediction, target, self.config.loss, self.config.huber_c)
@@ -499,7 +552,8 @@ class ConsistencyDistiller:
                 smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
                 self.history.append(loss)
                 images = (self.step - first) * cfg.batch_size * cfg.gradient_accumulation * self.world_size
-                bar.update(self.step, loss=loss, ema_loss=smooth, img_per_s=images / max(time.perf_counter() - started, 1e-9))
+                bar.update(self.step, loss=loss, ema_loss=smooth, **self.terms,
+                           img_per_s=images / max(time.perf_counter() - started, 1e-9))
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
@@ -573,10 +627,11 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
     from cdx.distill.sources import open_source
 
     config.validate()
-    if rollout_cache is not None and config.ode_regression_weight:
-        from cdx.distill.rollout_cache import ROLLOUTS_WITH_REGRESSION
+    if rollout_cache is not None:
+        from cdx.distill.rollout_cache import fresh_noise_refusal
 
-        raise InputError(ROLLOUTS_WITH_REGRESSION)
+        if fresh_noise_refusal(config):
+            raise InputError(fresh_noise_refusal(config))
     refuse_existing(out, overwrite)
     parts = load_latent_pipeline(teacher)
     if parts.conditioning == "none":

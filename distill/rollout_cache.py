@@ -27,8 +27,16 @@ from safetensors.torch import save as save_bytes
 from cdx.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from cdx.errors import CdxError, InputError
 
-ROLLOUTS_WITH_REGRESSION = ("--rollout-cache with --ode-regression-weight: the regression term calls the teacher on "
-                            "fresh noise every update; drop one of them")
+
+def fresh_noise_refusal(config: Any) -> str | None:
+    """Why a cache cannot serve this run: its batches hold no fresh noise for the one-step terms (the regression calls
+    the teacher on it; the adversarial term's fakes are made from it), so they would be skipped silently."""
+    for flag, on in (("--ode-regression-weight", getattr(config, "ode_regression_weight", 0)),
+                     ("--adversarial-weight", getattr(config, "adversarial_weight", 0))):
+        if on:
+            return (f"--rollout-cache with {flag}: the term needs fresh noise (and the teacher/student on it) every "
+                    "update; drop one of them")
+    return None
 
 FORMAT = "cdx-rollouts/1"
 INDEX = "index.json"
@@ -235,8 +243,9 @@ def attach_rollouts(distiller: Any, folder: str | Path, show: bool = False) -> d
     """Write/resume/extend the cache for this run's micro-batches, then make the distiller stream it (no teacher)."""
     if getattr(distiller, "method", None) is not None:
         raise InputError("--rollout-cache stores the teacher's solver steps: it applies to --method cd only")
-    if getattr(distiller.config, "ode_regression_weight", 0):
-        raise InputError(ROLLOUTS_WITH_REGRESSION)
+    refusal = fresh_noise_refusal(distiller.config)
+    if refusal:
+        raise InputError(refusal)
     micro_steps = distiller.config.steps * distiller.config.gradient_accumulation
     info = write_rollouts(distiller, folder, micro_steps, show=show)
     distiller.rollouts = RolloutStream(folder, distiller, micro_steps)

@@ -1,0 +1,84 @@
+"""The adversarial term shared by `cdx distill` (a critic on clean latents: the one-step student's outputs vs the real
+data's, DMD2 / LADD style) and `cdx distill-decoder` (a critic on decoded images): a small patch critic, its hinge
+update and the generator's −critic(fake) term, written once.
+
+The critic and its optimizer go through `accelerator.prepare` after the trainer's own model and optimizer, so
+Accelerate's `save_state` / `load_state` checkpoint and resume them with everything else (see checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchDiscriminator(nn.Module):
+    """A small fully convolutional critic, one score per patch. With `num_classes` (class labels) or `embedding_dim`
+    (pooled prompt embeddings) it adds a projection term ⟨embed(c), h⟩ per patch (Miyato & Koyama 2018), so the critic
+    judges whether a sample fits its condition, not only whether it looks real."""
+
+    def __init__(self, channels: int, width: int = 32, num_classes: int = 0, embedding_dim: int = 0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.GroupNorm(8, 2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 1, 3, 1, 1),
+        )
+        self.project: nn.Module | None = None
+        if num_classes:
+            self.project = nn.Embedding(num_classes, 2 * width)
+        elif embedding_dim:
+            self.project = nn.Linear(embedding_dim, 2 * width, bias=False)
+        if self.project is not None:  # starts unconditional: N(0, 1) rows would put scores of ±√width on random labels
+            nn.init.zeros_(self.project.weight)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.net[:-1](x)
+        score = self.net[-1](features)
+        if self.project is not None and condition is not None:
+            score = score + (features * self.project(condition)[:, :, None, None]).sum(1, keepdim=True)
+        return score
+
+
+def seeded_critic(seed: int, *args, **kwargs) -> PatchDiscriminator:
+    """A critic initialised from its own seed, leaving the global RNG as it was (runs without the term, and the
+    student's initialisation, keep their exact draws)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PatchDiscriminator(*args, **kwargs)
+
+
+def hinge_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss (Lim & Ye 2017): 0 once real scores ≥ 1 and fake scores ≤ −1."""
+    return F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
+
+
+class AdversarialCritic:
+    """A critic trained alongside a generator: `generator_loss` (−critic(fake), the critic frozen so its gradients reach
+    the generator only) and `update` (one hinge step on real vs detached fake)."""
+
+    def __init__(self, accelerator, critic: nn.Module, lr: float, betas: tuple[float, float] = (0.5, 0.9)):
+        self.accelerator, self.critic = accelerator, critic
+        optimizer = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
+        self.wrapped, self.optimizer = accelerator.prepare(critic, optimizer)  # DDP-wrapped for the critic's own step
+
+    def generator_loss(self, fake: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        self.critic.requires_grad_(False)
+        try:
+            return -self.critic(fake, condition).float().mean()
+        finally:
+            self.critic.requires_grad_(True)
+
+    def update(self, real: torch.Tensor, fake: torch.Tensor, real_condition: torch.Tensor | None = None,
+               fake_condition: torch.Tensor | None = None) -> float:
+        """One hinge step; the optimizer steps at sync points only (Accelerate skips it while accumulating)."""
+        acc = self.accelerator
+        both = None if real_condition is None else torch.cat([real_condition, fake_condition])
+        with acc.autocast():
+            scores = self.wrapped(torch.cat([real, fake.detach()]), both).float()
+            loss = hinge_critic_loss(scores[: len(real)], scores[len(real):])
+        acc.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
