@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +206,50 @@ def delegation_summary(edge: Any) -> dict[str, Any]:
     }
 
 
-def lower(program: torch.export.ExportedProgram, delegate: str = "xnnpack", etrecord: bool = False) -> Any:
+def _copy_sharing_constants(cls: type, edge_program: torch.export.ExportedProgram,
+                            compile_specs: list[Any]) -> torch.export.ExportedProgram:
+    """A deep copy of a partition for the backend's `preprocess` that keeps the partition's constant tensors.
+
+    ExecuTorch deep-copies every partition before `preprocess` (`BackendDetails.copy_exported_program_for_preprocess`,
+    all partitions at once, executorch 1.5.1 `lower_all_submodules_to_backend`), which copies every weight: on SD-1.5
+    a whole second copy of the 3.5 GB of weights held through the lowering. XNNPACK's preprocess and its passes never
+    write a constant in place (they build new contiguous or channels-last tensors and replace entries of the copy's
+    own dicts), so the copy can keep the originals; the graph and every container are still copied. Tests: the
+    `.pte` is byte-identical either way, the tensors `preprocess` receives are the partition's own, and they are
+    unchanged after lowering."""
+    memo = {id(t): t for t in (*edge_program.state_dict.values(), *edge_program.constants.values())
+            if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(edge_program, memo)
+
+
+@contextlib.contextmanager
+def _xnnpack_copies_share_constants() -> Iterator[None]:
+    """While lowering, XNNPACK's per-partition working copies share the partitions' weights (see above)."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    name = "copy_exported_program_for_preprocess"
+    own = vars(XnnpackBackend).get(name)  # None: inherited from BackendDetails
+    setattr(XnnpackBackend, name, classmethod(_copy_sharing_constants))
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(XnnpackBackend, name)
+        else:
+            setattr(XnnpackBackend, name, own)
+
+
+def lower(program: torch.export.ExportedProgram, delegate: str = "xnnpack", etrecord: bool = False,
+          share_constants: bool = True) -> Any:
     """to_edge_transform_and_lower with the delegate's partitioner; returns the EdgeProgramManager. `etrecord` keeps
-    the ETRecord (`.to_executorch().get_etrecord()`) that the devtools Inspector maps profiled events back with."""
+    the ETRecord (`.to_executorch().get_etrecord()`) that the devtools Inspector maps profiled events back with.
+    `share_constants` keeps the partitions' weights shared with the backend's working copy (one weight copy less)."""
     from executorch.exir import to_edge_transform_and_lower
 
-    return to_edge_transform_and_lower(program, partitioner=_partitioner(delegate), generate_etrecord=etrecord)
+    sharing = (_xnnpack_copies_share_constants() if share_constants and delegate == "xnnpack"
+               else contextlib.nullcontext())
+    with sharing:
+        return to_edge_transform_and_lower(program, partitioner=_partitioner(delegate), generate_etrecord=etrecord)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -156,3 +156,55 @@ def test_only_large_models_lower_in_a_child_by_default(micro_generator) -> None:
     assert _weight_bytes(micro_generator) < ISOLATE_FROM_BYTES and not _isolate_by_default(micro_generator)
     big = torch.nn.Linear(8192, 8192)  # 256 MiB of fp32 weights
     assert _isolate_by_default(big) == sys.platform.startswith("linux")
+
+
+def _lowerable(generator) -> torch.export.ExportedProgram:
+    from cdx.convert.executorch import export_program
+    from cdx.convert.passes import apply_passes, resolve_passes
+
+    module, _ = apply_passes(generator, resolve_passes(None))
+    return export_program(module, tuple(generator.example_inputs().values()))
+
+
+def _lowered_partitions(edge) -> list:
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    graph = edge.exported_program().graph_module
+    return [m for m in graph.children() if isinstance(m, LoweredBackendModule)]
+
+
+def _storages(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors if isinstance(t, torch.Tensor)}
+
+
+def test_xnnpack_preprocess_gets_the_partitions_own_weights_and_the_program_is_unchanged(
+        micro_generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExecuTorch deep-copies every partition before XNNPACK's preprocess (a second copy of all weights at SD scale);
+    cdx's lowering makes that copy share the constants. share_constants=False is ExecuTorch's own copy, the control:
+    the same .pte, and none of the partitions' tensors reach preprocess."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    from cdx.convert.executorch import lower
+
+    received: list[set[int]] = []
+    preprocess = XnnpackBackend.preprocess  # a staticmethod
+
+    def recording(edge_program, compile_specs):
+        received.append(_storages(edge_program.state_dict.values()))
+        return preprocess(edge_program, compile_specs)
+
+    monkeypatch.setattr(XnnpackBackend, "preprocess", staticmethod(recording))
+    runs = {}
+    for share in (True, False):
+        received.clear()
+        edge = lower(_lowerable(micro_generator), share_constants=share)
+        weights = [(t, t.detach().clone()) for m in _lowered_partitions(edge)
+                   for t in m.original_module.state_dict.values()]
+        program = edge.to_executorch().buffer
+        runs[share] = (set().union(*received), _storages(t for t, _ in weights), weights, program)
+    (seen, partitions, weights, shared_program), (seen_copy, partitions_copy, _, copied_program) = runs[True], runs[False]
+    assert len(seen) > 10 and seen <= partitions  # preprocess read the partitions' own tensors
+    assert len(seen_copy) > 10 and not seen_copy & partitions_copy  # ExecuTorch's default: a copy of each
+    assert shared_program == copied_program
+    assert all(torch.equal(t, before) for t, before in weights)  # preprocess wrote none of them
+    assert "copy_exported_program_for_preprocess" not in vars(XnnpackBackend)  # ExecuTorch's own method is back
