@@ -23,7 +23,7 @@ from torch import nn
 
 from cdx.convert.artifact import Artifact
 from cdx.convert.explain import explain
-from cdx.convert.passes import apply_passes, resolve_passes
+from cdx.convert.passes import apply_passes, is_compact, resolve_passes
 from cdx.distill.generator import ExportableGraph
 from cdx.errors import ConversionError
 
@@ -214,11 +214,14 @@ def _copy_sharing_constants(cls: type, edge_program: torch.export.ExportedProgra
     all partitions at once, executorch 1.5.1 `lower_all_submodules_to_backend`), which copies every weight: on SD-1.5
     a whole second copy of the 3.5 GB of weights held through the lowering. XNNPACK's preprocess and its passes never
     write a constant in place (they build new contiguous or channels-last tensors and replace entries of the copy's
-    own dicts), so the copy can keep the originals; the graph and every container are still copied. Tests: the
+    own dicts), so the copy can keep the originals; the graph and every container are still copied. Only compact
+    tensors are shared: XNNPACK serializes a constant's whole storage from its start, so a view with an offset (or
+    into a larger storage) must reach it as the compact clone `nn.Parameter.__deepcopy__` makes (the SD GEGLU halves
+    are compact storage slices for this reason, `passes.row_block`). Tests: the
     `.pte` is byte-identical either way, the tensors `preprocess` receives are the partition's own, and they are
     unchanged after lowering."""
     memo = {id(t): t for t in (*edge_program.state_dict.values(), *edge_program.constants.values())
-            if isinstance(t, torch.Tensor)}
+            if isinstance(t, torch.Tensor) and is_compact(t)}
     return copy.deepcopy(edge_program, memo)
 
 

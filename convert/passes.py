@@ -132,6 +132,23 @@ class SubPixelUpsample2D(nn.Module):
         return out.reshape(n, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, 2 * h, 2 * w)
 
 
+def is_compact(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is exactly its storage: contiguous, offset 0, no bytes beyond it. Serializers that write a
+    tensor's whole storage from its start (XNNPACK's constant serializer does) need this."""
+    return (tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
+
+
+def row_block(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of `tensor` sharing its memory but *compact* (a storage slice, not a view with an offset), so
+    a serializer that reads the storage from its start gets these rows; a non-compact tensor gives a plain view."""
+    if not is_compact(tensor):
+        return tensor[start:stop]
+    row_bytes = tensor[0].numel() * tensor.element_size() if tensor.dim() > 1 else tensor.element_size()
+    storage = tensor.untyped_storage()[start * row_bytes:stop * row_bytes]  # shares the memory, keeps it alive
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(storage, 0, (stop - start, *tensor.shape[1:]))
+
+
 class SplitGEGLU(nn.Module):
     """diffusers' GEGLU (one Linear to 2·d, then `chunk(2, -1)`, value · gelu(gate)) as two Linears of d each.
 
@@ -147,12 +164,12 @@ class SplitGEGLU(nn.Module):
         bias = proj.bias is not None
         self.value = nn.Linear(proj.in_features, half, bias=bias, device="meta")
         self.gate = nn.Linear(proj.in_features, half, bias=bias, device="meta")
-        # views of the original parameter (no copy: an SD-1.5 UNet holds ~300 M GEGLU weights)
-        self.value.weight = nn.Parameter(proj.weight.data[:half], requires_grad=False)
-        self.gate.weight = nn.Parameter(proj.weight.data[half:], requires_grad=False)
+        # the original parameter's memory (no copy: an SD-1.5 UNet holds ~300 M GEGLU weights)
+        self.value.weight = nn.Parameter(row_block(proj.weight.data, 0, half), requires_grad=False)
+        self.gate.weight = nn.Parameter(row_block(proj.weight.data, half, 2 * half), requires_grad=False)
         if bias:
-            self.value.bias = nn.Parameter(proj.bias.data[:half], requires_grad=False)
-            self.gate.bias = nn.Parameter(proj.bias.data[half:], requires_grad=False)
+            self.value.bias = nn.Parameter(row_block(proj.bias.data, 0, half), requires_grad=False)
+            self.gate.bias = nn.Parameter(row_block(proj.bias.data, half, 2 * half), requires_grad=False)
         self.approximate = "none"
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:

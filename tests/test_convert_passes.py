@@ -141,6 +141,50 @@ def test_geglu_split_leaves_no_portable_split_and_one_delegate_call() -> None:
     assert after["portable_ops"] == 0 and after["delegate_calls"] == 1
 
 
+def _run_pte(module: nn.Module, args: tuple[torch.Tensor, ...], share_constants: bool = True) -> torch.Tensor:
+    from executorch.runtime import Runtime
+
+    from cdx.convert.executorch import export_program, lower
+
+    buffer = lower(export_program(module, args), share_constants=share_constants).to_executorch().buffer
+    return Runtime.get().load_program(buffer).load_method("forward").execute(list(args))[0]
+
+
+def test_geglu_halves_share_the_projection_memory_and_are_compact() -> None:
+    """No copy of the ~300 M SD-1.5 GEGLU weights, and no offset view: XNNPACK serializes a constant's whole storage
+    from its start, so an offset view would ship the value half's rows as the gate's (SD-small fp32 gate: 32.5 dB)."""
+    from cdx.convert.passes import is_compact
+
+    module, _ = _geglu()
+    rewritten, _ = apply_passes(module, ["split_geglu"])
+    weight, split = module.net[0].proj.weight, rewritten.net[0]
+    start, row = weight.untyped_storage().data_ptr(), weight[0].numel() * weight.element_size()
+    assert split.value.weight.untyped_storage().data_ptr() == start
+    assert split.gate.weight.untyped_storage().data_ptr() == start + split.value.weight.shape[0] * row
+    assert all(is_compact(p) for p in split.parameters())
+
+
+def test_split_geglu_runs_in_executorch_like_eager() -> None:
+    module, args = _geglu()
+    rewritten, _ = apply_passes(module, ["split_geglu"])
+    with torch.no_grad():
+        expected = module(*args)
+    assert (_run_pte(rewritten, args) - expected).abs().max().item() <= 1e-4
+
+
+def test_an_offset_view_weight_lowers_correctly_with_shared_constants() -> None:
+    """Constants that are views into a larger storage are not shared with XNNPACK's working copy (they reach it as
+    compact clones); without that guard this layer's weight would be serialized from the storage's first row."""
+    torch.manual_seed(0)
+    storage = torch.randn(64, 32)
+    layer = nn.Linear(32, 32).eval()
+    layer.weight = nn.Parameter(storage[32:], requires_grad=False)  # offset view
+    args = (torch.randn(1, 8, 32),)
+    with torch.no_grad():
+        expected = layer(*args)
+    assert (_run_pte(layer, args) - expected).abs().max().item() <= 1e-4
+
+
 def test_group_norm_on_feature_maps_reshapes_only_its_statistics() -> None:
     """On NHWC data XNNPACK must transpose around any reshape of the full feature map (ETDump of SD-small: 718
     transposes); the 4-D path reshapes only the (n, c, 1, 1) statistics."""
