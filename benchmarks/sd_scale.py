@@ -172,7 +172,8 @@ def summarize(config: str, pipeline: Path, conversions: list[dict[str, Any]], re
 
 
 def run_config(config: str, work: Path, targets: list[str], budget_s: float, decoder: Path | str | None,
-               say: Say, skip: frozenset[str] = frozenset(), reuse: bool = False) -> dict[str, Any]:
+               say: Say, skip: frozenset[str] = frozenset(), reuse: bool = False,
+               threads: int | None = None) -> dict[str, Any]:
     """Build, convert, bench one config; returns its summary (and writes the bench report under `work`)."""
     from cdx.benchmarks.bench import BenchOptions, bench
     from cdx.benchmarks.convert_memory import fp32_weight_bytes
@@ -189,8 +190,10 @@ def run_config(config: str, work: Path, targets: list[str], budget_s: float, dec
         raise SystemExit(f"{config}: every conversion failed: {conversions[0].get('error')}")
     say(f"bench {len(folders)} folders, time budget {budget_s:g} s")
     start = time.perf_counter()
-    report = bench(folders, BenchOptions(runs=10, warmup=2, seeds=8, teacher="", inception=False,
-                                         time_budget_s=budget_s), progress=say)
+    options = BenchOptions(runs=10, warmup=2, seeds=8, teacher="", inception=False, time_budget_s=budget_s)
+    if threads:
+        options.threads = threads
+    report = bench(folders, options, progress=say)
     bench_s = time.perf_counter() - start
     write_report(report, work / "bench", plots=False)
     table = summarize(config, pipeline, conversions, report, fp32_weight_bytes(pipeline))
@@ -221,7 +224,8 @@ def render_markdown(tables: list[dict[str, Any]], machine: str) -> str:
         s = t["settings"]
         speedup = _f(t["tiny_decoder_speedup"], 2, "×") if t["tiny_decoder_speedup"] else "not measured"
         lines += [f"**{t['config']}** ({resolution} px; fp32 generator weights {t['fp32_weight_bytes'] / 1e9:.2f} GB). "
-                  f"Bench: time budget {s.get('time_budget_s', 0):g} s → {s.get('seeds')} of {s.get('seeds_requested')} "
+                  f"Bench: {s.get('threads')} thread(s), time budget {s.get('time_budget_s', 0):g} s → {s.get('seeds')} "
+                  f"of {s.get('seeds_requested')} "
                   f"seeds, took {t['bench_seconds']:.0f} s; ET / ORT fp32 = {_f(t['et_over_ort'], 2, '×')} "
                   f"(UNet step {_f(t['et_over_ort_components'].get('unet_step_ms'), 2, '×')}, decoder "
                   f"{_f(t['et_over_ort_components'].get('decoder_ms'), 2, '×')}); "
@@ -257,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("out/sd_scale"))
     parser.add_argument("--targets", default="onnx,executorch,coreml")
     parser.add_argument("--time-budget", type=float, default=900.0, help="seconds for each config's bench")
+    parser.add_argument("--threads", type=int, help="threads per runtime in the bench (default: the bench's own)")
     parser.add_argument("--decoder", type=Path, help="an AutoencoderTiny folder (cdx distill-decoder) to compare")
     parser.add_argument("--no-tiny-decoder", action="store_true",
                         help="skip the tiny-decoder variant (default without --decoder: a random-weight TAESD-shaped one)")
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         say(f"== {config}")
         tables.append(run_config(config, args.work / config, targets, args.time_budget, decoder, say,
-                                 frozenset(args.skip), args.reuse))
+                                 frozenset(args.skip), args.reuse, args.threads))
         args.work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.work / f"{config}.json", json.dumps(tables[-1], indent=2) + "\n")
     machine = f"{describe_machine()}, load average {os.getloadavg()[0]:.1f} at the end"
