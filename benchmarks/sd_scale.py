@@ -137,6 +137,18 @@ def _decoder_of(row: dict[str, Any]) -> str:
     return "tiny" if Path(row["folder"]).name.startswith("tiny_decoder") or "tiny_decoder" in row["folder"] else "full"
 
 
+def _image_size(conversions: list[dict[str, Any]]) -> list[int] | None:
+    """The generator's image height × width from the first converted folder's manifest (runs without components)."""
+    for row in conversions:
+        manifest = Path(row.get("folder", "")) / "manifest.json"
+        if "error" in row or not manifest.is_file():
+            continue
+        for model in json.loads(manifest.read_text("utf-8"))["models"]:
+            if model.get("role") == "generator":
+                return list(model["outputs"][0]["shape"][-2:])
+    return None
+
+
 def summarize(config: str, pipeline: Path, conversions: list[dict[str, Any]], report: dict[str, Any],
               weights: int) -> dict[str, Any]:
     """The table's data: per generator row latency, split, memory; ET/ORT; tiny-decoder speed-up; conversion memory."""
@@ -159,7 +171,8 @@ def summarize(config: str, pipeline: Path, conversions: list[dict[str, Any]], re
     tiny = by.get(("onnxruntime", "fp32", "tiny"))
     table: dict[str, Any] = {
         "config": config, "pipeline": str(pipeline), "fp32_weight_bytes": weights,
-        "resolution": next((r.get("resolution") for r in report.get("components", [])), None),
+        "resolution": next((r.get("resolution") for r in report.get("components", [])), None)
+        or _image_size(conversions),
         "rows": rows, "splits": report.get("components", []), "settings": report["settings"],
         "et_over_ort": et["median_ms"] / ort["median_ms"] if et and ort else None,
         "et_over_ort_components": {key: et[key] / ort[key] for key in ("unet_step_ms", "decoder_ms")
