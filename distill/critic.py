@@ -58,8 +58,9 @@ class AdversarialCritic:
     """A critic trained alongside a generator: `generator_loss` (−critic(fake), the critic frozen so its gradients reach
     the generator only) and `update` (one hinge step on real vs detached fake)."""
 
-    def __init__(self, accelerator, critic: nn.Module, lr: float, betas: tuple[float, float] = (0.5, 0.9)):
-        self.accelerator, self.critic = accelerator, critic
+    def __init__(self, accelerator, critic: nn.Module, lr: float, betas: tuple[float, float] = (0.5, 0.9),
+                 r1: float = 0.0):
+        self.accelerator, self.critic, self.r1 = accelerator, critic, r1
         optimizer = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
         self.wrapped, self.optimizer = accelerator.prepare(critic, optimizer)  # DDP-wrapped for the critic's own step
 
@@ -72,12 +73,18 @@ class AdversarialCritic:
 
     def update(self, real: torch.Tensor, fake: torch.Tensor, real_condition: torch.Tensor | None = None,
                fake_condition: torch.Tensor | None = None) -> float:
-        """One hinge step; the optimizer steps at sync points only (Accelerate skips it while accumulating)."""
+        """One hinge step, plus r1/2 · E‖∇ critic(real)‖² when `r1` > 0 (Mescheder et al. 2018: a critic kept smooth
+        on the data cannot win by a sharp boundary, so its gradient to the generator stays informative). The
+        optimizer steps at sync points only (Accelerate skips it while accumulating)."""
         acc = self.accelerator
         both = None if real_condition is None else torch.cat([real_condition, fake_condition])
+        real = real.detach().requires_grad_(self.r1 > 0)
         with acc.autocast():
             scores = self.wrapped(torch.cat([real, fake.detach()]), both).float()
             loss = hinge_critic_loss(scores[: len(real)], scores[len(real):])
+            if self.r1 > 0:
+                (grad,) = torch.autograd.grad(scores[: len(real)].sum(), real, create_graph=True)
+                loss = loss + self.r1 / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
         acc.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

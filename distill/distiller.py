@@ -88,6 +88,7 @@ class DistillConfig:
     adversarial_start: int = 0  # step the generator term starts at; the critic trains from step 0, so it is no longer
     # random (its first gradients would be noise, and would fill Adam's second moments) when the term arrives
     critic_lr: float = 2e-4  # the critic's Adam learning rate (constant; betas 0.5, 0.9)
+    critic_r1: float = 0.0  # > 0: R1 penalty γ on the critic's gradient at real latents (critic.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class DistillConfig:
             (self.adversarial_weight >= 0, f"--adversarial-weight {self.adversarial_weight}: must be >= 0"),
             (self.adversarial_start >= 0, f"--adversarial-start {self.adversarial_start}: must be >= 0"),
             (self.critic_lr > 0, f"--critic-lr {self.critic_lr}: must be > 0"),
+            (self.critic_r1 >= 0, f"--critic-r1 {self.critic_r1}: must be >= 0"),
             (not (self.adversarial_weight and self.method != "cd"),
              f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
              "the CD student; use --method cd"),
@@ -278,7 +280,7 @@ class ConsistencyDistiller:
         embedding = int(parts.text_encoder.config.hidden_size) if parts.conditioning == "text_embedding" else 0
         critic = seeded_critic(self.config.seed + 7, parts.latent_channels, 64, num_classes=classes,
                                embedding_dim=embedding).to(self.device)
-        return AdversarialCritic(self.accelerator, critic, self.config.critic_lr)
+        return AdversarialCritic(self.accelerator, critic, self.config.critic_lr, r1=self.config.critic_r1)
 
     def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:
         """The teacher's frozen modules on the device in the weight dtype; the VAE/text encoder are copied when that

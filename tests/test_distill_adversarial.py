@@ -90,6 +90,27 @@ def test_the_projection_critic_learns_which_label_a_latent_fits() -> None:
     assert losses[-1] < 1.0, losses[::10]
 
 
+def test_r1_adds_half_gamma_times_the_squared_gradient_at_real_latents() -> None:
+    """A linear critic (one 1×1 conv, no projection): its input gradient is known, so the penalty is too."""
+    from accelerate import Accelerator
+
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 1, 1, bias=False)
+            torch.nn.init.constant_(self.conv.weight, 0.5)
+
+        def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+            return self.conv(x)
+
+    real, fake = torch.full((2, 2, 3, 3), 4.0), torch.full((2, 2, 3, 3), -4.0)  # hinge margins hold: hinge = 0
+    plain = AdversarialCritic(Accelerator(cpu=True), Linear(), lr=1e-9)
+    penalised = AdversarialCritic(Accelerator(cpu=True), Linear(), lr=1e-9, r1=2.0)
+    # Σ over the score map of ∂/∂x: each input position feeds one output with weight 0.5 → ‖∇‖² = 2·9·0.25 = 4.5
+    assert plain.update(real, fake) == 0.0
+    assert penalised.update(real, fake) == pytest.approx(2.0 / 2 * 4.5)
+
+
 def test_hinge_loss_is_zero_once_the_margins_hold() -> None:
     assert float(hinge_critic_loss(torch.full((3,), 1.5), torch.full((3,), -2.0))) == 0.0
     assert float(hinge_critic_loss(torch.zeros(3), torch.zeros(3))) == 2.0
@@ -103,7 +124,8 @@ def test_the_decoder_critic_is_the_shared_one() -> None:
 
 def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path) -> None:
     """A text teacher (the critic projects the pooled prompt embedding); 4 steps straight vs 2 + resume + 2."""
-    options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3}
+    options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3,
+               "critic_r1": 0.5}
     straight = _distiller(tmp_path / "a", tiny_sd, 64, **options)
     straight.run(show=False)
     first = _distiller(tmp_path / "b", tiny_sd, 64, **options)
@@ -131,6 +153,7 @@ def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None
     ({"adversarial_weight": -0.1}, "--adversarial-weight -0.1: must be >= 0"),
     ({"adversarial_start": -1}, "--adversarial-start -1: must be >= 0"),
     ({"critic_lr": 0.0}, "--critic-lr 0.0: must be > 0"),
+    ({"critic_r1": -1.0}, "--critic-r1 -1.0: must be >= 0"),
     ({"adversarial_weight": 0.1, "method": "ct"}, "--adversarial-weight with --method ct: "),
 ])
 def test_bad_adversarial_flags_are_one_line(overrides: dict, message: str) -> None:
