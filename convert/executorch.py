@@ -217,9 +217,8 @@ def _copy_sharing_constants(cls: type, edge_program: torch.export.ExportedProgra
     own dicts), so the copy can keep the originals; the graph and every container are still copied. Only compact
     tensors are shared: XNNPACK serializes a constant's whole storage from its start, so a view with an offset (or
     into a larger storage) must reach it as the compact clone `nn.Parameter.__deepcopy__` makes (the SD GEGLU halves
-    are compact storage slices for this reason, `passes.row_block`). Tests: the
-    `.pte` is byte-identical either way, the tensors `preprocess` receives are the partition's own, and they are
-    unchanged after lowering."""
+    are compact storage slices for this reason, `passes.row_block`). Tests: the `.pte` is byte-identical either way,
+    the tensors `preprocess` receives are the partition's own, and they are unchanged after lowering."""
     memo = {id(t): t for t in (*edge_program.state_dict.values(), *edge_program.constants.values())
             if isinstance(t, torch.Tensor) and is_compact(t)}
     return copy.deepcopy(edge_program, memo)
