@@ -402,10 +402,13 @@ class ConsistencyDistiller:
             loss = (consistency_loss(prediction, target, cfg.loss, cfg.huber_c) if self.method is None
                     else self.method.loss(prediction, target, b))
             one_step = self.one_step(b) if "ode_noise" in b else None  # either term on
+            if self.critic is not None:  # the batch's conditions, and those of its first len(one_step) samples
+                real_condition = self.critic_condition(b)
+                fake_condition = None if real_condition is None else real_condition[: len(one_step)]
             if cfg.ode_regression_weight > 0:
                 loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b, one_step)
             if generator_on:
-                generator = self.critic.generator_loss(one_step, self.critic_condition(b, len(one_step)))
+                generator = self.critic.generator_loss(one_step, fake_condition)
                 loss = loss + cfg.adversarial_weight * generator
                 self.terms["generator"] = float(generator.detach())
             acc.backward(loss)
@@ -414,8 +417,7 @@ class ConsistencyDistiller:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
-                self.terms["critic"] = self.critic.update(b["x0"], one_step, self.critic_condition(b),
-                                                          self.critic_condition(b, len(one_step)))
+                self.terms["critic"] = self.critic.update(b["x0"], one_step, real_condition, fake_condition)
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
         return float(loss.detach())
@@ -449,16 +451,16 @@ class ConsistencyDistiller:
         w_emb = None if b["w_emb"] is None else b["w_emb"][:n]
         return self._f(self.student, b["ode_noise"], t, self._first(self.cond.batch_kwargs(b), n), w_emb).float()
 
-    def critic_condition(self, b: dict[str, Any], n: int | None = None) -> torch.Tensor | None:
-        """What the critic projects (of the first `n` samples): class labels, a text batch's mean-pooled prompt
-        embeddings, or nothing for unconditional teachers."""
+    def critic_condition(self, b: dict[str, Any]) -> torch.Tensor | None:
+        """What the critic projects: class labels, a text batch's mean-pooled prompt embeddings, or nothing for
+        unconditional teachers."""
         if self.cond.kind == "class_label":
             condition = b["labels"]
         elif self.cond.kind == "text_embedding":
             condition = b["prompt_embeds"].float().mean(1)
         else:
             return None
-        return condition[:n]
+        return condition
 
     def ode_regression_loss(self, b: dict[str, Any], prediction: torch.Tensor | None = None) -> torch.Tensor:
         """The student's one-step output f(z, T) on the batch's `ode_noise` (`prediction`, when computed already) vs
