@@ -182,8 +182,8 @@ def distill(
     ode_regression_steps: Annotated[int, typer.Option(help="Teacher DDIM steps of that solution.")] = 4,
     ode_regression_batch: Annotated[int, typer.Option(help="Noises per update for the regression term.")] = 16,
     adversarial_weight: Annotated[float, typer.Option(help="CD: add this weight × −critic(f(z, T)) on those noises, a "
-                                                    "class-projection patch critic on clean latents trained here "
-                                                    "with the hinge loss (real latents vs one-step outputs; DMD2, "
+                                                    "class- or prompt-projection patch critic on clean latents trained "
+                                                    "here with the hinge loss (real latents vs one-step outputs; DMD2, "
                                                     "LADD); 0 = off.")] = 0.0,
     adversarial_start: Annotated[int, typer.Option(help="Step the adversarial term starts at (its critic trains from "
                                                    "step 0).")] = 0,
