@@ -94,19 +94,27 @@ def teacher_finetune_decoder(
                                                       "written with the new decoder to --student-out (repeatable).")] = None,
     student_out: Annotated[list[str] | None, typer.Option(help="Where each --student goes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output folders.")] = False,
+    adversarial_weight: Annotated[float, typer.Option(help="> 0: add a hinge GAN term from an image patch critic "
+                                                      "trained here, balanced against the reconstruction loss at the "
+                                                      "decoder's last layer (VQGAN); 0.5 is a good start.")] = 0.0,
+    adversarial_start: Annotated[int, typer.Option(help="Step the GAN term starts at (the critic trains from step "
+                                                   "0).")] = 0,
+    critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
+    critic_r1: Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")] = 0.0,
 ) -> None:
     """Fine-tune the teacher VAE's decoder on real images with the encoder frozen (latent space unchanged, so the
     teacher's and the students' UNets stay valid): a better autoencoder ceiling for both without retraining them."""
     from cdx.defaults import default_teacher
-    from cdx.distill.decoder_finetune import finetune_pipeline_decoder
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_pipeline_decoder
     from cdx.errors import InputError
     from cdx.ui import console
 
     students, outs = list(student or []), list(student_out or [])
     if len(students) != len(outs):
         raise InputError(f"{len(students)} --student but {len(outs)} --student-out: give one output per student")
+    adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_pipeline_decoder(teacher or default_teacher(), out, steps, data, limit, lr, batch, seed,
-                                       tuple(zip(students, outs, strict=True)), overwrite)
+                                       tuple(zip(students, outs, strict=True)), overwrite, adversarial=adversarial)
     console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
                   f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
 

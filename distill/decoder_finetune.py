@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,47 @@ def _lr_factor(step: int, steps: int, warmup: int = 100) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
+@dataclass
+class AdversarialDecoderTerm:
+    """The GAN term of the decoder fine-tune (VQGAN / SD-VAE style): `weight` × the adaptive balance × −critic(recon),
+    from `start` on, with an image patch critic trained here by the hinge loss (learning rate `critic_lr`, R1 `r1`).
+
+    The balance is VQGAN's (Esser et al. 2021): ‖∇ L_rec‖ / ‖∇ L_adv‖ at the decoder's last layer, so `weight` is
+    relative to the reconstruction loss and needs no retuning when the critic's scale drifts. A decoder that only
+    regresses on the posterior's samples averages the textures an 8×8 latent cannot pin down (a blur Inception
+    features punish); the critic asks for a sharp texture instead, and the reconstruction loss keeps its content."""
+
+    weight: float = 0.0
+    start: int = 0
+    critic_lr: float = 2e-4
+    r1: float = 0.0
+    width: int = 32
+
+    def __post_init__(self) -> None:
+        for ok, message in ((self.weight >= 0, f"--adversarial-weight {self.weight}: must be >= 0"),
+                            (self.start >= 0, f"--adversarial-start {self.start}: must be >= 0"),
+                            (self.critic_lr > 0, f"--critic-lr {self.critic_lr}: must be > 0"),
+                            (self.r1 >= 0, f"--critic-r1 {self.r1}: must be >= 0")):
+            if not ok:
+                raise InputError(message)
+
+    def record(self) -> dict[str, Any]:
+        return {"adversarial_weight": self.weight, "adversarial_start": self.start, "critic_lr": self.critic_lr,
+                "critic_r1": self.r1, "critic_width": self.width}
+
+
+def adaptive_balance(reconstruction: torch.Tensor, adversarial: torch.Tensor, last: torch.nn.Parameter) -> torch.Tensor:
+    """VQGAN's weight ‖∇_last reconstruction‖ / ‖∇_last adversarial‖ (clamped to [0, 10⁴], no gradient)."""
+    (g_rec,) = torch.autograd.grad(reconstruction, last, retain_graph=True)
+    (g_adv,) = torch.autograd.grad(adversarial, last, retain_graph=True)
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+
 def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: float = 1e-3, batch: int = 64,
-                     seed: int = 0, show: bool = True) -> dict[str, Any]:
-    """Train `vae`'s decoder in place for `steps` on `images` ([-1, 1], the encoder's input) with L1 + MSE.
+                     seed: int = 0, show: bool = True,
+                     adversarial: AdversarialDecoderTerm | None = None) -> dict[str, Any]:
+    """Train `vae`'s decoder in place for `steps` on `images` ([-1, 1], the encoder's input) with L1 + MSE (plus the
+    adversarial term when `adversarial.weight` > 0).
 
     Returns what the model card records (steps, images, seconds, final loss). The encoder's weights are untouched
     (checked by tests/test_decoder_finetune.py)."""
@@ -43,6 +82,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
         raise InputError(f"--steps {steps}: need at least 1 decoder step")
     if len(images) < batch:
         raise InputError(f"{len(images)} training images: need at least one batch of {batch}")
+    adversarial = adversarial or AdversarialDecoderTerm()
     start = time.perf_counter()
     vae.requires_grad_(False)
     vae.eval()
@@ -53,24 +93,48 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
     optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
     generator = torch.Generator().manual_seed(seed)
-    smooth = None
+    critic = _critic(adversarial, int(images.shape[1]), seed) if adversarial.weight > 0 else None
+    last = vae.decoder.conv_out.weight
+    smooth: dict[str, float] = {}
     with TrainingProgress("decoder", steps, enabled=show) as bar:
         for step in range(1, steps + 1):
             idx = torch.randint(0, len(images), (batch,), generator=generator)
             latents = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
             target = images[idx]
             recon = vae.decode(latents).sample
-            loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
+            reconstruction = F.l1_loss(recon, target) + F.mse_loss(recon, target)
+            stats = {"loss": reconstruction.item()}
+            loss = reconstruction
+            if critic is not None and step > adversarial.start:
+                fake = critic.generator_loss(recon)
+                balance = adaptive_balance(reconstruction, fake, last)
+                loss = loss + adversarial.weight * balance * fake
+                stats.update(adv=fake.item(), balance=balance.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+            if critic is not None:
+                stats["critic"] = critic.update(target, recon)
+            smooth = {k: v if k not in smooth else 0.98 * smooth[k] + 0.02 * v for k, v in stats.items()}
             if step % 10 == 0 or step == steps:
-                bar.update(step, loss=smooth)
+                bar.update(step, **smooth)
     vae.requires_grad_(False)
-    return {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "images": len(images), "loss": round(smooth or 0.0, 5),
-            "seconds": round(time.perf_counter() - start, 1)}
+    record = {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "images": len(images),
+              "loss": round(smooth.get("loss", 0.0), 5), "seconds": round(time.perf_counter() - start, 1)}
+    if critic is not None:
+        record.update(adversarial.record(), critic_loss=round(smooth.get("critic", 0.0), 5))
+    return record
+
+
+def _critic(term: AdversarialDecoderTerm, channels: int, seed: int):
+    """The image patch critic (critic.py, written once with the distiller's), seeded on its own; a CPU/GPU
+    Accelerator only to run its update (the decoder fine-tune is one process, no checkpoints)."""
+    from accelerate import Accelerator
+
+    from cdx.distill.critic import AdversarialCritic, seeded_critic
+
+    return AdversarialCritic(Accelerator(), seeded_critic(seed + 7, channels, term.width), term.critic_lr, r1=term.r1)
 
 
 @torch.no_grad()
@@ -104,7 +168,7 @@ def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str
 def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
                               limit: int | None = 20000, lr: float = 1e-3, batch: int = 64, seed: int = 0,
                               students: tuple[tuple[str | Path, str | Path], ...] = (), overwrite: bool = False,
-                              show: bool = True) -> dict[str, Any]:
+                              show: bool = True, adversarial: AdversarialDecoderTerm | None = None) -> dict[str, Any]:
     """Fine-tune the decoder of the teacher folder's `vae/` on its training data; write the teacher (and any
     (student, student_out) pairs that share its VAE) with the new decoder. Returns the record kept in cdx.json."""
     from cdx.atomic import sha256_file
@@ -132,7 +196,7 @@ def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, 
         dataset = load_image_folder(data, size, channels=channels)
     images = dataset.images[:limit] if limit else dataset.images
     before = reconstruction_rmse(vae, images[:1000])
-    record = finetune_decoder(vae, images, steps, lr, batch, seed, show)
+    record = finetune_decoder(vae, images, steps, lr, batch, seed, show, adversarial)
     record.update({"data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
                    "rmse_first_1000_before": round(before, 4),
                    "rmse_first_1000_after": round(reconstruction_rmse(vae, images[:1000]), 4),

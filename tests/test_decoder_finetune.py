@@ -76,3 +76,52 @@ def test_finetune_pipeline_writes_teacher_and_student_copies_with_the_record(tmp
         AutoencoderKL.from_pretrained(out / "vae")
     assert (tmp_path / "t2" / "unet" / "marker.txt").read_text("utf-8") == "unet"
     assert record["images"] == 16 and "rmse_first_1000_after" in record
+
+
+def test_adaptive_balance_is_the_ratio_of_the_two_gradient_norms_at_the_last_layer():
+    from cdx.distill.decoder_finetune import adaptive_balance
+
+    last = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    reconstruction = (3.0 * last).sum()  # gradient (3, 3): norm 3√2
+    adversarial = (last ** 2).sum()  # gradient 2·last = (2, 4): norm √20
+    balance = adaptive_balance(reconstruction, adversarial, last)
+    assert balance.item() == pytest.approx(3 * 2 ** 0.5 / (20 ** 0.5 + 1e-4), rel=1e-6)
+    assert not balance.requires_grad
+
+
+def test_adversarial_decoder_finetune_trains_the_critic_changes_the_decoder_and_keeps_the_encoder():
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm
+
+    images = _images(count=32, size=16)
+    plain, adversarial = _small_vae(), _small_vae()
+    encoder_before = {k: v.clone() for k, v in adversarial.state_dict().items()
+                      if not k.startswith(("decoder.", "post_quant"))}
+    finetune_decoder(plain, images, steps=6, lr=3e-3, batch=8, show=False)
+    record = finetune_decoder(adversarial, images, steps=6, lr=3e-3, batch=8, show=False,
+                              adversarial=AdversarialDecoderTerm(weight=0.5, start=2))
+    # same seed and batches: only the GAN term (from step 3 on) can make the two decoders differ
+    assert not torch.equal(plain.decoder.conv_out.weight, adversarial.decoder.conv_out.weight)
+    for key, value in adversarial.state_dict().items():
+        if key in encoder_before:
+            assert torch.equal(value, encoder_before[key]), key
+    assert record["adversarial_weight"] == 0.5 and record["adversarial_start"] == 2 and record["critic_loss"] > 0
+
+
+def test_adversarial_term_before_its_start_leaves_the_decoder_as_the_plain_finetune():
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm
+
+    images = _images(count=32, size=16)
+    plain, delayed = _small_vae(), _small_vae()
+    finetune_decoder(plain, images, steps=4, lr=3e-3, batch=8, show=False)
+    finetune_decoder(delayed, images, steps=4, lr=3e-3, batch=8, show=False,
+                     adversarial=AdversarialDecoderTerm(weight=0.5, start=4))  # the critic trains, the term never acts
+    assert torch.equal(plain.decoder.conv_out.weight, delayed.decoder.conv_out.weight)
+
+
+@pytest.mark.parametrize("field, value, flag", [("weight", -0.1, "--adversarial-weight"), ("start", -1, "--adversarial-start"),
+                                                ("critic_lr", 0.0, "--critic-lr"), ("r1", -1.0, "--critic-r1")])
+def test_adversarial_decoder_term_refuses_bad_settings(field, value, flag):
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm
+
+    with pytest.raises(InputError, match=flag):
+        AdversarialDecoderTerm(**{field: value})
