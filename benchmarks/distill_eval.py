@@ -287,28 +287,45 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def student_commands(info: dict[str, Any], out: str, teacher_finetune: dict[str, Any] | None, teacher_out: str) -> str:
+def teacher_stage_folders(stages: int, teacher_out: str) -> list[str]:
+    """Where the teacher is after each of its `stages` decoder fine-tunes (the last one is `teacher_out`)."""
+    return [f"out/teacher_decoder{i + 1}" for i in range(stages - 1)] + [teacher_out]
+
+
+def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any], teacher_out: str) -> str:
     """The command lines that made the student `info` (its cdx.json) at `out`: a student re-distilled with
     `--init-student` records its starting student under `init_from`, whose own commands come first (into
-    out/student_stage1, 2, …); a student whose decoder was fine-tuned with the teacher's was distilled from the base
-    teacher."""
-    from cdx.distill.model_card import decoder_finetune_command, distill_command
+    out/student_stage1, 2, …); a stage whose decoder was fine-tuned with the teacher's (`decoder_finetune` in its
+    record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card."""
+    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, distill_command
 
     chain = [info]
     while chain[-1].get("init_from"):
         chain.append(chain[-1]["init_from"])
     chain.reverse()  # the first-made student first
-    outs = [f"out/student_stage{i + 1}" for i in range(len(chain) - 1)] + [out]
-    lines = []
-    for i, (stage, stage_out) in enumerate(zip(chain, outs, strict=True)):
+    teacher_stages = decoder_finetune_stages(teacher_info)
+    teacher_folders = ["out/teacher_base", *teacher_stage_folders(len(teacher_stages), teacher_out)]
+    used = 0  # teacher fine-tunes the stages so far went through
+    folders = iter(f"out/student_stage{i + 1}" for i in range(100))
+    lines, previous = [], ""
+    for i, stage in enumerate(chain):
+        finetunes = decoder_finetune_stages(stage) if len(teacher_stages) else []
+        last = i == len(chain) - 1
+        stage_out = "out/student_base" if i == 0 and finetunes else (out if last and not finetunes else next(folders))
         recipe = dict(stage.get("distill", {}))
         if i:
-            recipe["init_student"] = outs[i - 1]
+            recipe["init_student"] = previous
         command = distill_command(recipe, stage_out)
-        if i == 0 and teacher_finetune and stage.get("decoder_finetune"):
-            command = (command.replace(f"--out {stage_out}", "--teacher out/teacher_base --out out/student_base", 1)
-                       + "\n" + decoder_finetune_command(teacher_finetune, teacher_out, stage_out))
+        if i == 0 and finetunes:
+            command = command.replace(f"--out {stage_out}", f"--teacher out/teacher_base --out {stage_out}", 1)
         lines.append(command)
+        previous = stage_out
+        for j, _ in enumerate(finetunes):
+            target = out if last and j == len(finetunes) - 1 else next(folders)
+            record = teacher_stages[used] if used < len(teacher_stages) else finetunes[j]
+            lines.append(decoder_finetune_command(record, teacher_folders[used + 1], target, teacher_folders[used],
+                                                  previous))
+            previous, used = target, used + 1
     return "\n".join(lines)
 
 
@@ -316,7 +333,7 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
     from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
-    from cdx.distill.model_card import decoder_finetune_command, teacher_command, write_model_card
+    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, teacher_command, write_model_card
 
     table = render_quality_markdown(result)
     measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"
@@ -324,11 +341,13 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     student_info = read_cdx_info(Path(student_dir))
     teacher_out, student_out = portable_path(teacher_dir), portable_path(student_dir)
     teacher_cmd = teacher_command(teacher_info.get("recipe", {}), teacher_out)
-    finetune = teacher_info.get("decoder_finetune")
-    if finetune:  # the base folders first, then the decoder fine-tune that wrote the committed ones
-        teacher_cmd = (teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1) + "\n"
-                       + decoder_finetune_command(finetune, teacher_out))
-    student_cmd = student_commands(student_info, student_out, finetune, teacher_out)
+    stages = decoder_finetune_stages(teacher_info)
+    if stages:  # the base folder first, then the decoder fine-tunes that wrote the committed one
+        folders = ["out/teacher_base", *teacher_stage_folders(len(stages), teacher_out)]
+        teacher_cmd = "\n".join([teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1)]
+                                + [decoder_finetune_command(record, folders[i + 1], teacher_in=folders[i])
+                                   for i, record in enumerate(stages)])
+    student_cmd = student_commands(student_info, student_out, teacher_info, teacher_out)
     return [
         write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",
                          teacher_cmd, measured),

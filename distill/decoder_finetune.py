@@ -161,6 +161,8 @@ def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str
         vae.save_pretrained(staging / "vae", safe_serialization=True)
         info_path = staging / "cdx.json"
         info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+        if "decoder_finetune" in info:  # a fine-tune of a fine-tuned decoder: keep the chain, oldest first
+            info["decoder_finetune_earlier"] = [*info.get("decoder_finetune_earlier", []), info["decoder_finetune"]]
         info["decoder_finetune"] = record
         info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
 

@@ -107,14 +107,25 @@ def teacher_command(recipe: dict[str, Any], out: str) -> str:
     return " ".join(parts)
 
 
-def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str | None = None) -> str:
-    """The `cdx teacher finetune-decoder` line (a saved decoder_finetune record) that turns the folders the commands
-    before it wrote (`out/teacher_base`, `out/student_base`) into `out` (and `student_out`)."""
-    parts = ["cdx teacher finetune-decoder --teacher out/teacher_base", f"--out {out}", f"--steps {record['steps']}"]
+def decoder_finetune_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A folder's decoder fine-tunes (cdx.json `decoder_finetune_earlier` + `decoder_finetune`), oldest first."""
+    latest = info.get("decoder_finetune")
+    return [*info.get("decoder_finetune_earlier", []), latest] if latest else []
+
+
+def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str | None = None,
+                             teacher_in: str = "out/teacher_base", student_in: str = "out/student_base") -> str:
+    """The `cdx teacher finetune-decoder` line (a saved decoder_finetune record) that turns `teacher_in` (and
+    `student_in`) into `out` (and `student_out`)."""
+    parts = [f"cdx teacher finetune-decoder --teacher {teacher_in}", f"--out {out}", f"--steps {record['steps']}"]
     defaults = {"lr": 1e-3, "batch": 64, "seed": 0}
     parts += [f"--{key} {record[key]}" for key, value in defaults.items() if record.get(key, value) != value]
     if record.get("images") != 20000:
         parts.append(f"--limit {record.get('images')}")
+    adversarial = {"adversarial_weight": 0.0, "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
+    if record.get("adversarial_weight"):
+        parts += [f"--{key.replace('_', '-')} {record[key]}" for key, value in adversarial.items()
+                  if record.get(key, value) != value]
     if student_out:
-        parts += ["--student out/student_base", f"--student-out {student_out}"]
+        parts += [f"--student {student_in}", f"--student-out {student_out}"]
     return " ".join(parts)

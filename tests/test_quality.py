@@ -210,10 +210,53 @@ def test_a_re_distilled_students_card_lists_the_commands_that_made_its_starting_
     finetune = {"steps": 1000, "images": 20000}
     base = {"distill": {"steps": 5000, "lr": 0.0002}, "decoder_finetune": finetune}
     redistilled = {"distill": {"steps": 3000, "num_solver_steps": 10, "init_student": "/tmp/whatever"}, "init_from": base}
-    lines = student_commands(redistilled, "cdx/assets/fashion_student", finetune, "cdx/assets/fashion_teacher").split("\n")
+    lines = student_commands(redistilled, "cdx/assets/fashion_student", {"decoder_finetune": finetune},
+                             "cdx/assets/fashion_teacher").split("\n")
     assert lines == [
         "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000 --lr 0.0002",
         "cdx teacher finetune-decoder --teacher out/teacher_base --out cdx/assets/fashion_teacher --steps 1000 "
         "--student out/student_base --student-out out/student_stage1",
         "cdx distill --out cdx/assets/fashion_student --steps 3000 --num-solver-steps 10 --init-student out/student_stage1",
     ]
+
+
+def test_decoder_fine_tunes_of_a_re_distilled_student_follow_its_last_distillation_in_the_teachers_folders() -> None:
+    from cdx.benchmarks.distill_eval import student_commands
+
+    plain = {"steps": 1000, "images": 20000}
+    gan1 = {"steps": 4000, "images": 60000, "lr": 0.0003, "adversarial_weight": 0.5}
+    gan2 = {"steps": 4000, "images": 60000, "lr": 0.0002, "adversarial_weight": 1.0, "critic_r1": 0.1}
+    base = {"distill": {"steps": 5000}, "decoder_finetune": plain}
+    final = {"distill": {"steps": 3000, "init_student": "/tmp/x"}, "init_from": base,
+             "decoder_finetune": gan2, "decoder_finetune_earlier": [gan1]}
+    teacher = {"decoder_finetune": gan2, "decoder_finetune_earlier": [plain, gan1]}
+    lines = student_commands(final, "S", teacher, "T").split("\n")
+    assert lines == [
+        "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000",
+        "cdx teacher finetune-decoder --teacher out/teacher_base --out out/teacher_decoder1 --steps 1000 "
+        "--student out/student_base --student-out out/student_stage1",
+        "cdx distill --out out/student_stage2 --steps 3000 --init-student out/student_stage1",
+        "cdx teacher finetune-decoder --teacher out/teacher_decoder1 --out out/teacher_decoder2 --steps 4000 "
+        "--lr 0.0003 --limit 60000 --adversarial-weight 0.5 --student out/student_stage2 --student-out out/student_stage3",
+        "cdx teacher finetune-decoder --teacher out/teacher_decoder2 --out T --steps 4000 --lr 0.0002 --limit 60000 "
+        "--adversarial-weight 1.0 --critic-r1 0.1 --student out/student_stage3 --student-out S",
+    ]
+
+
+def test_a_second_decoder_fine_tune_keeps_the_first_ones_record(tmp_path) -> None:
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from cdx.distill.decoder_finetune import _copy_with_vae
+    from cdx.tiny_models import tiny_vae
+
+    source = tmp_path / "t"
+    source.mkdir()
+    (source / "cdx.json").write_text(json.dumps({"decoder_finetune": {"steps": 1}}), "utf-8")
+    vae: AutoencoderKL = tiny_vae(seed=0)
+    _copy_with_vae(source, tmp_path / "t2", vae, {"steps": 2}, overwrite=False)
+    _copy_with_vae(tmp_path / "t2", tmp_path / "t3", vae, {"steps": 3}, overwrite=False)
+    info = json.loads((tmp_path / "t3" / "cdx.json").read_text("utf-8"))
+    assert info["decoder_finetune"] == {"steps": 3}
+    assert info["decoder_finetune_earlier"] == [{"steps": 1}, {"steps": 2}]
