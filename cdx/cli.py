@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Train or inspect a teacher latent diffusion model.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+student_app = typer.Typer(help="Post-process a distilled student (its decoder).", no_args_is_help=True)
+app.add_typer(student_app, name="student")
 
 
 def _version(value: bool) -> None:
@@ -115,6 +117,40 @@ def teacher_finetune_decoder(
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_pipeline_decoder(teacher or default_teacher(), out, steps, data, limit, lr, batch, seed,
                                        tuple(zip(students, outs, strict=True)), overwrite, adversarial=adversarial)
+    console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
+                  f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
+
+
+@student_app.command("finetune-decoder")
+def student_finetune_decoder(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Student folder to write (a copy with the new vae/).")],
+    student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
+    data: Annotated[Path | None, typer.Option(help="Real training images: Fashion-MNIST IDX folder or class subfolders "
+                                              "(default: /usr/share/datasets/fashion-mnist).")] = None,
+    steps: Annotated[int, typer.Option(help="Decoder training steps.")] = 2000,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = 20000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (100 warm-up steps, cosine decay).")] = 2e-4,
+    batch: Annotated[int, typer.Option(help="Batch size (real images, and as many student samples).")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the draws; the student's samples use seeds from 1,000,003 + seed "
+                                      "(never `cdx evaluate`'s).")] = 0,
+    samples: Annotated[int, typer.Option(help="One-step student samples drawn once, before training.")] = 10000,
+    adversarial_weight: Annotated[float, typer.Option(help="The GAN term's weight, relative to the reconstruction "
+                                                      "loss (VQGAN balance).")] = 0.5,
+    adversarial_start: Annotated[int, typer.Option(help="Step the GAN term starts at.")] = 0,
+    critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
+    critic_r1: Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")] = 0.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Fit a student's decoder to its own one-step samples (encoder frozen, so its UNet stays valid): the
+    reconstruction loss on real images keeps what the decoder draws, a patch critic judges the decodes of the
+    student's samples against real images."""
+    from cdx.defaults import default_student
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_student_decoder
+    from cdx.ui import console
+
+    adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
+    record = finetune_student_decoder(student or default_student(), out, steps, data, limit, lr, batch, seed,
+                                      adversarial, samples, overwrite)
     console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
                   f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
 

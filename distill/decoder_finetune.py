@@ -71,10 +71,14 @@ def adaptive_balance(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
 
 
 def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: float = 1e-3, batch: int = 64,
-                     seed: int = 0, show: bool = True,
-                     adversarial: AdversarialDecoderTerm | None = None) -> dict[str, Any]:
+                     seed: int = 0, show: bool = True, adversarial: AdversarialDecoderTerm | None = None,
+                     samples: torch.Tensor | None = None) -> dict[str, Any]:
     """Train `vae`'s decoder in place for `steps` on `images` ([-1, 1], the encoder's input) with L1 + MSE (plus the
     adversarial term when `adversarial.weight` > 0).
+
+    `samples`: latents in the VAE's space with no image to match (a one-step student's outputs): each step also
+    decodes a batch of them, and the critic judges those images too (the GAN term is all they get), so the decoder
+    learns to turn the latents the student really produces into images like the data.
 
     Returns what the model card records (steps, images, seconds, final loss). The encoder's weights are untouched
     (checked by tests/test_decoder_finetune.py)."""
@@ -83,6 +87,8 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
     if len(images) < batch:
         raise InputError(f"{len(images)} training images: need at least one batch of {batch}")
     adversarial = adversarial or AdversarialDecoderTerm()
+    if samples is not None and adversarial.weight <= 0:
+        raise InputError("decoding student samples needs --adversarial-weight > 0: the critic is their only loss")
     start = time.perf_counter()
     vae.requires_grad_(False)
     vae.eval()
@@ -105,8 +111,12 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
             reconstruction = F.l1_loss(recon, target) + F.mse_loss(recon, target)
             stats = {"loss": reconstruction.item()}
             loss = reconstruction
+            fakes = recon
+            if samples is not None:  # the student's latents: no target, the critic only
+                rows = torch.randint(0, len(samples), (batch,), generator=generator)
+                fakes = torch.cat([recon, vae.decode(samples[rows]).sample])
             if critic is not None and step > adversarial.start:
-                fake = critic.generator_loss(recon)
+                fake = critic.generator_loss(fakes)
                 balance = adaptive_balance(reconstruction, fake, last)
                 loss = loss + adversarial.weight * balance * fake
                 stats.update(adv=fake.item(), balance=balance.item())
@@ -115,7 +125,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
             optimizer.step()
             schedule.step()
             if critic is not None:
-                stats["critic"] = critic.update(target, recon)
+                stats["critic"] = critic.update(target, fakes)
             smooth = {k: v if k not in smooth else 0.98 * smooth[k] + 0.02 * v for k, v in stats.items()}
             if step % 10 == 0 or step == steps:
                 bar.update(step, **smooth)
@@ -124,6 +134,8 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
               "loss": round(smooth.get("loss", 0.0), 5), "seconds": round(time.perf_counter() - start, 1)}
     if critic is not None:
         record.update(adversarial.record(), critic_loss=round(smooth.get("critic", 0.0), 5))
+    if samples is not None:
+        record["student_samples"] = len(samples)
     return record
 
 
@@ -174,8 +186,6 @@ def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, 
     """Fine-tune the decoder of the teacher folder's `vae/` on its training data; write the teacher (and any
     (student, student_out) pairs that share its VAE) with the new decoder. Returns the record kept in cdx.json."""
     from cdx.atomic import sha256_file
-    from cdx.distill.data import load_dataset, load_image_folder
-    from cdx.machine import describe_machine
 
     teacher = Path(teacher)
     if not (teacher / "vae").is_dir():
@@ -186,24 +196,90 @@ def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, 
         if not theirs.is_file() or sha256_file(theirs) != sha256_file(reference):
             raise InputError(f"--student {student}: its vae/ is not the teacher's (sha256 differs); only a student that "
                              f"decodes with the teacher's VAE can take the fine-tuned decoder")
-    vae = AutoencoderKL.from_pretrained(teacher / "vae")
+    vae, images = _vae_and_images(teacher, data, limit)
+    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial)
+    _copy_with_vae(teacher, Path(out), vae, record, overwrite)
+    for student, student_out in students:
+        _copy_with_vae(Path(student), Path(student_out), vae, record, overwrite)
+    return record
+
+
+def _vae_and_images(folder: Path, data: str | Path | None, limit: int | None) -> tuple[AutoencoderKL, torch.Tensor]:
+    """The folder's VAE and its training images ([-1, 1], at most `limit`)."""
+    from cdx.distill.data import load_dataset, load_image_folder
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
     if vae.config.in_channels not in (1, 3):
-        raise InputError(f"{teacher / 'vae'}: in_channels {vae.config.in_channels}; expected 1 or 3")
+        raise InputError(f"{folder / 'vae'}: in_channels {vae.config.in_channels}; expected 1 or 3")
     size, channels = int(vae.config.sample_size), int(vae.config.in_channels)
     if channels == 1:
         dataset = load_dataset(data, "train", size, limit)
     elif data is None:
-        raise InputError(f"{teacher / 'vae'} takes RGB images: pass --data (a folder of images or class subfolders)")
+        raise InputError(f"{folder / 'vae'} takes RGB images: pass --data (a folder of images or class subfolders)")
     else:
         dataset = load_image_folder(data, size, channels=channels)
-    images = dataset.images[:limit] if limit else dataset.images
+    return vae, dataset.images[:limit] if limit else dataset.images
+
+
+def _finetune_with_record(vae: AutoencoderKL, images: torch.Tensor, data: str | Path | None, steps: int, lr: float,
+                          batch: int, seed: int, show: bool, adversarial: AdversarialDecoderTerm | None,
+                          samples: torch.Tensor | None = None) -> dict[str, Any]:
+    from cdx.machine import describe_machine
+
     before = reconstruction_rmse(vae, images[:1000])
-    record = finetune_decoder(vae, images, steps, lr, batch, seed, show, adversarial)
+    record = finetune_decoder(vae, images, steps, lr, batch, seed, show, adversarial, samples)
     record.update({"data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
                    "rmse_first_1000_before": round(before, 4),
                    "rmse_first_1000_after": round(reconstruction_rmse(vae, images[:1000]), 4),
                    "machine": describe_machine("cpu")})
-    _copy_with_vae(teacher, Path(out), vae, record, overwrite)
-    for student, student_out in students:
-        _copy_with_vae(Path(student), Path(student_out), vae, record, overwrite)
+    return record
+
+
+SAMPLE_SEED_OFFSET = 1_000_003  # the student's training samples never reuse `cdx evaluate`'s seeds (0, 1, …)
+
+
+@torch.no_grad()
+def student_sample_latents(student: Path, count: int, seed: int = 0, batch: int = 250,
+                           show: bool = True) -> torch.Tensor:
+    """`count` one-step samples of the student folder as latents in its VAE's space (scaling undone), conditions
+    cycling over its classes / prompts, at its default guidance; seeds start at SAMPLE_SEED_OFFSET + seed."""
+    from cdx.distill.conditioning import TeacherConditioning
+    from cdx.distill.loading import load_latent_pipeline, read_cdx_info
+    from cdx.distill.sampling import consistency_latents
+
+    parts = load_latent_pipeline(student)
+    cond = TeacherConditioning(parts, parts.class_names)
+    parameterization = read_cdx_info(student).get("parameterization", "lcm")
+    conditions = max(1, len(parts.class_names or []))
+    chunks = []
+    with TrainingProgress("student samples", count, enabled=show) as bar:
+        for start in range(0, count, batch):
+            labels = torch.arange(start, min(count, start + batch)) % conditions
+            latents = consistency_latents(parts.unet, parts, cond, labels, steps=1, guidance=parts.default_guidance,
+                                          parameterization=parameterization, seed=SAMPLE_SEED_OFFSET + seed + start)
+            chunks.append(latents / parts.latent_scaling_factor + (parts.latent_shift_factor or 0.0))
+            bar.update(start + len(labels))
+    return torch.cat(chunks)
+
+
+def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
+                             limit: int | None = 20000, lr: float = 1e-3, batch: int = 64, seed: int = 0,
+                             adversarial: AdversarialDecoderTerm | None = None, samples: int = 10000,
+                             overwrite: bool = False, show: bool = True) -> dict[str, Any]:
+    """Fine-tune a student folder's decoder for its own one-step samples (encoder frozen): the reconstruction loss on
+    real images keeps what the decoder draws, and the critic judges both those reconstructions and the decodes of
+    `samples` one-step samples; write the student with the new decoder to `out`. Returns the cdx.json record."""
+    student = Path(student)
+    if not (student / "vae").is_dir() or not (student / "unet").is_dir():
+        raise InputError(f"--student {student}: no vae/ and unet/ folders (expected a cdx student pipeline folder)")
+    if samples < batch:
+        raise InputError(f"--samples {samples}: need at least one batch of {batch}")
+    adversarial = adversarial or AdversarialDecoderTerm()
+    if adversarial.weight <= 0:
+        raise InputError("cdx student finetune-decoder needs --adversarial-weight > 0: the critic is what fits the "
+                         "decoder to the student's samples")
+    vae, images = _vae_and_images(student, data, limit)
+    latents = student_sample_latents(student, samples, seed, show=show)
+    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial, latents)
+    _copy_with_vae(student, Path(out), vae, record, overwrite)
     return record

@@ -90,6 +90,15 @@ def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, 
     `noise` gives the initial latents (e.g. cdx-normal-v1, as the artifacts draw them); otherwise they and the
     re-noising draws come from a torch generator seeded with `seed`.
     """
+    return _decode(parts, consistency_latents(unet, parts, cond, labels, steps, guidance, parameterization, seed,
+                                              embedding_dim, noise))
+
+
+@torch.no_grad()
+def consistency_latents(unet: torch.nn.Module, parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 1,
+                        guidance: float = 3.0, parameterization: str = "lcm", seed: int = 0,
+                        embedding_dim: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """`consistency_sample`'s clean latents (the diffusion latent space, before the VAE's scaling is undone)."""
     drawn, gen = _noise(parts, len(labels), seed)
     latents = drawn if noise is None else noise
     schedule = [s.as_dict() for s in step_constants(parts.scheduler_config, steps, parameterization)]  # type: ignore[arg-type]
@@ -107,7 +116,7 @@ def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, 
         return consistency_output(unet(x, t, **kwargs).sample, x, step["alpha_cumprod"], step["c_skip"], step["c_out"],
                                   "epsilon")
 
-    return _decode(parts, consistency_loop(denoise, latents, schedule, step_noise))
+    return consistency_loop(denoise, latents, schedule, step_noise)
 
 
 @torch.no_grad()

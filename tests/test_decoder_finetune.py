@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,57 @@ def test_adversarial_decoder_term_refuses_bad_settings(field, value, flag):
 
     with pytest.raises(InputError, match=flag):
         AdversarialDecoderTerm(**{field: value})
+
+
+def test_student_sample_latents_are_the_students_own_one_step_samples_on_seeds_evaluate_never_uses():
+    from cdx.defaults import default_student
+    from cdx.distill.conditioning import TeacherConditioning
+    from cdx.distill.decoder_finetune import SAMPLE_SEED_OFFSET, student_sample_latents
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.distill.sampling import consistency_sample, decode_latents
+
+    student = default_student()
+    latents = student_sample_latents(Path(student), count=5, batch=3, show=False)
+    parts = load_latent_pipeline(student)
+    cond = TeacherConditioning(parts, parts.class_names)
+    expected = torch.cat([
+        consistency_sample(parts.unet, parts, cond, torch.tensor([0, 1, 2]), guidance=parts.default_guidance,
+                           seed=SAMPLE_SEED_OFFSET),
+        consistency_sample(parts.unet, parts, cond, torch.tensor([3, 4]), guidance=parts.default_guidance,
+                           seed=SAMPLE_SEED_OFFSET + 3),
+    ])
+    with torch.no_grad():
+        images = decode_latents(parts.vae, latents, 1.0)  # already in the VAE's space
+    assert latents.shape == (5, parts.latent_channels, 8, 8)
+    assert torch.allclose(images, expected, atol=1e-5)
+    evaluate_seed_0 = consistency_sample(parts.unet, parts, cond, torch.tensor([0, 1, 2]),
+                                         guidance=parts.default_guidance, seed=0)
+    assert not torch.allclose(images[:3], evaluate_seed_0, atol=1e-2)
+
+
+def test_student_samples_change_the_decoder_through_the_critic_and_need_it():
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm
+
+    images = _images(count=32, size=16)
+    term = AdversarialDecoderTerm(weight=0.5)
+    with_samples, without = _small_vae(), _small_vae()
+    samples = torch.randn(16, int(with_samples.config.latent_channels), 4, 4, generator=torch.Generator().manual_seed(1))
+    finetune_decoder(without, images, steps=4, lr=3e-3, batch=8, show=False, adversarial=AdversarialDecoderTerm(0.5))
+    record = finetune_decoder(with_samples, images, steps=4, lr=3e-3, batch=8, show=False, adversarial=term,
+                              samples=samples)
+    assert not torch.equal(with_samples.decoder.conv_out.weight, without.decoder.conv_out.weight)
+    assert record["student_samples"] == 16
+    with pytest.raises(InputError, match="adversarial-weight"):
+        finetune_decoder(_small_vae(), images, steps=1, batch=8, show=False, samples=samples)
+
+
+def test_student_finetune_decoder_without_the_critic_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from cli_run import run_cli
+
+    code, line = run_cli(monkeypatch, capsys, "student", "finetune-decoder", "--out", tmp_path / "s",
+                         "--adversarial-weight", "0", "--steps", "1")
+    assert code != 0 and "--adversarial-weight" in line
+    code, line = run_cli(monkeypatch, capsys, "student", "finetune-decoder", "--student", tmp_path / "missing",
+                         "--out", tmp_path / "s", "--steps", "1")
+    assert code != 0 and "missing" in line
+    assert not (tmp_path / "s").exists()
