@@ -297,7 +297,7 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     `--init-student` records its starting student under `init_from`, whose own commands come first (into
     out/student_stage1, 2, …); a stage whose decoder was fine-tuned with the teacher's (`decoder_finetune` in its
     record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card."""
-    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, distill_command
+    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, distill_command, student_decoder_command
 
     chain = [info]
     while chain[-1].get("init_from"):
@@ -320,12 +320,15 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
             command = command.replace(f"--out {stage_out}", f"--teacher out/teacher_base --out {stage_out}", 1)
         lines.append(command)
         previous = stage_out
-        for j, _ in enumerate(finetunes):
+        for j, record in enumerate(finetunes):
             target = out if last and j == len(finetunes) - 1 else next(folders)
-            record = teacher_stages[used] if used < len(teacher_stages) else finetunes[j]
-            lines.append(decoder_finetune_command(record, teacher_folders[used + 1], target, teacher_folders[used],
-                                                  previous))
-            previous, used = target, used + 1
+            if "student_samples" in record:  # the student's own decoder fit (`cdx student finetune-decoder`)
+                lines.append(student_decoder_command(record, previous, target))
+            else:  # a teacher decoder fine-tune the student took along (`--student`)
+                lines.append(decoder_finetune_command(teacher_stages[used], teacher_folders[used + 1], target,
+                                                      teacher_folders[used], previous))
+                used += 1
+            previous = target
     return "\n".join(lines)
 
 

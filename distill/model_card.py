@@ -129,3 +129,17 @@ def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str 
     if student_out:
         parts += [f"--student {student_in}", f"--student-out {student_out}"]
     return " ".join(parts)
+
+
+def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -> str:
+    """The `cdx student finetune-decoder` line (a saved record with `student_samples`) that turned `student_in` into
+    `out`."""
+    parts = [f"cdx student finetune-decoder --student {student_in}", f"--out {out}", f"--steps {record['steps']}"]
+    defaults = {"lr": 2e-4, "batch": 64, "seed": 0, "student_samples": 10000, "adversarial_weight": 0.5,
+                "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
+    flags = {"student_samples": "samples"}
+    parts += [f"--{flags.get(key, key).replace('_', '-')} {record[key]}" for key, value in defaults.items()
+              if record.get(key, value) != value]
+    if record.get("images") != 20000:
+        parts.append(f"--limit {record.get('images')}")
+    return " ".join(parts)

@@ -220,16 +220,18 @@ def test_a_re_distilled_students_card_lists_the_commands_that_made_its_starting_
     ]
 
 
-def test_decoder_fine_tunes_of_a_re_distilled_student_follow_its_last_distillation_in_the_teachers_folders() -> None:
+def test_decoder_fine_tunes_of_a_re_distilled_student_follow_its_last_distillation_then_its_own_decoder_fit() -> None:
     from cdx.benchmarks.distill_eval import student_commands
 
     plain = {"steps": 1000, "images": 20000}
     gan1 = {"steps": 4000, "images": 60000, "lr": 0.0003, "adversarial_weight": 0.5}
     gan2 = {"steps": 4000, "images": 60000, "lr": 0.0002, "adversarial_weight": 1.0, "critic_r1": 0.1}
     base = {"distill": {"steps": 5000}, "decoder_finetune": plain}
+    own = {"steps": 3000, "images": 60000, "student_samples": 20000, "adversarial_weight": 1.0,
+           "adversarial_start": 300}
     final = {"distill": {"steps": 3000, "init_student": "/tmp/x"}, "init_from": base,
-             "decoder_finetune": gan2, "decoder_finetune_earlier": [gan1]}
-    teacher = {"decoder_finetune": gan2, "decoder_finetune_earlier": [plain, gan1]}
+             "decoder_finetune": own, "decoder_finetune_earlier": [gan1, gan2]}
+    teacher = {"decoder_finetune": {"steps": 5}, "decoder_finetune_earlier": [plain, gan1, gan2]}
     lines = student_commands(final, "S", teacher, "T").split("\n")
     assert lines == [
         "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000",
@@ -238,8 +240,10 @@ def test_decoder_fine_tunes_of_a_re_distilled_student_follow_its_last_distillati
         "cdx distill --out out/student_stage2 --steps 3000 --init-student out/student_stage1",
         "cdx teacher finetune-decoder --teacher out/teacher_decoder1 --out out/teacher_decoder2 --steps 4000 "
         "--lr 0.0003 --limit 60000 --adversarial-weight 0.5 --student out/student_stage2 --student-out out/student_stage3",
-        "cdx teacher finetune-decoder --teacher out/teacher_decoder2 --out T --steps 4000 --lr 0.0002 --limit 60000 "
-        "--adversarial-weight 1.0 --critic-r1 0.1 --student out/student_stage3 --student-out S",
+        "cdx teacher finetune-decoder --teacher out/teacher_decoder2 --out out/teacher_decoder3 --steps 4000 --lr 0.0002 "
+        "--limit 60000 --adversarial-weight 1.0 --critic-r1 0.1 --student out/student_stage3 --student-out out/student_stage4",
+        "cdx student finetune-decoder --student out/student_stage4 --out S --steps 3000 --samples 20000 "
+        "--adversarial-weight 1.0 --adversarial-start 300 --limit 60000",
     ]
 
 
