@@ -28,6 +28,17 @@ student_app = typer.Typer(help="Post-process a distilled student (its decoder)."
 app.add_typer(student_app, name="student")
 
 
+# the options both decoder fine-tunes (teacher and student) take, declared once
+DecoderData = Annotated[Path | None, typer.Option(help="Real training images: Fashion-MNIST IDX folder or class subfolders "
+                                                  "(default: /usr/share/datasets/fashion-mnist).")]
+DecoderSteps = Annotated[int, typer.Option(help="Decoder training steps.")]
+DecoderLimit = Annotated[int | None, typer.Option(help="Use only the first N training images.")]
+DecoderLr = Annotated[float, typer.Option(help="Peak learning rate (100 warm-up steps, cosine decay).")]
+AdversarialStart = Annotated[int, typer.Option(help="Step the GAN term starts at (the critic trains from step 0).")]
+CriticLr = Annotated[float, typer.Option(help="The critic's Adam learning rate.")]
+CriticR1 = Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cdx {__version__}")
@@ -81,15 +92,22 @@ def teacher_train(
     console.print(f"wrote {out} ({info['train_seconds']['total']:.0f} s)")
 
 
+def _say_decoder_record(out: Path, record: dict) -> None:
+    """The one line a decoder fine-tune ends with."""
+    from cdx.ui import console
+
+    console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
+                  f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
+
+
 @teacher_app.command("finetune-decoder")
 def teacher_finetune_decoder(
     out: Annotated[Path, typer.Option("--out", "-o", help="Teacher folder to write (a copy with the new vae/).")],
     teacher: Annotated[str, typer.Option(help="Teacher pipeline folder (default: the embedded one).")] = "",
-    data: Annotated[Path | None, typer.Option(help="Its training images: Fashion-MNIST IDX folder or class subfolders "
-                                              "(default: /usr/share/datasets/fashion-mnist).")] = None,
-    steps: Annotated[int, typer.Option(help="Decoder training steps.")] = 2000,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = 20000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (100 warm-up steps, cosine decay).")] = 1e-3,
+    data: DecoderData = None,
+    steps: DecoderSteps = 2000,
+    limit: DecoderLimit = 20000,
+    lr: DecoderLr = 1e-3,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the batch and posterior-sample draws.")] = 0,
     student: Annotated[list[str] | None, typer.Option(help="A student folder decoding with this teacher's VAE; "
@@ -99,17 +117,15 @@ def teacher_finetune_decoder(
     adversarial_weight: Annotated[float, typer.Option(help="> 0: add a hinge GAN term from an image patch critic "
                                                       "trained here, balanced against the reconstruction loss at the "
                                                       "decoder's last layer (VQGAN); 0.5 is a good start.")] = 0.0,
-    adversarial_start: Annotated[int, typer.Option(help="Step the GAN term starts at (the critic trains from step "
-                                                   "0).")] = 0,
-    critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
-    critic_r1: Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")] = 0.0,
+    adversarial_start: AdversarialStart = 0,
+    critic_lr: CriticLr = 2e-4,
+    critic_r1: CriticR1 = 0.0,
 ) -> None:
     """Fine-tune the teacher VAE's decoder on real images with the encoder frozen (latent space unchanged, so the
     teacher's and the students' UNets stay valid): a better autoencoder ceiling for both without retraining them."""
     from cdx.defaults import default_teacher
     from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_pipeline_decoder
     from cdx.errors import InputError
-    from cdx.ui import console
 
     students, outs = list(student or []), list(student_out or [])
     if len(students) != len(outs):
@@ -117,28 +133,26 @@ def teacher_finetune_decoder(
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_pipeline_decoder(teacher or default_teacher(), out, steps, data, limit, lr, batch, seed,
                                        tuple(zip(students, outs, strict=True)), overwrite, adversarial=adversarial)
-    console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
-                  f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
+    _say_decoder_record(out, record)
 
 
 @student_app.command("finetune-decoder")
 def student_finetune_decoder(
     out: Annotated[Path, typer.Option("--out", "-o", help="Student folder to write (a copy with the new vae/).")],
     student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
-    data: Annotated[Path | None, typer.Option(help="Real training images: Fashion-MNIST IDX folder or class subfolders "
-                                              "(default: /usr/share/datasets/fashion-mnist).")] = None,
-    steps: Annotated[int, typer.Option(help="Decoder training steps.")] = 2000,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = 20000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (100 warm-up steps, cosine decay).")] = 2e-4,
+    data: DecoderData = None,
+    steps: DecoderSteps = 2000,
+    limit: DecoderLimit = 20000,
+    lr: DecoderLr = 2e-4,
     batch: Annotated[int, typer.Option(help="Batch size (real images, and as many student samples).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the draws; the student's samples use seeds from 1,000,003 + seed "
                                       "(never `cdx evaluate`'s).")] = 0,
     samples: Annotated[int, typer.Option(help="One-step student samples drawn once, before training.")] = 10000,
     adversarial_weight: Annotated[float, typer.Option(help="The GAN term's weight, relative to the reconstruction "
                                                       "loss (VQGAN balance).")] = 0.5,
-    adversarial_start: Annotated[int, typer.Option(help="Step the GAN term starts at.")] = 0,
-    critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
-    critic_r1: Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")] = 0.0,
+    adversarial_start: AdversarialStart = 0,
+    critic_lr: CriticLr = 2e-4,
+    critic_r1: CriticR1 = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Fit a student's decoder to its own one-step samples (encoder frozen, so its UNet stays valid): the
@@ -146,13 +160,11 @@ def student_finetune_decoder(
     student's samples against real images."""
     from cdx.defaults import default_student
     from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_student_decoder
-    from cdx.ui import console
 
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_student_decoder(student or default_student(), out, steps, data, limit, lr, batch, seed,
                                       adversarial, samples, overwrite)
-    console.print(f"wrote {out}: reconstruction RMSE {record['rmse_first_1000_before']:.4f} → "
-                  f"{record['rmse_first_1000_after']:.4f} ({record['seconds']:.0f} s)")
+    _say_decoder_record(out, record)
 
 
 @teacher_app.command("tiny")
