@@ -10,6 +10,7 @@ so the speed-up is a ratio taken in one run. Writes quality.json, quality.md, th
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -288,8 +289,9 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
 
 
 def teacher_stage_folders(stages: int, teacher_out: str) -> list[str]:
-    """Where the teacher is after each of its `stages` decoder fine-tunes (the last one is `teacher_out`)."""
-    return [f"out/teacher_decoder{i + 1}" for i in range(stages - 1)] + [teacher_out]
+    """Where the teacher is before its `stages` decoder fine-tunes (out/teacher_base) and after each (the last one is
+    `teacher_out`)."""
+    return ["out/teacher_base", *(f"out/teacher_decoder{i + 1}" for i in range(stages - 1)), teacher_out]
 
 
 def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any], teacher_out: str) -> str:
@@ -304,12 +306,12 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         chain.append(chain[-1]["init_from"])
     chain.reverse()  # the first-made student first
     teacher_stages = decoder_finetune_stages(teacher_info)
-    teacher_folders = ["out/teacher_base", *teacher_stage_folders(len(teacher_stages), teacher_out)]
+    teacher_folders = teacher_stage_folders(len(teacher_stages), teacher_out)
     used = 0  # teacher fine-tunes the stages so far went through
-    folders = iter(f"out/student_stage{i + 1}" for i in range(100))
+    folders = (f"out/student_stage{i}" for i in itertools.count(1))
     lines, previous = [], ""
     for i, stage in enumerate(chain):
-        finetunes = decoder_finetune_stages(stage) if len(teacher_stages) else []
+        finetunes = decoder_finetune_stages(stage) if teacher_stages else []
         last = i == len(chain) - 1
         stage_out = "out/student_base" if i == 0 and finetunes else (out if last and not finetunes else next(folders))
         recipe = dict(stage.get("distill", {}))
@@ -346,7 +348,7 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     teacher_cmd = teacher_command(teacher_info.get("recipe", {}), teacher_out)
     stages = decoder_finetune_stages(teacher_info)
     if stages:  # the base folder first, then the decoder fine-tunes that wrote the committed one
-        folders = ["out/teacher_base", *teacher_stage_folders(len(stages), teacher_out)]
+        folders = teacher_stage_folders(len(stages), teacher_out)
         teacher_cmd = "\n".join([teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1)]
                                 + [decoder_finetune_command(record, folders[i + 1], teacher_in=folders[i])
                                    for i, record in enumerate(stages)])

@@ -113,19 +113,28 @@ def decoder_finetune_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
     return [*info.get("decoder_finetune_earlier", []), latest] if latest else []
 
 
+def _changed_flags(record: dict[str, Any], defaults: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """`--flag VALUE` for each of `defaults`' keys whose recorded value differs (flag: the key, or `names`' rename,
+    with dashes)."""
+    names = names or {}
+    return [f"--{names.get(key, key).replace('_', '-')} {record[key]}" for key, value in defaults.items()
+            if record.get(key, value) != value]
+
+
+def _limit_flag(record: dict[str, Any]) -> list[str]:
+    """`--limit N` when a decoder fine-tune did not use the default 20,000 training images."""
+    return [] if record.get("images") == 20000 else [f"--limit {record.get('images')}"]
+
+
 def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str | None = None,
                              teacher_in: str = "out/teacher_base", student_in: str = "out/student_base") -> str:
     """The `cdx teacher finetune-decoder` line (a saved decoder_finetune record) that turns `teacher_in` (and
     `student_in`) into `out` (and `student_out`)."""
     parts = [f"cdx teacher finetune-decoder --teacher {teacher_in}", f"--out {out}", f"--steps {record['steps']}"]
-    defaults = {"lr": 1e-3, "batch": 64, "seed": 0}
-    parts += [f"--{key} {record[key]}" for key, value in defaults.items() if record.get(key, value) != value]
-    if record.get("images") != 20000:
-        parts.append(f"--limit {record.get('images')}")
-    adversarial = {"adversarial_weight": 0.0, "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
+    parts += _changed_flags(record, {"lr": 1e-3, "batch": 64, "seed": 0}) + _limit_flag(record)
     if record.get("adversarial_weight"):
-        parts += [f"--{key.replace('_', '-')} {record[key]}" for key, value in adversarial.items()
-                  if record.get(key, value) != value]
+        parts += _changed_flags(record, {"adversarial_weight": 0.0, "adversarial_start": 0, "critic_lr": 2e-4,
+                                         "critic_r1": 0.0})
     if student_out:
         parts += [f"--student {student_in}", f"--student-out {student_out}"]
     return " ".join(parts)
@@ -137,9 +146,4 @@ def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -
     parts = [f"cdx student finetune-decoder --student {student_in}", f"--out {out}", f"--steps {record['steps']}"]
     defaults = {"lr": 2e-4, "batch": 64, "seed": 0, "student_samples": 10000, "adversarial_weight": 0.5,
                 "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
-    flags = {"student_samples": "samples"}
-    parts += [f"--{flags.get(key, key).replace('_', '-')} {record[key]}" for key, value in defaults.items()
-              if record.get(key, value) != value]
-    if record.get("images") != 20000:
-        parts.append(f"--limit {record.get('images')}")
-    return " ".join(parts)
+    return " ".join(parts + _changed_flags(record, defaults, {"student_samples": "samples"}) + _limit_flag(record))
