@@ -29,7 +29,7 @@ app.add_typer(student_app, name="student")
 
 
 # the options both decoder fine-tunes (teacher and student) take, declared once
-DecoderData = Annotated[Path | None, typer.Option(help="Real training images: Fashion-MNIST IDX folder or class subfolders "
+RealImages = Annotated[Path | None, typer.Option(help="Real training images: Fashion-MNIST IDX folder or class subfolders "
                                                   "(default: /usr/share/datasets/fashion-mnist).")]
 DecoderSteps = Annotated[int, typer.Option(help="Decoder training steps.")]
 DecoderLimit = Annotated[int | None, typer.Option(help="Use only the first N training images.")]
@@ -104,7 +104,7 @@ def _say_decoder_record(out: Path, record: dict) -> None:
 def teacher_finetune_decoder(
     out: Annotated[Path, typer.Option("--out", "-o", help="Teacher folder to write (a copy with the new vae/).")],
     teacher: Annotated[str, typer.Option(help="Teacher pipeline folder (default: the embedded one).")] = "",
-    data: DecoderData = None,
+    data: RealImages = None,
     steps: DecoderSteps = 2000,
     limit: DecoderLimit = 20000,
     lr: DecoderLr = 1e-3,
@@ -136,11 +136,38 @@ def teacher_finetune_decoder(
     _say_decoder_record(out, record)
 
 
+@teacher_app.command("continue-unet")
+def teacher_continue_unet(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Teacher folder to write (a copy with the new unet/).")],
+    work_dir: Annotated[Path, typer.Option(help="Checkpoints (every --checkpoint-every steps); a rerun with the same "
+                                           "folder resumes.")],
+    steps: Annotated[int, typer.Option(help="More UNet training steps.")] = 10000,
+    teacher: Annotated[str, typer.Option(help="Class-conditional teacher folder that `cdx teacher train` wrote "
+                                         "(default: the embedded one).")] = "",
+    data: RealImages = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the teacher's recipe).")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA decay (default: the teacher's recipe).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the batch and noise draws (the embedded teacher's base run used "
+                                      "0; 1 draws new ones).")] = 1,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Train a class-conditional teacher's UNet further on the latents of its frozen VAE (same latent space, so its
+    decoder and every student stay valid): the embedded teacher's UNet had only 2,000 steps."""
+    from cdx.defaults import default_teacher
+    from cdx.distill.unet_continue import continue_teacher_unet
+    from cdx.ui import console
+
+    record = continue_teacher_unet(teacher or default_teacher(), out, steps, work_dir, data, lr, ema_decay, seed,
+                                   checkpoint_every=checkpoint_every, overwrite=overwrite)
+    console.print(f"wrote {out}: {record['steps']} more UNet steps ({record['seconds_this_run']:.0f} s this run)")
+
+
 @student_app.command("finetune-decoder")
 def student_finetune_decoder(
     out: Annotated[Path, typer.Option("--out", "-o", help="Student folder to write (a copy with the new vae/).")],
     student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
-    data: DecoderData = None,
+    data: RealImages = None,
     steps: DecoderSteps = 2000,
     limit: DecoderLimit = 20000,
     lr: DecoderLr = 2e-4,

@@ -152,22 +152,39 @@ def ddpm_batch(latents: torch.Tensor, conditions: torch.Tensor, idx: torch.Tenso
 
 
 def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, recipe: TeacherRecipe, accelerator,
-               show: bool = True) -> UNet2DConditionModel:
-    """ε-prediction DDPM training with label dropout; returns the EMA weights."""
+               show: bool = True, init: UNet2DConditionModel | None = None, work: Path | None = None,
+               checkpoint_every: int = 1000, meta: dict[str, Any] | None = None) -> UNet2DConditionModel:
+    """ε-prediction DDPM training with label dropout; returns the EMA weights.
+
+    `init`: continue from these weights (the EMA starts from them too) instead of a fresh `build_unet`. `work`:
+    checkpoint into `work/checkpoints` every `checkpoint_every` steps (Accelerate state + safetensors EMA and batch
+    generator, distill/checkpoint.py) and resume from the newest one there; `meta` is stored in each checkpoint's
+    state.json (beside the recipe) for the caller to check before resuming."""
+    from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
     torch.manual_seed(recipe.seed + 1)
-    unet = build_unet(recipe, num_classes)
+    unet = build_unet(recipe, num_classes) if init is None else init.train()
     ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
-    ema.to(accelerator.device)
     noise_scheduler = teacher_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200))
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    unet, optimizer, lr = accelerator.prepare(unet, optimizer, lr)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    batches = _batches(len(latents), recipe.unet_batch, gen)
+    root = Path(work) / "checkpoints" if work else None
+    start, smooth = 0, None
+    if root and (last := latest_checkpoint(root)):
+        state, target = load_checkpoint(accelerator, last, gen)
+        start, smooth = int(state["step"]), state.get("smooth")
+        for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
+            param.data.copy_(value)
+        ema.optimization_step = start
+        if show:
+            print(f"resumed from {last} (step {start})", flush=True)
+    ema.to(accelerator.device)
+    batches = _batches(len(latents), recipe.unet_batch, gen)  # after a resume: a new epoch order from the saved generator
     null = num_classes
-    with TrainingProgress("teacher unet", recipe.unet_steps, enabled=show) as bar:
-        smooth = None
-        for step in range(1, recipe.unet_steps + 1):
+    with TrainingProgress("teacher unet", recipe.unet_steps, start=start, enabled=show) as bar:
+        for step in range(start + 1, recipe.unet_steps + 1):
             noisy, y, noise, t = ddpm_batch(latents, labels, next(batches), recipe.label_dropout, null,
                                             noise_scheduler, gen, accelerator.device)
             pred = unet(noisy, t, encoder_hidden_states=None, class_labels=y).sample
@@ -181,6 +198,10 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
             smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
             if step % 10 == 0 or step == recipe.unet_steps:
                 bar.update(step, loss=smooth)
+            if root and step % checkpoint_every == 0 and step < recipe.unet_steps:
+                target = {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
+                save_checkpoint(accelerator, root, step, target, gen, {"smooth": smooth, "recipe": recipe.as_dict(),
+                                                                        **(meta or {})})
     unet = accelerator.unwrap_model(unet).eval()
     ema.copy_to(unet.parameters())
     return unet.cpu()
