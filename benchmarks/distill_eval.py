@@ -288,10 +288,33 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teacher_stage_folders(stages: int, teacher_out: str) -> list[str]:
-    """Where the teacher is before its `stages` decoder fine-tunes (out/teacher_base) and after each (the last one is
-    `teacher_out`)."""
-    return ["out/teacher_base", *(f"out/teacher_decoder{i + 1}" for i in range(stages - 1)), teacher_out]
+def teacher_stage_folders(stages: int, teacher_out: str, unet_stages: int = 0) -> list[str]:
+    """Where the teacher is before its `stages` decoder fine-tunes (out/teacher_base), after each
+    (out/teacher_decoder1, …) and after each of its `unet_stages` UNet continuations that followed them
+    (out/teacher_unet1, …); the last folder is `teacher_out`."""
+    after = [*(f"out/teacher_decoder{i + 1}" for i in range(stages)), *(f"out/teacher_unet{i + 1}" for i in range(unet_stages))]
+    return ["out/teacher_base", *after[:-1], teacher_out]
+
+
+def teacher_stage_commands(teacher_info: dict[str, Any], train_command: str, teacher_out: str) -> list[str]:
+    """The teacher card's lines: `train_command`, then (into out/teacher_base first) the decoder fine-tunes and the
+    UNet continuations that wrote `teacher_out`, in the order they were made."""
+    from cdx.distill.model_card import (
+        decoder_finetune_command,
+        decoder_finetune_stages,
+        unet_continue_command,
+        unet_continue_stages,
+    )
+
+    decoders, unets = decoder_finetune_stages(teacher_info), unet_continue_stages(teacher_info)
+    if not decoders and not unets:
+        return [train_command]
+    folders = teacher_stage_folders(len(decoders), teacher_out, len(unets))
+    lines = [train_command.replace(f"--out {teacher_out}", "--out out/teacher_base", 1)]
+    lines += [decoder_finetune_command(record, folders[i + 1], teacher_in=folders[i]) for i, record in enumerate(decoders)]
+    lines += [unet_continue_command(record, folders[len(decoders) + j], folders[len(decoders) + j + 1],
+                                    f"out/work_unet{j + 1}") for j, record in enumerate(unets)]
+    return lines
 
 
 def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any], teacher_out: str) -> str:
@@ -299,14 +322,20 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     `--init-student` records its starting student under `init_from`, whose own commands come first (into
     out/student_stage1, 2, …); a stage whose decoder was fine-tuned with the teacher's (`decoder_finetune` in its
     record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card."""
-    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, distill_command, student_decoder_command
+    from cdx.distill.model_card import (
+        decoder_finetune_command,
+        decoder_finetune_stages,
+        distill_command,
+        student_decoder_command,
+        unet_continue_stages,
+    )
 
     chain = [info]
     while chain[-1].get("init_from"):
         chain.append(chain[-1]["init_from"])
     chain.reverse()  # the first-made student first
     teacher_stages = decoder_finetune_stages(teacher_info)
-    teacher_folders = teacher_stage_folders(len(teacher_stages), teacher_out)
+    teacher_folders = teacher_stage_folders(len(teacher_stages), teacher_out, len(unet_continue_stages(teacher_info)))
     used = 0  # teacher fine-tunes the stages so far went through
     folders = (f"out/student_stage{i}" for i in itertools.count(1))
     lines, previous = [], ""
@@ -338,7 +367,10 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
     from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
-    from cdx.distill.model_card import decoder_finetune_command, decoder_finetune_stages, teacher_command, write_model_card
+    from cdx.distill.model_card import (
+        teacher_command,
+        write_model_card,
+    )
 
     table = render_quality_markdown(result)
     measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"
@@ -346,12 +378,7 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     student_info = read_cdx_info(Path(student_dir))
     teacher_out, student_out = portable_path(teacher_dir), portable_path(student_dir)
     teacher_cmd = teacher_command(teacher_info.get("recipe", {}), teacher_out)
-    stages = decoder_finetune_stages(teacher_info)
-    if stages:  # the base folder first, then the decoder fine-tunes that wrote the committed one
-        folders = teacher_stage_folders(len(stages), teacher_out)
-        teacher_cmd = "\n".join([teacher_cmd.replace(f"--out {teacher_out}", "--out out/teacher_base", 1)]
-                                + [decoder_finetune_command(record, folders[i + 1], teacher_in=folders[i])
-                                   for i, record in enumerate(stages)])
+    teacher_cmd = "\n".join(teacher_stage_commands(teacher_info, teacher_cmd, teacher_out))
     student_cmd = student_commands(student_info, student_out, teacher_info, teacher_out)
     return [
         write_model_card(Path(teacher_dir), "cdx embedded teacher: class-conditional latent diffusion on Fashion-MNIST",

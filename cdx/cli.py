@@ -149,6 +149,7 @@ def teacher_continue_unet(
     ema_decay: Annotated[float | None, typer.Option(help="EMA decay (default: the teacher's recipe).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the batch and noise draws (the embedded teacher's base run used "
                                       "0; 1 draws new ones).")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
@@ -158,8 +159,8 @@ def teacher_continue_unet(
     from cdx.distill.unet_continue import continue_teacher_unet
     from cdx.ui import console
 
-    record = continue_teacher_unet(teacher or default_teacher(), out, steps, work_dir, data, lr, ema_decay, seed,
-                                   checkpoint_every=checkpoint_every, overwrite=overwrite)
+    record = continue_teacher_unet(teacher or default_teacher(), out, steps, work_dir, data, lr, ema_decay, seed, limit,
+                                   checkpoint_every, overwrite)
     console.print(f"wrote {out}: {record['steps']} more UNet steps ({record['seconds_this_run']:.0f} s this run)")
 
 

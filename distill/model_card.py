@@ -147,3 +147,19 @@ def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -
     defaults = {"lr": 2e-4, "batch": 64, "seed": 0, "student_samples": 10000, "adversarial_weight": 0.5,
                 "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
     return " ".join(parts + _changed_flags(record, defaults, {"student_samples": "samples"}) + _limit_flag(record))
+
+
+def unet_continue_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A teacher folder's UNet continuations (cdx.json `unet_continue_earlier` + `unet_continue`), oldest first."""
+    latest = info.get("unet_continue")
+    return [*info.get("unet_continue_earlier", []), latest] if latest else []
+
+
+def unet_continue_command(record: dict[str, Any], teacher_in: str, out: str, work_dir: str) -> str:
+    """The `cdx teacher continue-unet` line (a saved unet_continue record) that turned `teacher_in` into `out`
+    (`--lr` / `--ema-decay` always written: their defaults are the input teacher's recipe), checkpointing into
+    `work_dir` (one per continuation: a folder resumes only the run that made it)."""
+    parts = [f"cdx teacher continue-unet --teacher {teacher_in}", f"--out {out}", f"--work-dir {work_dir}",
+             f"--steps {record['steps']}", f"--lr {record['lr']}", f"--ema-decay {record['ema_decay']}"]
+    return " ".join(parts + _changed_flags(record, {"seed": 1, "limit": None}))
+

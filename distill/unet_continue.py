@@ -99,7 +99,7 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
     unet = train_unet(latents, dataset.labels, len(dataset.class_names), recipe, Accelerator(), show, init=unet,
                       work=work, checkpoint_every=checkpoint_every, meta={"init_unet_sha256": unet_sha})
     record = {"steps": steps, "lr": recipe.unet_lr, "batch": recipe.unet_batch, "ema_decay": recipe.ema_decay,
-              "label_dropout": recipe.label_dropout, "seed": seed, "images": len(dataset),
+              "label_dropout": recipe.label_dropout, "seed": seed, "limit": limit, "images": len(dataset),
               "seconds_this_run": round(time.perf_counter() - started, 1),
               "data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
               "init_unet_sha256": unet_sha, "machine": describe_machine("cpu")}

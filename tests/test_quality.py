@@ -247,6 +247,34 @@ def test_decoder_fine_tunes_of_a_re_distilled_student_follow_its_last_distillati
     ]
 
 
+def test_the_teacher_card_lists_its_unet_continuation_after_its_decoder_fine_tunes() -> None:
+    from cdx.benchmarks.distill_eval import teacher_stage_commands
+
+    plain = {"steps": 1000, "images": 20000}
+    gan = {"steps": 4000, "images": 60000, "lr": 0.0002, "adversarial_weight": 1.0}
+    more = {"steps": 12000, "lr": 0.0002, "ema_decay": 0.9995, "seed": 1, "limit": None, "images": 60000}
+    teacher = {"decoder_finetune": gan, "decoder_finetune_earlier": [plain], "unet_continue": more}
+    lines = teacher_stage_commands(teacher, "cdx teacher train --out T", "T")
+    assert lines == [
+        "cdx teacher train --out out/teacher_base",
+        "cdx teacher finetune-decoder --teacher out/teacher_base --out out/teacher_decoder1 --steps 1000",
+        "cdx teacher finetune-decoder --teacher out/teacher_decoder1 --out out/teacher_decoder2 --steps 4000 --lr 0.0002 "
+        "--limit 60000 --adversarial-weight 1.0",
+        "cdx teacher continue-unet --teacher out/teacher_decoder2 --out T --work-dir out/work_unet1 --steps 12000 "
+        "--lr 0.0002 --ema-decay 0.9995",
+    ]
+    # a second continuation: the first one's output is a stage folder, its seed and limit show when not the defaults
+    teacher |= {"unet_continue_earlier": [more], "unet_continue": {**more, "steps": 500, "seed": 2, "limit": 100}}
+    lines = teacher_stage_commands(teacher, "cdx teacher train --out T", "T")
+    assert lines[-2:] == [
+        "cdx teacher continue-unet --teacher out/teacher_decoder2 --out out/teacher_unet1 --work-dir out/work_unet1 "
+        "--steps 12000 --lr 0.0002 --ema-decay 0.9995",
+        "cdx teacher continue-unet --teacher out/teacher_unet1 --out T --work-dir out/work_unet2 --steps 500 --lr 0.0002 "
+        "--ema-decay 0.9995 --seed 2 --limit 100",
+    ]
+    assert teacher_stage_commands({}, "cdx teacher train --out T", "T") == ["cdx teacher train --out T"]
+
+
 def test_a_second_decoder_fine_tune_keeps_the_first_ones_record(tmp_path) -> None:
     import json
 
