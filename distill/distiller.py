@@ -581,6 +581,7 @@ class ConsistencyDistiller:
     def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
         """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
         --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
+        from cdx.atomic import sha256_file
         from cdx.distill.teacher import save_pipeline
         from cdx.machine import describe_machine
 
@@ -590,6 +591,9 @@ class ConsistencyDistiller:
                 "distill": self.config.as_dict(), "train_seconds": round(train_seconds, 1), "steps": self.step,
                 "final_loss": self.history[-1] if self.history else None, "processes": self.world_size,
                 "machine": describe_machine(str(self.device))}
+        unet_file = Path(parts.path) / "unet" / "diffusion_pytorch_model.safetensors"
+        if unet_file.is_file():  # which teacher UNet (a `cdx teacher continue-unet` changes only that) the student learnt
+            info["teacher_unet_sha256"] = sha256_file(unet_file)
         if self.config.parameterization == "edm":
             info["diffusers_scheduler"] = ("approximate: LCMScheduler has no EDM boundary condition (c_skip/c_out); "
                                            "cdx sample, cdx convert and the manifest use the exact EDM constants")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cdx.atomic import sha256_file
 from cdx.distill.consistency import alphas_cumprod
 from cdx.distill.distiller import ConsistencyDistiller, DistillConfig, distill_student, make_student
 from cdx.distill.loading import load_latent_pipeline
@@ -105,6 +107,8 @@ def test_tiny_sd_distills_saves_and_loads_with_diffusers(tiny_sd: Path, tmp_path
                       generator=torch.Generator().manual_seed(0)).images
         assert images.shape == (1, 64, 64, 3) and float(images.std()) > 0
     assert all(torch.equal(a, b) for a, b in zip(before, load_latent_pipeline(tiny_sd).unet.parameters(), strict=True))
+    info = json.loads((out / "cdx.json").read_text())  # which teacher UNet it learnt (continue-unet changes only that)
+    assert info["teacher_unet_sha256"] == sha256_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 @needs_data
