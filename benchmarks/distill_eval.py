@@ -317,11 +317,28 @@ def teacher_stage_commands(teacher_info: dict[str, Any], train_command: str, tea
     return lines
 
 
+def _stage_teacher(stage: dict[str, Any], unets: list[dict[str, Any]], teacher_folders: list[str], used: int,
+                   decoder_stages: int) -> str | None:
+    """The teacher folder a student stage was distilled from, when the teacher's UNet was later continued: a stage
+    without `teacher_unet_sha256` (older than the record) or with the first continuation's input UNet learnt the
+    UNet as it was before any continuation (its folder after the `used` decoder fine-tunes so far); one with a later
+    continuation's input UNet, the folder before that continuation; None (the default teacher) for the final UNet."""
+    sha = stage.get("teacher_unet_sha256")
+    if sha is None or sha == unets[0].get("init_unet_sha256"):
+        return teacher_folders[used]
+    for k, record in enumerate(unets[1:], start=1):
+        if sha == record.get("init_unet_sha256"):
+            return teacher_folders[decoder_stages + k]
+    return None
+
+
 def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any], teacher_out: str) -> str:
     """The command lines that made the student `info` (its cdx.json) at `out`: a student re-distilled with
     `--init-student` records its starting student under `init_from`, whose own commands come first (into
     out/student_stage1, 2, …); a stage whose decoder was fine-tuned with the teacher's (`decoder_finetune` in its
-    record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card."""
+    record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card.
+    When the teacher's UNet was continued (`cdx teacher continue-unet`), a stage distilled from an earlier UNet names
+    the teacher folder it learnt from (`_stage_teacher`)."""
     from cdx.distill.model_card import (
         decoder_finetune_command,
         decoder_finetune_stages,
@@ -335,7 +352,8 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         chain.append(chain[-1]["init_from"])
     chain.reverse()  # the first-made student first
     teacher_stages = decoder_finetune_stages(teacher_info)
-    teacher_folders = teacher_stage_folders(len(teacher_stages), teacher_out, len(unet_continue_stages(teacher_info)))
+    unets = unet_continue_stages(teacher_info)
+    teacher_folders = teacher_stage_folders(len(teacher_stages), teacher_out, len(unets))
     used = 0  # teacher fine-tunes the stages so far went through
     folders = (f"out/student_stage{i}" for i in itertools.count(1))
     lines, previous = [], ""
@@ -347,8 +365,11 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         if i:
             recipe["init_student"] = previous
         command = distill_command(recipe, stage_out)
-        if i == 0 and finetunes:
-            command = command.replace(f"--out {stage_out}", f"--teacher out/teacher_base --out {stage_out}", 1)
+        teacher = "out/teacher_base" if i == 0 and finetunes else None
+        if unets:
+            teacher = _stage_teacher(stage, unets, teacher_folders, used, len(teacher_stages))
+        if teacher:
+            command = command.replace(f"--out {stage_out}", f"--teacher {teacher} --out {stage_out}", 1)
         lines.append(command)
         previous = stage_out
         for j, record in enumerate(finetunes):

@@ -275,6 +275,25 @@ def test_the_teacher_card_lists_its_unet_continuation_after_its_decoder_fine_tun
     assert teacher_stage_commands({}, "cdx teacher train --out T", "T") == ["cdx teacher train --out T"]
 
 
+def test_student_stages_distilled_before_a_unet_continuation_name_the_teacher_they_learnt() -> None:
+    from cdx.benchmarks.distill_eval import student_commands
+
+    plain = {"steps": 1000, "images": 20000}
+    more = {"steps": 12000, "lr": 0.0002, "ema_decay": 0.9995, "init_unet_sha256": "old", "images": 60000}
+    teacher = {"decoder_finetune": plain, "unet_continue": more}
+    base = {"distill": {"steps": 5000}, "decoder_finetune": plain}  # older than teacher_unet_sha256: the old UNet
+    middle = {"distill": {"steps": 3000, "init_student": "/tmp/x"}, "init_from": base, "teacher_unet_sha256": "old"}
+    final = {"distill": {"steps": 2000, "init_student": "/tmp/y"}, "init_from": middle, "teacher_unet_sha256": "new"}
+    lines = student_commands(final, "S", teacher, "T").split("\n")
+    assert lines == [
+        "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000",
+        "cdx teacher finetune-decoder --teacher out/teacher_base --out out/teacher_decoder1 --steps 1000 "
+        "--student out/student_base --student-out out/student_stage1",
+        "cdx distill --teacher out/teacher_decoder1 --out out/student_stage2 --steps 3000 --init-student out/student_stage1",
+        "cdx distill --out S --steps 2000 --init-student out/student_stage2",  # the continued UNet: the default teacher
+    ]
+
+
 def test_a_second_decoder_fine_tune_keeps_the_first_ones_record(tmp_path) -> None:
     import json
 
