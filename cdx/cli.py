@@ -161,7 +161,7 @@ def teacher_continue_unet(
 
     record = continue_teacher_unet(teacher or default_teacher(), out, steps, work_dir, data, lr, ema_decay, seed, limit,
                                    checkpoint_every, overwrite)
-    console.print(f"wrote {out}: {record['steps']} more UNet steps ({record['seconds_this_run']:.0f} s this run)")
+    console.print(f"wrote {out}: {record['steps']} more UNet steps ({record['seconds']:.0f} s of training)")
 
 
 @student_app.command("finetune-decoder")

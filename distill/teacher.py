@@ -171,10 +171,10 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
     unet, optimizer, lr = accelerator.prepare(unet, optimizer, lr)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
     root = Path(work) / "checkpoints" if work else None
-    start, smooth = 0, None
+    start, smooth, previous_seconds, began = 0, None, 0.0, time.perf_counter()
     if root and (last := latest_checkpoint(root)):
         state, target = load_checkpoint(accelerator, last, gen)
-        start, smooth = int(state["step"]), state.get("smooth")
+        start, smooth, previous_seconds = int(state["step"]), state.get("smooth"), float(state.get("seconds", 0.0))
         for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
             param.data.copy_(value)
         ema.optimization_step = start
@@ -200,8 +200,9 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
                 bar.update(step, loss=smooth)
             if root and step % checkpoint_every == 0 and step < recipe.unet_steps:
                 target = {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
+                seconds = round(previous_seconds + time.perf_counter() - began, 1)  # training time over all resumes
                 save_checkpoint(accelerator, root, step, target, gen, {"smooth": smooth, "recipe": recipe.as_dict(),
-                                                                        **(meta or {})})
+                                                                        "seconds": seconds, **(meta or {})})
     unet = accelerator.unwrap_model(unet).eval()
     ema.copy_to(unet.parameters())
     return unet.cpu()

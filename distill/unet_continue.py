@@ -42,13 +42,14 @@ def teacher_recipe(folder: Path) -> tuple[TeacherRecipe, dict[str, Any]]:
     return TeacherRecipe(**values), info
 
 
-def _check_resume(root: Path, recipe: TeacherRecipe, unet_sha: str) -> None:
-    """InputError when the newest checkpoint in `root` was made for another teacher or another recipe."""
+def _check_resume(root: Path, recipe: TeacherRecipe, unet_sha: str) -> float:
+    """InputError when the newest checkpoint in `root` was made for another teacher or another recipe; else the
+    training seconds up to that checkpoint (0 without one)."""
     from cdx.distill.checkpoint import latest_checkpoint, read_checkpoint_state
 
     last = latest_checkpoint(root)
     if last is None:
-        return
+        return 0.0
     state = read_checkpoint_state(last)
     if state.get("init_unet_sha256") != unet_sha:
         raise InputError(f"--work-dir {root.parent}: its checkpoints continue another teacher's UNet; give a new "
@@ -58,6 +59,7 @@ def _check_resume(root: Path, recipe: TeacherRecipe, unet_sha: str) -> None:
         if key != "unet_steps" and ours.get(key) != value:
             raise InputError(f"--work-dir {root.parent}: checkpoint was made with {key}={value!r}, this run has "
                              f"{key}={ours.get(key)!r}; rerun with the same options or give a new folder")
+    return float(state.get("seconds", 0.0))
 
 
 def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work: str | Path, data: str | Path | None
@@ -87,7 +89,7 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
     unet_sha = sha256_file(teacher / "unet" / "diffusion_pytorch_model.safetensors")
     work = Path(work)
     prepare_work_dir(work, resume=True)
-    _check_resume(work / "checkpoints", recipe, unet_sha)
+    earlier_seconds = _check_resume(work / "checkpoints", recipe, unet_sha)
 
     vae = AutoencoderKL.from_pretrained(teacher / "vae").eval()
     dataset = load_dataset(data, "train", int(vae.config.sample_size), limit)
@@ -100,7 +102,7 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
                       work=work, checkpoint_every=checkpoint_every, meta={"init_unet_sha256": unet_sha})
     record = {"steps": steps, "lr": recipe.unet_lr, "batch": recipe.unet_batch, "ema_decay": recipe.ema_decay,
               "label_dropout": recipe.label_dropout, "seed": seed, "limit": limit, "images": len(dataset),
-              "seconds_this_run": round(time.perf_counter() - started, 1),
+              "seconds": round(earlier_seconds + time.perf_counter() - started, 1),
               "data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
               "init_unet_sha256": unet_sha, "machine": describe_machine("cpu")}
     with atomic_directory(Path(out), overwrite=overwrite) as staging:

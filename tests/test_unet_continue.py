@@ -91,7 +91,13 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_unbroken_one(tiny_teache
         continue_teacher_unet(teacher, tmp_path / "resumed", 6, tmp_path / "w2", data, checkpoint_every=3, show=False)
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(teacher_module, "ddpm_batch", real)
-    continue_teacher_unet(teacher, tmp_path / "resumed", 6, tmp_path / "w2", data, checkpoint_every=3, show=False)
+    state_file = tmp_path / "w2" / "checkpoints" / "checkpoint-0000003" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["seconds"] > 0
+    state_file.write_text(json.dumps({**state, "seconds": 1000.0}))  # the time before the kill counts in the record
+    record = continue_teacher_unet(teacher, tmp_path / "resumed", 6, tmp_path / "w2", data, checkpoint_every=3,
+                                   show=False)
+    assert 1000.0 < record["seconds"] < 1000.0 + 600
     whole, resumed = _weights(tmp_path / "whole", "unet"), _weights(tmp_path / "resumed", "unet")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     # and a resume that skipped the restored state would differ: the run from scratch with 3 steps is not the same
