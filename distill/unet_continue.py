@@ -51,6 +51,9 @@ def _check_resume(root: Path, recipe: TeacherRecipe, unet_sha: str) -> float:
     if last is None:
         return 0.0
     state = read_checkpoint_state(last)
+    if int(state["step"]) > recipe.unet_steps:
+        raise InputError(f"--work-dir {root.parent}: its newest checkpoint is at step {state['step']}, past --steps "
+                         f"{recipe.unet_steps}; give --steps >= {state['step']} or a new folder")
     if state.get("init_unet_sha256") != unet_sha:
         raise InputError(f"--work-dir {root.parent}: its checkpoints continue another teacher's UNet; give a new "
                          "folder or the teacher they were made from")

@@ -110,6 +110,8 @@ def test_a_work_dir_from_another_run_is_refused_by_name(tiny_teacher, tmp_path):
     teacher, data = tiny_teacher
     with pytest.raises(_Killed):
         _run_and_kill(teacher, data, tmp_path / "work")
+    with pytest.raises(InputError, match="newest checkpoint is at step 2, past --steps 1"):
+        continue_teacher_unet(teacher, tmp_path / "out", 1, tmp_path / "work", data, lr=1e-3, show=False)
     with pytest.raises(InputError, match=re.escape("unet_lr=0.001, this run has unet_lr=0.002")):
         continue_teacher_unet(teacher, tmp_path / "out", 4, tmp_path / "work", data, lr=2e-3, show=False)
     other = tmp_path / "other_teacher"
