@@ -255,6 +255,8 @@ class ConsistencyDistiller:
         self.step = 0  # optimizer steps (sync points)
         self.micro_step = 0  # micro-batches drawn (= step × grad-accum at every sync point)
         self.history: list[float] = []
+        self.seconds_before = 0.0  # training seconds up to the checkpoint this run resumed from (0 for a fresh run)
+        self._run_started = time.perf_counter()
 
     def _make_student(self, parts: LatentPipelineParts) -> torch.nn.Module:
         """Full: a trainable copy of the teacher (+ the w-embedding); LoRA: the frozen teacher + trainable adapters."""
@@ -513,7 +515,8 @@ class ConsistencyDistiller:
         """A checkpoint of this step (collective: every rank calls it; Accelerate + cdx's extras, see checkpoint.py)."""
         main = self.accelerator.is_main_process
         meta = {"history": self.history, "config": self.config.as_dict(), "architecture": self.architecture(),
-                "ema": self.ema.scalars(), "micro_step": self.micro_step, "accelerator_step": self.accelerator.step}
+                "ema": self.ema.scalars(), "micro_step": self.micro_step, "accelerator_step": self.accelerator.step,
+                "seconds": round(self.seconds_before + time.perf_counter() - self._run_started, 1)}
         return save_checkpoint(self.accelerator, self.checkpoint_dir, self.step,
                                self.ema.state_tensors() if main else {}, self.rng, meta)
 
@@ -528,6 +531,7 @@ class ConsistencyDistiller:
         state, target = load_checkpoint(self.accelerator, path, self.rng)
         self.ema.load(target, state["ema"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.seconds_before = float(state.get("seconds", 0.0))
         self.micro_step = int(state["micro_step"])
         self.accelerator.step = int(state["accelerator_step"])  # the accumulation phase (a sync point: 0 mod k)
         return self.step
@@ -540,6 +544,7 @@ class ConsistencyDistiller:
         end = min(cfg.steps, stop_at or cfg.steps)
         with TrainingProgress("distill", cfg.steps, start=self.step, enabled=show and acc.is_main_process) as bar:
             started, first = time.perf_counter(), self.step
+            self._run_started = started
             smooth = self.history[-1] if self.history else None
             micro: list[float] = []
             while self.step < end:
@@ -663,6 +668,7 @@ def distill_student(teacher: str | Path, out: Path, config: DistillConfig, data:
             print(f"rollout cache {rollout_cache}: {cached['records']} micro-batches ({cached['written']} written now, "
                   f"{cached['teacher_calls']} teacher calls in all); training makes no teacher calls", flush=True)
     start_step, seconds = resume_and_run(distiller, resume, show)
+    seconds += distiller.seconds_before  # a resumed run's time includes the runs before its checkpoint
     if distiller.batches.summary() and state.is_main_process:
         print(distiller.batches.summary(), file=sys.stderr, flush=True)
     if state.is_main_process:

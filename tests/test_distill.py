@@ -135,8 +135,12 @@ def test_resume_is_exact(tiny_sd: Path, tmp_path: Path) -> None:
     straight.run(show=False)
     first = ConsistencyDistiller(load_latent_pipeline(tiny_sd), data, _small_config(), tmp_path / "b")
     first.run(show=False, stop_at=2)
+    state_file = next((tmp_path / "b" / "checkpoints").glob("checkpoint-0000002")) / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["seconds"] > 0  # the training time so far travels with the checkpoint
+    state_file.write_text(json.dumps({**state, "seconds": 1000.0}))
     resumed = ConsistencyDistiller(load_latent_pipeline(tiny_sd), data, _small_config(), tmp_path / "b")
-    assert resumed.resume() == 2
+    assert resumed.resume() == 2 and resumed.seconds_before == 1000.0
     resumed.run(show=False)
     assert resumed.history == straight.history
     for a, b in zip(straight.target.parameters(), resumed.target.parameters(), strict=True):
