@@ -86,6 +86,26 @@ def load_checkpoint(accelerator, path: Path, rng: torch.Generator) -> tuple[dict
     return read_checkpoint_state(path), load_file(path / TARGET_FILE)
 
 
+def ema_tensors(ema: Any) -> dict[str, torch.Tensor]:
+    """A diffusers `EMAModel`'s shadow weights as the checkpoint's target tensors ("0", "1", … in parameter order)."""
+    return {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
+
+
+def resume_ema_run(accelerator, root: Path | None, rng: torch.Generator, ema: Any, show: bool) -> tuple[int, dict[str, Any]]:
+    """Resume a run with a diffusers `EMAModel` from the newest checkpoint in `root` (Accelerate's state, `rng`, the
+    EMA's shadow weights and step counter); returns (its step, its state.json), or (0, {}) with none."""
+    last = latest_checkpoint(root) if root else None
+    if last is None:
+        return 0, {}
+    state, target = load_checkpoint(accelerator, last, rng)
+    for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
+        param.data.copy_(value)
+    ema.optimization_step = int(state["step"])
+    if show:
+        print(f"resumed from {last} (step {state['step']})", flush=True)
+    return int(state["step"]), state
+
+
 # Options that may change between a checkpoint and its resume (they do not change what the steps compute).
 RESUME_MAY_CHANGE = frozenset({"steps", "checkpoint_every", "sample_every", "extra"})
 

@@ -160,7 +160,7 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
     checkpoint into `work/checkpoints` every `checkpoint_every` steps (Accelerate state + safetensors EMA and batch
     generator, distill/checkpoint.py) and resume from the newest one there; `meta` is stored in each checkpoint's
     state.json (beside the recipe) for the caller to check before resuming."""
-    from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from cdx.distill.checkpoint import ema_tensors, resume_ema_run, save_checkpoint
 
     torch.manual_seed(recipe.seed + 1)
     unet = build_unet(recipe, num_classes) if init is None else init.train()
@@ -171,15 +171,9 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
     unet, optimizer, lr = accelerator.prepare(unet, optimizer, lr)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
     root = Path(work) / "checkpoints" if work else None
-    start, smooth, previous_seconds, began = 0, None, 0.0, time.perf_counter()
-    if root and (last := latest_checkpoint(root)):
-        state, target = load_checkpoint(accelerator, last, gen)
-        start, smooth, previous_seconds = int(state["step"]), state.get("smooth"), float(state.get("seconds", 0.0))
-        for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
-            param.data.copy_(value)
-        ema.optimization_step = start
-        if show:
-            print(f"resumed from {last} (step {start})", flush=True)
+    began = time.perf_counter()
+    start, state = resume_ema_run(accelerator, root, gen, ema, show)
+    smooth, previous_seconds = state.get("smooth"), float(state.get("seconds", 0.0))
     ema.to(accelerator.device)
     batches = _batches(len(latents), recipe.unet_batch, gen)  # after a resume: a new epoch order from the saved generator
     null = num_classes
@@ -199,9 +193,8 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
             if step % 10 == 0 or step == recipe.unet_steps:
                 bar.update(step, loss=smooth)
             if root and step % checkpoint_every == 0 and step < recipe.unet_steps:
-                target = {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
                 seconds = round(previous_seconds + time.perf_counter() - began, 1)  # training time over all resumes
-                save_checkpoint(accelerator, root, step, target, gen, {"smooth": smooth, "recipe": recipe.as_dict(),
+                save_checkpoint(accelerator, root, step, ema_tensors(ema), gen, {"smooth": smooth, "recipe": recipe.as_dict(),
                                                                         "seconds": seconds, **(meta or {})})
     unet = accelerator.unwrap_model(unet).eval()
     ema.copy_to(unet.parameters())

@@ -184,7 +184,7 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
                     recipe: TextTeacherRecipe, accelerator, work: Path | None = None, show: bool = True):
     """ε-prediction training of UNet + text encoder with caption dropout; checkpoints in `work/checkpoints`.
     Returns (unet, text_encoder) with the EMA weights."""
-    from cdx.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from cdx.distill.checkpoint import ema_tensors, resume_ema_run, save_checkpoint
 
     unet, text_encoder = build_text_unet(recipe), build_text_encoder(recipe, tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -195,18 +195,10 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200))
     unet, text_encoder, optimizer, lr = accelerator.prepare(unet, text_encoder, optimizer, lr)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    start, smooth, history, previous_seconds = 0, None, [], 0.0
     began = time.perf_counter()
     root = work / "checkpoints" if work else None
-    if root and (last := latest_checkpoint(root)):
-        state, target = load_checkpoint(accelerator, last, gen)
-        start, smooth, history = int(state["step"]), state.get("smooth"), state.get("history", [])
-        previous_seconds = float(state.get("seconds", 0.0))
-        for param, (_, value) in zip(ema.shadow_params, sorted(target.items(), key=lambda kv: int(kv[0])), strict=True):
-            param.data.copy_(value)
-        ema.optimization_step = start
-        if show:
-            print(f"resumed from {last} (step {start})", flush=True)
+    start, state = resume_ema_run(accelerator, root, gen, ema, show)
+    smooth, history, previous_seconds = state.get("smooth"), state.get("history", []), float(state.get("seconds", 0.0))
     ema.to(accelerator.device)
     batches = _batches(len(latents), recipe.unet_batch, gen)  # after a resume: a new epoch order from the saved generator
     with TrainingProgress("text-to-image unet", recipe.unet_steps, start=start, enabled=show) as bar:
@@ -227,8 +219,7 @@ def train_text_unet(latents: torch.Tensor, tokens: torch.Tensor, empty: torch.Te
             if step % 250 == 0:
                 history.append([step, round(smooth, 5)])
             if root and step % recipe.checkpoint_every == 0 and step < recipe.unet_steps:
-                target = {str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
-                save_checkpoint(accelerator, root, step, target, gen, {"smooth": smooth, "history": history,
+                save_checkpoint(accelerator, root, step, ema_tensors(ema), gen, {"smooth": smooth, "history": history,
                                 "recipe": recipe.as_dict(), "seconds": previous_seconds + time.perf_counter() - began})
     unet, text_encoder = accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval()
     ema.copy_to(params)
