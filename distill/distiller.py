@@ -587,6 +587,7 @@ class ConsistencyDistiller:
         """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
         --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
         from cdx.atomic import sha256_file
+        from cdx.distill.loading import read_cdx_info
         from cdx.distill.teacher import save_pipeline
         from cdx.machine import describe_machine
 
@@ -599,6 +600,10 @@ class ConsistencyDistiller:
         unet_file = Path(parts.path) / "unet" / "diffusion_pytorch_model.safetensors"
         if unet_file.is_file():  # which teacher UNet (a `cdx teacher continue-unet` changes only that) the student learnt
             info["teacher_unet_sha256"] = sha256_file(unet_file)
+        if self.config.init_student:  # the student it started from: its record, so model cards list every stage
+            earlier = {k: v for k, v in read_cdx_info(Path(self.config.init_student)).items() if k != "class_names"}
+            if earlier:
+                info["init_from"] = earlier
         if self.config.parameterization == "edm":
             info["diffusers_scheduler"] = ("approximate: LCMScheduler has no EDM boundary condition (c_skip/c_out); "
                                            "cdx sample, cdx convert and the manifest use the exact EDM constants")

@@ -444,6 +444,11 @@ def test_init_student_starts_from_that_student_not_the_teacher(tiny_sd: Path, tm
         student_from_folder(tmp_path / "studnet", teacher_unet, guided=True)
     with pytest.raises(InputError, match="--lora-rank"):
         _small_config(init_student=str(first), lora_rank=4).validate()
+    second = tmp_path / "second"  # its record starts with the first one's, so the model card lists both stages
+    distill_student(tiny_sd, second, _small_config(steps=1, init_student=str(first)), limit=16, show=False)
+    first_info = json.loads((first / "cdx.json").read_text())
+    first_info.pop("class_names", None)
+    assert json.loads((second / "cdx.json").read_text())["init_from"] == first_info
 
 
 def test_a_checkpoint_older_than_an_option_resumes_when_the_option_keeps_its_default(tmp_path: Path) -> None:
