@@ -71,6 +71,21 @@ class _Killed(Exception):
     pass
 
 
+def _dies_at_step(step: int):
+    """`ddpm_batch` that raises _Killed when asked for batch `step` (a kill in the middle of a run)."""
+    from cdx.distill import teacher as teacher_module
+
+    real, calls = teacher_module.ddpm_batch, []
+
+    def batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    return batch
+
+
 def test_a_killed_run_resumes_to_the_same_weights_as_an_unbroken_one(tiny_teacher, tmp_path, monkeypatch):
     """12 images at batch 4: a checkpoint at step 3 ends an epoch, so the resumed run draws exactly the batches,
     noise and timesteps of the unbroken one and must end bit-identical (optimizer, lr schedule, EMA restored)."""
@@ -78,15 +93,8 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_unbroken_one(tiny_teache
 
     teacher, data = tiny_teacher
     continue_teacher_unet(teacher, tmp_path / "whole", 6, tmp_path / "w1", data, checkpoint_every=3, show=False)
-    real, calls = teacher_module.ddpm_batch, []
-
-    def dies_at_step_5(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise _Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_module, "ddpm_batch", dies_at_step_5)
+    real = teacher_module.ddpm_batch
+    monkeypatch.setattr(teacher_module, "ddpm_batch", _dies_at_step(5))
     with pytest.raises(_Killed):
         continue_teacher_unet(teacher, tmp_path / "resumed", 6, tmp_path / "w2", data, checkpoint_every=3, show=False)
     assert not (tmp_path / "resumed").exists()
@@ -106,10 +114,10 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_unbroken_one(tiny_teache
     assert any(not torch.equal(whole[k], three[k]) for k in whole)
 
 
-def test_a_work_dir_from_another_run_is_refused_by_name(tiny_teacher, tmp_path):
+def test_a_work_dir_from_another_run_is_refused_by_name(tiny_teacher, tmp_path, monkeypatch):
     teacher, data = tiny_teacher
     with pytest.raises(_Killed):
-        _run_and_kill(teacher, data, tmp_path / "work")
+        _run_and_kill(teacher, data, tmp_path / "work", monkeypatch)
     with pytest.raises(InputError, match="newest checkpoint is at step 2, past --steps 1"):
         continue_teacher_unet(teacher, tmp_path / "out", 1, tmp_path / "work", data, lr=1e-3, show=False)
     with pytest.raises(InputError, match=re.escape("unet_lr=0.001, this run has unet_lr=0.002")):
@@ -125,23 +133,13 @@ def test_a_work_dir_from_another_run_is_refused_by_name(tiny_teacher, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _run_and_kill(teacher: Path, data: Path, work: Path) -> None:
+def _run_and_kill(teacher: Path, data: Path, work: Path, monkeypatch) -> None:
     """A 4-step run at lr 1e-3 killed after its step-2 checkpoint."""
     from cdx.distill import teacher as teacher_module
 
-    real, calls = teacher_module.ddpm_batch, []
-
-    def dies_at_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise _Killed
-        return real(*args, **kwargs)
-
-    teacher_module.ddpm_batch = dies_at_step_3
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_module, "ddpm_batch", _dies_at_step(3))
         continue_teacher_unet(teacher, work.parent / "never", 4, work, data, lr=1e-3, checkpoint_every=2, show=False)
-    finally:
-        teacher_module.ddpm_batch = real
 
 
 def test_cli_refuses_a_folder_without_a_teacher_recipe_in_one_line(tmp_path, monkeypatch, capsys):
