@@ -388,10 +388,7 @@ def write_model_cards(teacher_dir: str, student_dir: str, result: dict[str, Any]
     """README.md model cards for the teacher and the student: reproduce command, training time, this quality table."""
     from cdx.defaults import portable_path
     from cdx.distill.loading import read_cdx_info
-    from cdx.distill.model_card import (
-        teacher_command,
-        write_model_card,
-    )
+    from cdx.distill.model_card import teacher_command, write_model_card
 
     table = render_quality_markdown(result)
     measured = f"Measured with `{evaluate_command}` (2-core CPU, eager PyTorch):\n\n{table}"

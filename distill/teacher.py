@@ -194,8 +194,8 @@ def train_unet(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, re
                 bar.update(step, loss=smooth)
             if root and step % checkpoint_every == 0 and step < recipe.unet_steps:
                 seconds = round(previous_seconds + time.perf_counter() - began, 1)  # training time over all resumes
-                save_checkpoint(accelerator, root, step, ema_tensors(ema), gen, {"smooth": smooth, "recipe": recipe.as_dict(),
-                                                                        "seconds": seconds, **(meta or {})})
+                state = {"smooth": smooth, "recipe": recipe.as_dict(), "seconds": seconds, **(meta or {})}
+                save_checkpoint(accelerator, root, step, ema_tensors(ema), gen, state)
     unet = accelerator.unwrap_model(unet).eval()
     ema.copy_to(unet.parameters())
     return unet.cpu()

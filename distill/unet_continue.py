@@ -20,10 +20,8 @@ from typing import Any
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from cdx.distill.teacher import TeacherRecipe, encode_latents, train_unet
+from cdx.distill.teacher import CDX_CONFIG, TeacherRecipe, encode_latents, train_unet
 from cdx.errors import InputError
-
-CDX_CONFIG = "cdx.json"
 
 
 def teacher_recipe(folder: Path) -> tuple[TeacherRecipe, dict[str, Any]]:
