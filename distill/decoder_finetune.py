@@ -169,15 +169,14 @@ def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str
     import shutil
 
     from cdx.atomic import atomic_directory
+    from cdx.distill.model_card import record_stage
 
     with atomic_directory(out, overwrite=overwrite) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae"))
         vae.save_pretrained(staging / "vae", safe_serialization=True)
         info_path = staging / "cdx.json"
         info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
-        if "decoder_finetune" in info:  # a fine-tune of a fine-tuned decoder: keep the chain, oldest first
-            info["decoder_finetune_earlier"] = [*info.get("decoder_finetune_earlier", []), info["decoder_finetune"]]
-        info["decoder_finetune"] = record
+        record_stage(info, "decoder_finetune", record)
         info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
 
 

@@ -107,10 +107,23 @@ def teacher_command(recipe: dict[str, Any], out: str) -> str:
     return " ".join(parts)
 
 
+def record_stage(info: dict[str, Any], key: str, record: dict[str, Any]) -> None:
+    """Put `record` under `key` in a folder's cdx.json `info`, moving an earlier one to the end of `key`_earlier
+    (a fine-tune of a fine-tuned folder keeps the chain, oldest first)."""
+    if key in info:
+        info[f"{key}_earlier"] = [*info.get(f"{key}_earlier", []), info[key]]
+    info[key] = record
+
+
+def recorded_stages(info: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The records `record_stage` kept under `key` (`key`_earlier + `key`), oldest first."""
+    latest = info.get(key)
+    return [*info.get(f"{key}_earlier", []), latest] if latest else []
+
+
 def decoder_finetune_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
     """A folder's decoder fine-tunes (cdx.json `decoder_finetune_earlier` + `decoder_finetune`), oldest first."""
-    latest = info.get("decoder_finetune")
-    return [*info.get("decoder_finetune_earlier", []), latest] if latest else []
+    return recorded_stages(info, "decoder_finetune")
 
 
 def _changed_flags(record: dict[str, Any], defaults: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
@@ -151,8 +164,7 @@ def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -
 
 def unet_continue_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
     """A teacher folder's UNet continuations (cdx.json `unet_continue_earlier` + `unet_continue`), oldest first."""
-    latest = info.get("unet_continue")
-    return [*info.get("unet_continue_earlier", []), latest] if latest else []
+    return recorded_stages(info, "unet_continue")
 
 
 def unet_continue_command(record: dict[str, Any], teacher_in: str, out: str, work_dir: str) -> str:

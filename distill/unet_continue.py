@@ -75,6 +75,7 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
     from cdx.atomic import atomic_directory, sha256_file
     from cdx.distill.checkpoint import prepare_work_dir
     from cdx.distill.data import load_dataset
+    from cdx.distill.model_card import record_stage
     from cdx.machine import describe_machine
 
     teacher = Path(teacher)
@@ -110,8 +111,6 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         shutil.copytree(teacher, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
         unet.save_pretrained(staging / "unet", safe_serialization=True)
-        if "unet_continue" in info:  # a continuation of a continued UNet: keep the chain, oldest first
-            info["unet_continue_earlier"] = [*info.get("unet_continue_earlier", []), info["unet_continue"]]
-        info["unet_continue"] = record
+        record_stage(info, "unet_continue", record)
         (staging / CDX_CONFIG).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
     return record
