@@ -273,6 +273,11 @@ def distill(
                                                    "step 0).")] = 0,
     critic_lr: Annotated[float, typer.Option(help="The critic's Adam learning rate.")] = 2e-4,
     critic_r1: Annotated[float, typer.Option(help="R1 penalty γ on the critic's gradient at real latents; 0 = off.")] = 0.0,
+    dmd_weight: Annotated[float, typer.Option(help="CD: add this weight × the distribution-matching term (DMD) on those "
+                                            "one-step outputs: a fake denoiser trained here on them, against the "
+                                            "teacher's guided denoiser; 0 = off.")] = 0.0,
+    dmd_start: Annotated[int, typer.Option(help="Step the DMD term starts at (its fake denoiser trains from step 0).")] = 0,
+    fake_score_lr: Annotated[float, typer.Option(help="The fake denoiser's AdamW learning rate.")] = 1e-4,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -294,7 +299,8 @@ def distill(
                            init_student=str(init_student) if init_student else None,
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
                            ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
-                           adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1)
+                           adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
+                           dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

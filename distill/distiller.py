@@ -89,6 +89,12 @@ class DistillConfig:
     # random (its first gradients would be noise, and would fill Adam's second moments) when the term arrives
     critic_lr: float = 2e-4  # the critic's Adam learning rate (constant; betas 0.5, 0.9)
     critic_r1: float = 0.0  # > 0: R1 penalty γ on the critic's gradient at real latents (critic.py)
+    # > 0: add weight × the distribution-matching term (DMD) on those one-step outputs: a fake denoiser, trained here on
+    # the student's outputs, against the teacher's guided one (distill/distribution_matching.py); pulls the outputs'
+    # distribution toward the teacher's where the regression can only pull each output toward one ODE endpoint
+    dmd_weight: float = 0.0
+    dmd_start: int = 0  # step the term starts at (the fake denoiser trains from step 0, so it has left the teacher)
+    fake_score_lr: float = 1e-4  # the fake denoiser's AdamW learning rate (constant)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +143,14 @@ class DistillConfig:
             (not (self.adversarial_weight and self.method != "cd"),
              f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
              "the CD student; use --method cd"),
+            (self.dmd_weight >= 0, f"--dmd-weight {self.dmd_weight}: must be >= 0"),
+            (self.dmd_start >= 0, f"--dmd-start {self.dmd_start}: must be >= 0"),
+            (self.fake_score_lr > 0, f"--fake-score-lr {self.fake_score_lr}: must be > 0"),
+            (not (self.dmd_weight and self.method != "cd"),
+             f"--dmd-weight with --method {self.method}: the term compares the teacher's denoiser with the student's "
+             "outputs' (teacher-free methods make no teacher calls); use --method cd"),
+            (not (self.dmd_weight and self.lora_rank),
+             "--dmd-weight with --lora-rank: the fake denoiser is a full UNet copy; use a full student"),
         ]
         if num_train_timesteps is not None:
             checks.append((self.num_solver_steps <= num_train_timesteps,
@@ -249,6 +263,7 @@ class ConsistencyDistiller:
         self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32, device=self.device)
         self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32, device=self.device)
         self.solve = solver_step(config.solver)
+        self.dmd = self._make_fake_score() if config.dmd_weight > 0 else None  # prepared after the critic
         self.ode_schedule = ddim_schedule(sched, config.ode_regression_steps)  # starts at T - 1, the 1-step timestep
         self.method = make_method(config)  # None = CD with the teacher
         self.rollouts = None  # a RolloutStream (distill/rollout_cache.py): cached teacher steps, no teacher calls
@@ -283,6 +298,15 @@ class ConsistencyDistiller:
         critic = seeded_critic(self.config.seed + 7, parts.latent_channels, 64, num_classes=classes,
                                embedding_dim=embedding).to(self.device)
         return AdversarialCritic(self.accelerator, critic, self.config.critic_lr, r1=self.config.critic_r1)
+
+    def _make_fake_score(self):
+        """DMD's fake denoiser: a float32 copy of the teacher with the student's guidance embedding (zero-initialised,
+        so it starts as the teacher at every CFG scale); built without touching the global RNG."""
+        from cdx.distill.distribution_matching import DistributionMatching
+
+        with torch.random.fork_rng(devices=[]):
+            fake = make_student(self.teacher, self.w_dim is not None, self.w_dim or self.config.guidance_embedding_dim)
+        return DistributionMatching(self.accelerator, fake.float().to(self.device), self.config.fake_score_lr, self.acp)
 
     def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:
         """The teacher's frozen modules on the device in the weight dtype; the VAE/text encoder are copied when that
@@ -369,8 +393,8 @@ class ConsistencyDistiller:
              "noise": noise, "g": g, "w_emb": w_emb}
         if self.cond.kind == "text_embedding":
             b["prompt_embeds"] = self.cond.encode(data["captions"])
-        if cfg.ode_regression_weight > 0 or cfg.adversarial_weight > 0:  # drawn only then: runs without either
-            # term keep their exact draws (the critic's fakes are the regression's one-step outputs when both are on)
+        if cfg.ode_regression_weight > 0 or cfg.adversarial_weight > 0 or cfg.dmd_weight > 0:  # drawn only then: runs
+            # without these terms keep their exact draws (they share the one-step outputs of these noises)
             n = min(cfg.ode_regression_batch, cfg.batch_size)
             b["ode_noise"] = torch.randn((n, *x0.shape[1:]), generator=self.rng)
         return b
@@ -396,7 +420,7 @@ class ConsistencyDistiller:
         x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
         cond = self.cond.batch_kwargs(b)
         generator_on = self.critic is not None and self.step >= cfg.adversarial_start
-        models = (self.student, self.critic.wrapped) if self.critic is not None else (self.student,)
+        models = (self.student, *(m.wrapped for m in (self.critic, self.dmd) if m is not None))
         with acc.accumulate(*models):
             prediction = self._f(self.student, x_t, t, cond, b["w_emb"]).float()
             with acc.autocast():  # the frozen teacher / EMA target run in the mixed-precision dtype
@@ -413,6 +437,14 @@ class ConsistencyDistiller:
                 generator = self.critic.generator_loss(one_step, fake_condition)
                 loss = loss + cfg.adversarial_weight * generator
                 self.terms["generator"] = float(generator.detach())
+            if self.dmd is not None:
+                first_cond = self._first(cond, len(one_step))
+                first_w = None if b["w_emb"] is None else b["w_emb"][: len(one_step)]
+            if self.dmd is not None and self.step >= cfg.dmd_start:
+                matching = self.dmd.generator_loss(one_step, self.teacher_x0(b, len(one_step)), first_cond, first_w,
+                                                   self.rng)
+                loss = loss + cfg.dmd_weight * matching
+                self.terms["dmd"] = float(matching.detach())
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self._student_trainable, 1.0)
@@ -420,6 +452,8 @@ class ConsistencyDistiller:
             self.optimizer.zero_grad(set_to_none=True)
             if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
                 self.terms["critic"] = self.critic.update(b["x0"], one_step, real_condition, fake_condition)
+            if self.dmd is not None:  # the fake denoiser learns this step's one-step outputs
+                self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng)
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
         return float(loss.detach())
@@ -472,18 +506,29 @@ class ConsistencyDistiller:
             target = self.ode_regression_target(b).float()
         return consistency_loss(prediction, target, self.config.loss, self.config.huber_c)
 
+    def _guided_teacher(self, b: dict[str, Any], n: int):
+        """The teacher's guided ε-prediction for the batch's first `n` samples, at each one's CFG scale g (one plain
+        conditional call when every g is 1: CFG at 1 is the conditional prediction, without the unconditional half)."""
+        cond = self._first(self.cond.batch_kwargs(b), n)
+        g = b["g"][:n].to(self.device)
+        guided = self.cond.guided and bool((g != 1).any())
+        null = self._first(self.cond.batch_kwargs(b, null=True), n) if guided else None
+        return lambda x, t: guided_output(self.teacher, x, t, cond, null, g)
+
+    def teacher_x0(self, b: dict[str, Any], n: int):
+        """The teacher's guided x̂₀ denoiser (x_t, t) → x̂₀ for the batch's first `n` samples (DMD's real score)."""
+        eps = self._guided_teacher(b, n)
+        return lambda x, t: predicted_x0(eps(x, t), x, self.acp[t].reshape(-1, 1, 1, 1), "epsilon")
+
     @torch.no_grad()
     def ode_regression_target(self, b: dict[str, Any]) -> torch.Tensor:
         """The teacher's guided DDIM (η = 0) solution of `ode_noise` from T - 1 to 0 in `ode_regression_steps` steps,
         at each sample's CFG scale g (pinned by tests/test_cd_target.py)."""
         n = len(b["ode_noise"])
-        cond = self._first(self.cond.batch_kwargs(b), n)
-        null = self._first(self.cond.batch_kwargs(b, null=True), n) if self.cond.guided else None
-        g = b["g"][:n].to(self.device)
+        eps = self._guided_teacher(b, n)
 
         def predict(x: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
-            t = torch.full((n,), int(step["timestep"]), dtype=torch.int64, device=self.device)
-            return guided_output(self.teacher, x, t, cond, null, g)
+            return eps(x, torch.full((n,), int(step["timestep"]), dtype=torch.int64, device=self.device))
 
         return ddim_loop(predict, b["ode_noise"], self.ode_schedule, "epsilon")
 

@@ -32,7 +32,8 @@ def fresh_noise_refusal(config: Any) -> str | None:
     """Why a cache cannot serve this run: its batches hold no fresh noise for the one-step terms (the regression calls
     the teacher on it; the adversarial term's fakes are made from it), so they would be skipped silently."""
     for flag, on in (("--ode-regression-weight", getattr(config, "ode_regression_weight", 0)),
-                     ("--adversarial-weight", getattr(config, "adversarial_weight", 0))):
+                     ("--adversarial-weight", getattr(config, "adversarial_weight", 0)),
+                     ("--dmd-weight", getattr(config, "dmd_weight", 0))):
         if on:
             return (f"--rollout-cache with {flag}: the term needs fresh noise (and the teacher/student on it) every "
                     "update; drop one of them")
