@@ -278,6 +278,8 @@ def distill(
                                             "teacher's guided denoiser; 0 = off.")] = 0.0,
     dmd_start: Annotated[int, typer.Option(help="Step the DMD term starts at (its fake denoiser trains from step 0).")] = 0,
     fake_score_lr: Annotated[float, typer.Option(help="The fake denoiser's AdamW learning rate.")] = 1e-4,
+    fake_score_updates: Annotated[int, typer.Option(help="Fake-denoiser steps per student update (DMD2's two "
+                                                    "time-scale rule uses 5).")] = 1,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -300,7 +302,8 @@ def distill(
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
                            ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
-                           dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr)
+                           dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,
+                           fake_score_updates=fake_score_updates)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

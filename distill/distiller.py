@@ -95,6 +95,7 @@ class DistillConfig:
     dmd_weight: float = 0.0
     dmd_start: int = 0  # step the term starts at (the fake denoiser trains from step 0, so it has left the teacher)
     fake_score_lr: float = 1e-4  # the fake denoiser's AdamW learning rate (constant)
+    fake_score_updates: int = 1  # fake-denoiser steps per student update (DMD2's two time-scale rule uses 5)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +147,7 @@ class DistillConfig:
             (self.dmd_weight >= 0, f"--dmd-weight {self.dmd_weight}: must be >= 0"),
             (self.dmd_start >= 0, f"--dmd-start {self.dmd_start}: must be >= 0"),
             (self.fake_score_lr > 0, f"--fake-score-lr {self.fake_score_lr}: must be > 0"),
+            (self.fake_score_updates >= 1, f"--fake-score-updates {self.fake_score_updates}: must be >= 1"),
             (not (self.dmd_weight and self.method != "cd"),
              f"--dmd-weight with --method {self.method}: the term compares the teacher's denoiser with the student's "
              "outputs' (teacher-free methods make no teacher calls); use --method cd"),
@@ -452,8 +454,9 @@ class ConsistencyDistiller:
             self.optimizer.zero_grad(set_to_none=True)
             if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
                 self.terms["critic"] = self.critic.update(b["x0"], one_step, real_condition, fake_condition)
-            if self.dmd is not None:  # the fake denoiser learns this step's one-step outputs
-                self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng)
+            if self.dmd is not None:  # the fake denoiser learns this step's one-step outputs (fresh t and ε each time)
+                for _ in range(cfg.fake_score_updates):
+                    self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng)
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
         return float(loss.detach())

@@ -130,6 +130,7 @@ def test_resume_with_the_fake_denoiser_is_bit_identical(tiny_sd: Path, tmp_path:
     ({"dmd_weight": -0.1}, "--dmd-weight -0.1: must be >= 0"),
     ({"dmd_start": -1}, "--dmd-start -1: must be >= 0"),
     ({"fake_score_lr": 0.0}, "--fake-score-lr 0.0: must be > 0"),
+    ({"fake_score_updates": 0}, "--fake-score-updates 0: must be >= 1"),
     ({"dmd_weight": 0.1, "method": "ect"}, "--dmd-weight with --method ect: "),
     ({"dmd_weight": 0.1, "lora_rank": 4}, "--dmd-weight with --lora-rank: "),
 ])
@@ -151,6 +152,15 @@ def test_the_term_with_a_rollout_cache_is_refused_before_the_teacher_loads(tmp_p
 def test_the_model_card_command_carries_the_dmd_flags() -> None:
     from cdx.distill.model_card import distill_command
 
-    recipe = DistillConfig(dmd_weight=0.5, dmd_start=100, fake_score_lr=2e-4).as_dict()
+    recipe = DistillConfig(dmd_weight=0.5, dmd_start=100, fake_score_lr=2e-4, fake_score_updates=4).as_dict()
     command = distill_command(recipe, "out/s")
     assert "--dmd-weight 0.5" in command and "--dmd-start 100" in command and "--fake-score-lr 0.0002" in command
+    assert "--fake-score-updates 4" in command
+
+
+def test_each_fake_update_takes_its_own_optimizer_step(tmp_path: Path) -> None:
+    """--fake-score-updates K: K AdamW steps of the fake denoiser per student update (its step count says so)."""
+    d = _distiller(tmp_path, dmd_weight=0.5, fake_score_updates=3)
+    d.train_step()
+    steps = {int(state["step"]) for state in d.dmd.optimizer.state_dict()["state"].values()}
+    assert steps == {3}
