@@ -3,43 +3,26 @@ critic module it shares with `cdx distill-decoder`."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import assert_refused_in_one_line, small_distiller, student_weights
 
-from cdx.defaults import default_teacher
 from cdx.distill.critic import AdversarialCritic, PatchDiscriminator, hinge_critic_loss, seeded_critic
-from cdx.distill.data import FASHION_MNIST_CLASSES, ImageDataset
-from cdx.distill.distiller import ConsistencyDistiller, DistillConfig
-from cdx.distill.loading import load_latent_pipeline
+from cdx.distill.distiller import DistillConfig
 from cdx.errors import InputError
 
 
-def _distiller(work: Path, teacher: str | Path | None = None, size: int = 32, **options: object) -> ConsistencyDistiller:
-    """A distiller on 8 random images, batch 4, 2 steps (+ `options`); the embedded class teacher by default."""
-    gen = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.rand(8, 1 if teacher is None else 3, size, size, generator=gen) * 2 - 1,
-                        torch.arange(8) % 10, list(FASHION_MNIST_CLASSES))
-    config = DistillConfig(**{"steps": 2, "batch_size": 4, "sample_every": 0, "checkpoint_every": 1, "seed": 3,
-                              "ode_regression_batch": 2, **options})
-    return ConsistencyDistiller(load_latent_pipeline(teacher or default_teacher()), data, config, work)
-
-
-def _student(d: ConsistencyDistiller) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in d.accelerator.unwrap_model(d.student).parameters()]
-
-
 def test_runs_without_the_term_keep_their_draws_and_the_term_reuses_the_regression_noise(tmp_path: Path) -> None:
-    plain = _distiller(tmp_path / "a").sample_batch()
+    plain = small_distiller(tmp_path / "a").sample_batch()
     assert "ode_noise" not in plain
-    regression = _distiller(tmp_path / "b", ode_regression_weight=1.0).sample_batch()
-    both = _distiller(tmp_path / "c", ode_regression_weight=1.0, adversarial_weight=0.1).sample_batch()
+    regression = small_distiller(tmp_path / "b", ode_regression_weight=1.0).sample_batch()
+    both = small_distiller(tmp_path / "c", ode_regression_weight=1.0, adversarial_weight=0.1).sample_batch()
     assert set(regression) == set(both)
     for key in ("x0", "t", "noise", "g", "ode_noise"):
         assert torch.equal(regression[key], both[key]), key
-    alone = _distiller(tmp_path / "d", adversarial_weight=0.1).sample_batch()
+    alone = small_distiller(tmp_path / "d", adversarial_weight=0.1).sample_batch()
     assert torch.equal(alone["ode_noise"], regression["ode_noise"])  # its own noise, drawn where the regression's is
 
 
@@ -47,18 +30,18 @@ def test_the_term_changes_the_update_only_when_on(tmp_path: Path) -> None:
     """Same batch, same regression: the student moves differently exactly when the generator term is on, by a loss
     that differs by weight × −critic(f(z, T)); before `adversarial_start` only the critic learns."""
     options = {"ode_regression_weight": 1.0, "lr": 1e-3}
-    reference = _distiller(tmp_path / "ref", **options)
+    reference = small_distiller(tmp_path / "ref", **options)
     batch = reference.sample_batch()
     ref_loss = reference.train_step(dict(batch))
-    on = _distiller(tmp_path / "on", adversarial_weight=0.5, **options)
-    later = _distiller(tmp_path / "later", adversarial_weight=0.5, adversarial_start=5, **options)
+    on = small_distiller(tmp_path / "on", adversarial_weight=0.5, **options)
+    later = small_distiller(tmp_path / "later", adversarial_weight=0.5, adversarial_start=5, **options)
     critic_before = [p.detach().clone() for p in later.critic.critic.parameters()]
     on_loss, later_loss = on.train_step(dict(batch)), later.train_step(dict(batch))
 
     assert later_loss == ref_loss and "generator" not in later.terms
-    assert all(torch.equal(a, b) for a, b in zip(_student(reference), _student(later), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(student_weights(reference), student_weights(later), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(critic_before, later.critic.critic.parameters(), strict=True))
-    assert any(not torch.equal(a, b) for a, b in zip(_student(reference), _student(on), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(student_weights(reference), student_weights(on), strict=True))
     assert on_loss == pytest.approx(ref_loss + 0.5 * on.terms["generator"], abs=1e-6)
 
 
@@ -126,11 +109,11 @@ def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path) 
     """A text teacher (the critic projects the pooled prompt embedding); 4 steps straight vs 2 + resume + 2."""
     options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3,
                "critic_r1": 0.5}
-    straight = _distiller(tmp_path / "a", tiny_sd, 64, **options)
+    straight = small_distiller(tmp_path / "a", tiny_sd, 64, **options)
     straight.run(show=False)
-    first = _distiller(tmp_path / "b", tiny_sd, 64, **options)
+    first = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
     first.run(show=False, stop_at=2)
-    resumed = _distiller(tmp_path / "b", tiny_sd, 64, **options)
+    resumed = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
     assert resumed.resume() == 2
     resumed.run(show=False)
     assert resumed.history == straight.history and resumed.terms == straight.terms
@@ -144,9 +127,9 @@ def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path) 
 
 
 def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None:
-    _distiller(tmp_path, steps=1).run(show=False)
+    small_distiller(tmp_path, steps=1).run(show=False)
     with pytest.raises(InputError, match=r"adversarial_weight=0\.0, this run has adversarial_weight=0\.1"):
-        _distiller(tmp_path, steps=1, adversarial_weight=0.1).resume()
+        small_distiller(tmp_path, steps=1, adversarial_weight=0.1).resume()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -157,16 +140,17 @@ def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None
     ({"adversarial_weight": 0.1, "method": "ct"}, "--adversarial-weight with --method ct: "),
 ])
 def test_bad_adversarial_flags_are_one_line(overrides: dict, message: str) -> None:
-    with pytest.raises(InputError, match="^" + re.escape(message)) as err:
-        DistillConfig(**overrides).validate()
-    assert "\n" not in str(err.value)
+    assert_refused_in_one_line(overrides, message)
 
 
-def test_the_term_with_a_rollout_cache_is_refused_before_the_teacher_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "flag"), [("adversarial_weight", "--adversarial-weight"),
+                                             ("dmd_weight", "--dmd-weight")])
+def test_a_one_step_term_with_a_rollout_cache_is_refused_before_the_teacher_loads(tmp_path: Path, option: str,
+                                                                                 flag: str) -> None:
     from cdx.distill.distiller import distill_student
 
-    with pytest.raises(InputError, match=r"^--rollout-cache with --adversarial-weight: "):
-        distill_student(tmp_path / "no-such-teacher", tmp_path / "out", DistillConfig(adversarial_weight=0.1),
+    with pytest.raises(InputError, match=rf"^--rollout-cache with {flag}: "):
+        distill_student(tmp_path / "no-such-teacher", tmp_path / "out", DistillConfig(**{option: 0.1}),
                         rollout_cache=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
