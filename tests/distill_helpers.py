@@ -35,3 +35,21 @@ def assert_refused_in_one_line(overrides: dict, message: str) -> None:
     with pytest.raises(InputError, match="^" + re.escape(message)) as err:
         DistillConfig(**overrides).validate()
     assert "\n" not in str(err.value)
+
+
+def straight_and_resumed(work: Path, teacher: Path, options: dict) -> tuple[ConsistencyDistiller, ConsistencyDistiller]:
+    """A 64-px run of `options["steps"]` steps straight, and the same run stopped at its first checkpoint, resumed by
+    a fresh distiller and finished (the pair a bit-identical-resume test compares)."""
+    straight = small_distiller(work / "straight", teacher, 64, **options)
+    straight.run(show=False)
+    small_distiller(work / "stopped", teacher, 64, **options).run(show=False, stop_at=options["checkpoint_every"])
+    resumed = small_distiller(work / "stopped", teacher, 64, **options)
+    assert resumed.resume() == options["checkpoint_every"]
+    resumed.run(show=False)
+    return straight, resumed
+
+
+def assert_same_weights(pairs: list[tuple[torch.nn.Module, torch.nn.Module]]) -> None:
+    for one, other in pairs:
+        for a, b in zip(one.parameters(), other.parameters(), strict=True):
+            assert torch.equal(a, b)

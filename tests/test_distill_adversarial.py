@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_helpers import assert_refused_in_one_line, small_distiller, student_weights
+from distill_helpers import (
+    assert_refused_in_one_line,
+    assert_same_weights,
+    small_distiller,
+    straight_and_resumed,
+    student_weights,
+)
 
 from cdx.distill.critic import AdversarialCritic, PatchDiscriminator, hinge_critic_loss, seeded_critic
 from cdx.distill.distiller import DistillConfig
@@ -109,18 +115,9 @@ def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path) 
     """A text teacher (the critic projects the pooled prompt embedding); 4 steps straight vs 2 + resume + 2."""
     options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3,
                "critic_r1": 0.5}
-    straight = small_distiller(tmp_path / "a", tiny_sd, 64, **options)
-    straight.run(show=False)
-    first = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
-    first.run(show=False, stop_at=2)
-    resumed = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
-    assert resumed.resume() == 2
-    resumed.run(show=False)
+    straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
     assert resumed.history == straight.history and resumed.terms == straight.terms
-    pairs = [(straight.target, resumed.target), (straight.critic.critic, resumed.critic.critic)]
-    for one, other in pairs:
-        for a, b in zip(one.parameters(), other.parameters(), strict=True):
-            assert torch.equal(a, b)
+    assert_same_weights([(straight.target, resumed.target), (straight.critic.critic, resumed.critic.critic)])
     for a, b in zip(straight.critic.optimizer.state_dict()["state"].values(),
                     resumed.critic.optimizer.state_dict()["state"].values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_helpers import assert_refused_in_one_line, small_distiller, student_weights
+from distill_helpers import (
+    assert_refused_in_one_line,
+    assert_same_weights,
+    small_distiller,
+    straight_and_resumed,
+    student_weights,
+)
 
 from cdx.distill.distiller import DistillConfig
 from cdx.distill.distribution_matching import distribution_matching_direction, distribution_matching_loss, noised
@@ -95,17 +101,12 @@ def test_runs_without_the_term_keep_their_draws(tmp_path: Path) -> None:
 def test_resume_with_the_fake_denoiser_is_bit_identical(tiny_sd: Path, tmp_path: Path) -> None:
     """A text teacher; 4 steps straight vs 2 + resume + 2: the fake denoiser, its optimizer and every draw resume."""
     options = {"steps": 4, "checkpoint_every": 2, "dmd_weight": 0.5, "dmd_start": 1, "lr": 1e-3, "fake_score_lr": 1e-3}
-    straight = small_distiller(tmp_path / "a", tiny_sd, 64, **options)
-    straight.run(show=False)
-    first = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
-    first.run(show=False, stop_at=2)
-    resumed = small_distiller(tmp_path / "b", tiny_sd, 64, **options)
-    assert resumed.resume() == 2
-    resumed.run(show=False)
+    straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
     assert resumed.history == straight.history and resumed.terms == straight.terms
-    for one, other in [(straight.target, resumed.target), (straight.dmd.fake, resumed.dmd.fake)]:
-        for a, b in zip(one.parameters(), other.parameters(), strict=True):
-            assert torch.equal(a, b)
+    assert_same_weights([(straight.target, resumed.target), (straight.dmd.fake, resumed.dmd.fake)])
+    for a, b in zip(straight.dmd.optimizer.state_dict()["state"].values(),
+                    resumed.dmd.optimizer.state_dict()["state"].values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
