@@ -303,7 +303,7 @@ class ConsistencyDistiller:
 
     def _make_fake_score(self):
         """DMD's fake denoiser: a float32 copy of the teacher with the student's guidance embedding (zero-initialised,
-        so it starts as the teacher at every CFG scale); built without touching the global RNG."""
+        so it starts as the teacher's conditional denoiser); built without touching the global RNG."""
         from cdx.distill.distribution_matching import DistributionMatching
 
         with torch.random.fork_rng(devices=[]):

@@ -7,8 +7,8 @@ difference of two denoisers of x_t = √ᾱ_t·x + √(1-ᾱ_t)·ε: a *fake* on
 their difference by the mean |x - x̂₀_teacher| of each sample, and the term is ½‖x - sg(x - grad)‖², whose gradient
 with respect to x is exactly `grad` / numel. The fake denoiser starts as the teacher's conditional denoiser, with the
 student's guidance embedding (zero-initialised) so it can learn each CFG scale's outputs apart; unguided (g = 1) the
-term is exactly 0 until the fake has learnt something the teacher does not do, guided it starts as the pull from the
-conditional toward the guided teacher.
+term is 0 (to rounding) until the fake has learnt something the teacher does not do, guided it starts as the pull
+from the conditional toward the guided teacher.
 
 The fake denoiser and its optimizer go through `accelerator.prepare`, so Accelerate's `save_state` / `load_state`
 checkpoint and resume them with the student (checkpoint.py). Every draw comes from the trainer's CPU generator, which
@@ -52,14 +52,18 @@ class DistributionMatching:
 
     def __init__(self, accelerator, fake: nn.Module, lr: float, acp: torch.Tensor, t_range: tuple[float, float] = (0.02, 0.98)):
         self.accelerator, self.fake, self.acp = accelerator, fake.train().requires_grad_(True), acp
-        steps = len(acp)
-        self.t_low, self.t_high = int(t_range[0] * steps), max(int(t_range[0] * steps) + 1, int(t_range[1] * steps))
+        self.t_low = int(t_range[0] * len(acp))
+        self.t_high = max(self.t_low + 1, int(t_range[1] * len(acp)))
         optimizer = torch.optim.AdamW(fake.parameters(), lr=lr, weight_decay=0.0)
         self.wrapped, self.optimizer = accelerator.prepare(fake, optimizer)
 
+    @staticmethod
+    def _kwargs(cond: dict, w_emb: torch.Tensor | None) -> dict:
+        """The fake denoiser's UNet keyword arguments: the teacher's conditions + the student's guidance embedding."""
+        return dict(cond) if w_emb is None else {**cond, "timestep_cond": w_emb}
+
     def fake_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict, w_emb: torch.Tensor | None) -> torch.Tensor:
-        kwargs = dict(cond) if w_emb is None else {**cond, "timestep_cond": w_emb}
-        eps = self.fake(x_t, t, **kwargs).sample
+        eps = self.fake(x_t, t, **self._kwargs(cond, w_emb)).sample
         return predicted_x0(eps, x_t, self.acp[t].reshape(-1, 1, 1, 1), "epsilon")
 
     def generator_loss(self, x: torch.Tensor, real_x0: Denoiser, cond: dict, w_emb: torch.Tensor | None,
@@ -79,9 +83,8 @@ class DistributionMatching:
         acc = self.accelerator
         t = torch.randint(0, len(self.acp), (len(x),), generator=rng).to(x.device)
         x_t, noise = noised(x.detach(), t, self.acp, rng)
-        kwargs = dict(cond) if w_emb is None else {**cond, "timestep_cond": w_emb}
         with acc.autocast():
-            loss = F.mse_loss(self.wrapped(x_t, t, **kwargs).sample.float(), noise.float())
+            loss = F.mse_loss(self.wrapped(x_t, t, **self._kwargs(cond, w_emb)).sample.float(), noise.float())
         acc.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
