@@ -440,13 +440,12 @@ class ConsistencyDistiller:
                 loss = loss + cfg.adversarial_weight * generator
                 self.terms["generator"] = float(generator.detach())
             if self.dmd is not None:
-                first_cond = self._first(cond, len(one_step))
-                first_w = None if b["w_emb"] is None else b["w_emb"][: len(one_step)]
-            if self.dmd is not None and self.step >= cfg.dmd_start:
-                matching = self.dmd.generator_loss(one_step, self.teacher_x0(b, len(one_step)), first_cond, first_w,
-                                                   self.rng)
-                loss = loss + cfg.dmd_weight * matching
-                self.terms["dmd"] = float(matching.detach())
+                first_cond, first_w = self.one_step_conditions(b)
+                if self.step >= cfg.dmd_start:
+                    matching = self.dmd.generator_loss(one_step, self.teacher_x0(b, len(one_step)), first_cond,
+                                                       first_w, self.rng)
+                    loss = loss + cfg.dmd_weight * matching
+                    self.terms["dmd"] = float(matching.detach())
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self._student_trainable, 1.0)
@@ -483,12 +482,18 @@ class ConsistencyDistiller:
     def _first(self, kwargs: dict[str, Any], n: int) -> dict[str, Any]:
         return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
+    def one_step_conditions(self, b: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The UNet conditions and guidance embedding of the batch's first len(`ode_noise`) samples: those of the
+        one-step outputs f(z, T)."""
+        n = len(b["ode_noise"])
+        return self._first(self.cond.batch_kwargs(b), n), None if b["w_emb"] is None else b["w_emb"][:n]
+
     def one_step(self, b: dict[str, Any]) -> torch.Tensor:
         """The student's one-step output f(z, T) on the batch's `ode_noise` (with the first samples' conditioning)."""
-        n = len(b["ode_noise"])
-        t = torch.full((n,), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64, device=self.device)
-        w_emb = None if b["w_emb"] is None else b["w_emb"][:n]
-        return self._f(self.student, b["ode_noise"], t, self._first(self.cond.batch_kwargs(b), n), w_emb).float()
+        cond, w_emb = self.one_step_conditions(b)
+        t = torch.full((len(b["ode_noise"]),), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64,
+                       device=self.device)
+        return self._f(self.student, b["ode_noise"], t, cond, w_emb).float()
 
     def critic_condition(self, b: dict[str, Any]) -> torch.Tensor | None:
         """What the critic projects: class labels, a text batch's mean-pooled prompt embeddings, or nothing for

@@ -53,3 +53,8 @@ def assert_same_weights(pairs: list[tuple[torch.nn.Module, torch.nn.Module]]) ->
     for one, other in pairs:
         for a, b in zip(one.parameters(), other.parameters(), strict=True):
             assert torch.equal(a, b)
+
+
+def assert_same_optimizer_state(one: torch.optim.Optimizer, other: torch.optim.Optimizer) -> None:
+    for a, b in zip(one.state_dict()["state"].values(), other.state_dict()["state"].values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
