@@ -241,6 +241,9 @@ def distill(
     loss: Annotated[str, typer.Option(help="l2 | huber (pseudo-Huber).")] = "huber",
     huber_c: Annotated[float, typer.Option(help="Pseudo-Huber c.")] = 0.001,
     ema_decay: Annotated[float, typer.Option(help="Target network EMA rate.")] = 0.95,
+    export_ema_decay: Annotated[float, typer.Option(help="Save a slow EMA of the student at this rate (diffusers' "
+                                                    "EMAModel with warm-up; e.g. 0.999) instead of the consistency "
+                                                    "target; 0 = off.")] = 0.0,
     guidance_min: Annotated[float, typer.Option(help="Lowest CFG scale sampled for w-distillation.")] = 1.0,
     guidance_max: Annotated[float, typer.Option(help="Highest CFG scale sampled.")] = 4.0,
     grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
@@ -293,7 +296,7 @@ def distill(
     from cdx.ui import console
 
     config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
-                           ema_decay=ema_decay, solver=solver,
+                           ema_decay=ema_decay, export_ema_decay=export_ema_decay, solver=solver,
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,

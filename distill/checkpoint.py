@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "state.json"
 TARGET_FILE = "target.safetensors"
+EXPORT_EMA_FILE = "export_ema.safetensors"  # `cdx distill --export-ema-decay`: the slow EMA that is saved
 
 
 def _generator_file(rank: int) -> str:
@@ -33,8 +34,9 @@ def _generator_file(rank: int) -> str:
 
 
 def save_checkpoint(accelerator, root: Path, step: int, target: dict[str, torch.Tensor], rng: torch.Generator,
-                    meta: dict[str, Any], keep: int = 2) -> Path:
-    """Write `root/checkpoint-<step>` from every rank (collective: all ranks must call it); prune older ones."""
+                    meta: dict[str, Any], keep: int = 2, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write `root/checkpoint-<step>` from every rank (collective: all ranks must call it); prune older ones.
+    `extra`: more safetensors files the main process writes beside the target (file name -> tensors)."""
     final = root / f"checkpoint-{step:07d}"
     staging = root / f".checkpoint-{step:07d}.partial"
     if accelerator.is_main_process:
@@ -46,6 +48,8 @@ def save_checkpoint(accelerator, root: Path, step: int, target: dict[str, torch.
     save_file({"state": rng.get_state()}, staging / _generator_file(accelerator.process_index))
     if accelerator.is_main_process:
         save_file(target, staging / TARGET_FILE)
+        for name, tensors in (extra or {}).items():
+            save_file(tensors, staging / name)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(json.dumps({"step": step, **meta}, indent=2), "utf-8")
@@ -84,6 +88,11 @@ def load_checkpoint(accelerator, path: Path, rng: torch.Generator) -> tuple[dict
     accelerator.load_state(str(path))
     rng.set_state(load_file(path / _generator_file(accelerator.process_index))["state"])
     return read_checkpoint_state(path), load_file(path / TARGET_FILE)
+
+
+def load_extra(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """One of the `extra` safetensors files `save_checkpoint` wrote into the checkpoint at `path`."""
+    return load_file(path / name)
 
 
 def ema_tensors(ema: Any) -> dict[str, torch.Tensor]:

@@ -24,9 +24,11 @@ from diffusers import LCMScheduler, UNet2DConditionModel
 from cdx.defaults import portable_path
 from cdx.distill.batches import BatchStream, DataOptions
 from cdx.distill.checkpoint import (
+    EXPORT_EMA_FILE,
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
+    load_extra,
     prepare_work_dir,
     read_checkpoint_state,
     resume_and_run,
@@ -36,7 +38,7 @@ from cdx.distill.conditioning import TeacherConditioning
 from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
 from cdx.distill.consistency_training import make_method
 from cdx.distill.data import ImageDataset
-from cdx.distill.ema import TargetEMA, trainable_names
+from cdx.distill.ema import ExportEMA, TargetEMA, trainable_names
 from cdx.distill.latent_cache import encode_latents
 from cdx.distill.loading import LatentPipelineParts
 from cdx.distill.loops import classifier_free_guidance, ddim_loop
@@ -57,6 +59,9 @@ class DistillConfig:
     lr: float = 1e-4
     lr_warmup_steps: int = 0  # linear warm-up; Adam's first full-size step perturbs a converged teacher copy
     ema_decay: float = 0.95
+    # > 0: save a slow EMA of the student (diffusers' EMAModel with its warm-up, kept as a separate copy) instead of the
+    # consistency target (`ema_decay`, LCM's 0.95, which averages over ≈ 20 steps): averages out the optimizer's noise
+    export_ema_decay: float = 0.0
     solver: str = "ddim"
     num_solver_steps: int = 50  # N; skipping step k = T / N
     parameterization: str = "lcm"
@@ -114,6 +119,8 @@ class DistillConfig:
             (self.lr > 0, f"--lr {self.lr}: must be > 0"),
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps {self.lr_warmup_steps}: must be >= 0"),
             (0.0 <= self.ema_decay <= 1.0, f"--ema-decay {self.ema_decay}: must be in [0, 1]"),
+            (0.0 <= self.export_ema_decay < 1.0,
+             f"--export-ema-decay {self.export_ema_decay}: must be in [0, 1) (0 = save the consistency target)"),
             (self.solver in SOLVERS, f"unknown --solver {self.solver!r}; valid: {', '.join(SOLVERS)}"),
             (self.loss in LOSSES, f"unknown --loss {self.loss!r}; valid: {', '.join(LOSSES)}"),
             (self.parameterization in ("lcm", "edm"),
@@ -254,6 +261,8 @@ class ConsistencyDistiller:
         self.student, self.optimizer = acc.prepare(student, self.optimizer)
         by_name = dict(student.named_parameters())
         self._student_trainable = [by_name[n] for n in self.trainable]
+        self.export_ema = (ExportEMA(self._student_trainable, self.trainable, config.export_ema_decay)
+                           if config.export_ema_decay > 0 else None)
         self.critic = self._make_critic(parts) if config.adversarial_weight > 0 else None  # prepared after the student
         self.terms: dict[str, float] = {}  # the last micro-batch's separate terms (for the progress line)
         self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)  # per-process draws
@@ -458,6 +467,8 @@ class ConsistencyDistiller:
                     self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng)
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
+            if self.export_ema is not None:
+                self.export_ema.step(self._student_trainable)
         return float(loss.detach())
 
     def _on_device(self, b: dict[str, Any]) -> dict[str, Any]:
@@ -570,8 +581,12 @@ class ConsistencyDistiller:
         meta = {"history": self.history, "config": self.config.as_dict(), "architecture": self.architecture(),
                 "ema": self.ema.scalars(), "micro_step": self.micro_step, "accelerator_step": self.accelerator.step,
                 "seconds": round(self.seconds_before + time.perf_counter() - self._run_started, 1)}
+        extra = {}
+        if self.export_ema is not None:
+            meta["export_ema"] = self.export_ema.scalars()
+            extra = {EXPORT_EMA_FILE: self.export_ema.state_tensors()} if main else {}
         return save_checkpoint(self.accelerator, self.checkpoint_dir, self.step,
-                               self.ema.state_tensors() if main else {}, self.rng, meta)
+                               self.ema.state_tensors() if main else {}, self.rng, meta, extra=extra)
 
     def resume(self) -> int:
         """Load the newest checkpoint in the work dir, if any (refusing one made with other options or another
@@ -583,6 +598,8 @@ class ConsistencyDistiller:
                         defaults=DistillConfig().as_dict())
         state, target = load_checkpoint(self.accelerator, path, self.rng)
         self.ema.load(target, state["ema"])
+        if self.export_ema is not None:
+            self.export_ema.load(load_extra(path, EXPORT_EMA_FILE), state["export_ema"])
         self.step, self.history = int(state["step"]), list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
         self.micro_step = int(state["micro_step"])
@@ -624,21 +641,28 @@ class ConsistencyDistiller:
     # ---- outputs ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_grid(self, path: Path, per_class: int = 4, guidance: float | None = None) -> Path:
-        """One-step samples of the target network, one row per class (up to 10 classes)."""
+        """One-step samples of the network that will be saved, one row per class (up to 10 classes)."""
         from cdx.distill.sampling import consistency_sample, save_image_grid
 
         classes = min(10, len(self.grid_prompts) or 1)
         labels = torch.arange(classes).repeat_interleave(per_class)
         with self.accelerator.autocast():
-            images = consistency_sample(self.target, self.parts, self.cond, labels, steps=1,
+            images = consistency_sample(self.exported_network(), self.parts, self.cond, labels, steps=1,
                                         guidance=guidance or sum(self.config.guidance_range) / 2,
                                         parameterization=self.config.parameterization, seed=0,
                                         embedding_dim=self.w_dim)
         return save_image_grid(images.float(), path, columns=per_class)
 
+    def exported_network(self) -> torch.nn.Module:
+        """What the student folder gets: the consistency target, or a copy of it with the slow export EMA's weights
+        (`--export-ema-decay`)."""
+        if self.export_ema is None:
+            return self.target
+        return self.export_ema.weights_into(copy.deepcopy(self.target))
+
     def save_student(self, folder: Path, train_seconds: float, class_names: list[str]) -> None:
-        """The target (EMA) network + the teacher's VAE + an LCMScheduler, as a diffusers pipeline folder; with
-        --lora-rank only the target's LoRA (diffusers' format) + cdx.json."""
+        """The exported network (the target, or the slow export EMA) + the teacher's VAE + an LCMScheduler, as a
+        diffusers pipeline folder; with --lora-rank only its LoRA (diffusers' format) + cdx.json."""
         from cdx.atomic import sha256_file
         from cdx.distill.loading import read_cdx_info
         from cdx.distill.teacher import save_pipeline
@@ -665,14 +689,14 @@ class ConsistencyDistiller:
 
             info.update(kind="lora", lora_rank=self.config.lora_rank, guidance_embedded=bool(self.w_dim),
                         class_names=class_names)
-            save_lora(folder, self.target, info)
+            save_lora(folder, self.exported_network(), info)
             return
         scheduler = LCMScheduler.from_config(parts.scheduler_config, timestep_scaling=10.0,
                                              original_inference_steps=self.config.num_solver_steps)
         if parts.conditioning == "text_embedding":
-            self._save_text_pipeline(folder, scheduler, class_names, info, self.target)
+            self._save_text_pipeline(folder, scheduler, class_names, info, self.exported_network())
         else:
-            save_pipeline(folder, self.target, parts.vae, scheduler, class_names, info)
+            save_pipeline(folder, self.exported_network(), parts.vae, scheduler, class_names, info)
 
     def _save_text_pipeline(self, folder: Path, scheduler, class_names: list[str], info: dict[str, Any],
                             target: torch.nn.Module) -> None:
