@@ -235,6 +235,8 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     lr_warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps (LCM's script uses 500).")] = 0,
+    lr_schedule: Annotated[str, typer.Option(help="After the warm-up: constant | linear | cosine (decay to 0 at "
+                                             "--steps).")] = "constant",
     solver: Annotated[str, typer.Option(help="Teacher ODE solver: ddim | euler | heun.")] = "ddim",
     num_solver_steps: Annotated[int, typer.Option(help="N of the solver grid; skipping step k = T/N.")] = 50,
     parameterization: Annotated[str, typer.Option(help="Boundary condition: lcm | edm.")] = "lcm",
@@ -296,6 +298,7 @@ def distill(
     from cdx.ui import console
 
     config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
+                           lr_schedule=lr_schedule,
                            ema_decay=ema_decay, export_ema_decay=export_ema_decay, solver=solver,
                            num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,

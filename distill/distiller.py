@@ -58,6 +58,7 @@ class DistillConfig:
     batch_size: int = 64
     lr: float = 1e-4
     lr_warmup_steps: int = 0  # linear warm-up; Adam's first full-size step perturbs a converged teacher copy
+    lr_schedule: str = "constant"  # after the warm-up: constant | linear | cosine (decay to 0 at `steps`)
     ema_decay: float = 0.95
     # > 0: save a slow EMA of the student (diffusers' EMAModel with its warm-up, kept as a separate copy) instead of the
     # consistency target (`ema_decay`, LCM's 0.95, which averages over ≈ 20 steps): averages out the optimizer's noise
@@ -118,6 +119,8 @@ class DistillConfig:
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
             (self.lr > 0, f"--lr {self.lr}: must be > 0"),
             (self.lr_warmup_steps >= 0, f"--lr-warmup-steps {self.lr_warmup_steps}: must be >= 0"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"unknown --lr-schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"),
             (0.0 <= self.ema_decay <= 1.0, f"--ema-decay {self.ema_decay}: must be in [0, 1]"),
             (0.0 <= self.export_ema_decay < 1.0,
              f"--export-ema-decay {self.export_ema_decay}: must be in [0, 1) (0 = save the consistency target)"),
@@ -179,6 +182,22 @@ def cpu_ranks() -> bool:
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def learning_rate(config: DistillConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up over `lr_warmup_steps`, then constant or
+    a linear / cosine decay to 0 at `steps` (diffusers' schedules' shapes), a pure function of the step so resume
+    needs no scheduler state."""
+    warmup, base = config.lr_warmup_steps, config.lr
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return base
+    progress = min(1.0, max(0.0, (step - warmup) / max(1, config.steps - warmup)))
+    if config.lr_schedule == "linear":
+        return base * (1.0 - progress)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -552,9 +571,8 @@ class ConsistencyDistiller:
         return ddim_loop(predict, b["ode_noise"], self.ode_schedule, "epsilon")
 
     def _set_lr(self) -> None:
-        """Linear warm-up over `lr_warmup_steps`, a pure function of the step (so resume needs no scheduler state)."""
-        warmup = self.config.lr_warmup_steps
-        lr = self.config.lr * min(1.0, (self.step + 1) / warmup) if warmup > 0 else self.config.lr
+        """This step's learning rate (`learning_rate`)."""
+        lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -594,8 +612,13 @@ class ConsistencyDistiller:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return 0
-        check_resumable(read_checkpoint_state(path), self.config.as_dict(), self.architecture(), path,
-                        defaults=DistillConfig().as_dict())
+        saved = read_checkpoint_state(path)
+        check_resumable(saved, self.config.as_dict(), self.architecture(), path, defaults=DistillConfig().as_dict())
+        saved_steps = saved.get("config", {}).get("steps")
+        if self.config.lr_schedule != "constant" and saved_steps != self.config.steps:
+            raise InputError(f"{path}: checkpoint was made with steps={saved_steps}, this run has "
+                             f"steps={self.config.steps}; with --lr-schedule {self.config.lr_schedule} the decay "
+                             "ends at --steps, so keep it to resume")
         state, target = load_checkpoint(self.accelerator, path, self.rng)
         self.ema.load(target, state["ema"])
         if self.export_ema is not None:

@@ -60,6 +60,7 @@ def write_model_card(folder: Path, title: str, command: str, quality_md: str = "
 # DistillConfig field -> `cdx distill` flag (guidance_range is split in two flags)
 _DISTILL_FLAGS = {
     "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "lr_warmup_steps": "--lr-warmup-steps",
+    "lr_schedule": "--lr-schedule",
     "ema_decay": "--ema-decay", "export_ema_decay": "--export-ema-decay", "solver": "--solver",
     "num_solver_steps": "--num-solver-steps",
     "parameterization": "--parameterization", "loss": "--loss", "huber_c": "--huber-c",
