@@ -1,4 +1,5 @@
-"""The consistency target network θ⁻ ← μ·θ⁻ + (1 − μ)·θ, updated by diffusers' `EMAModel`.
+"""The consistency target network θ⁻ ← μ·θ⁻ + (1 − μ)·θ, updated by diffusers' `EMAModel`, and the optional slow
+EMA that is exported instead of it (`--export-ema-decay`).
 
 Consistency distillation wants a *constant* rate μ (LCM: 0.95) from the first step, not EMAModel's default warm-up
 ((1 + n) / (10 + n), and 0 at the first update): `min_decay = decay` and `update_after_step = -1` give exactly μ.
@@ -20,7 +21,39 @@ def trainable_names(module: torch.nn.Module) -> list[str]:
     return [name for name, p in module.named_parameters() if p.requires_grad]
 
 
-class TargetEMA:
+class _NamedEMA:
+    """A diffusers `EMAModel` over named parameters: its shadows by name for a checkpoint, its counters, and load."""
+
+    names: list[str]
+    ema: EMAModel
+
+    def _shadows(self) -> list[torch.Tensor]:
+        return list(self.ema.shadow_params)
+
+    @torch.no_grad()
+    def step(self, student_params: Iterable[torch.nn.Parameter]) -> None:
+        self.ema.step(list(student_params))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The shadow parameters by name (safetensors-ready)."""
+        return {n: p.detach().contiguous().cpu() for n, p in zip(self.names, self._shadows(), strict=True)}
+
+    def scalars(self) -> dict[str, Any]:
+        state = self.ema.state_dict()
+        return {k: v for k, v in state.items() if k != "shadow_params"}
+
+    @torch.no_grad()
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+        """Copy saved shadow parameters in place (an aliased target stays aliased) and restore the counters."""
+        if set(tensors) != set(self.names):
+            missing = sorted(set(self.names) - set(tensors))[:3]
+            raise KeyError(f"EMA state does not match the network (missing e.g. {missing})")
+        for name, shadow in zip(self.names, self._shadows(), strict=True):
+            shadow.copy_(tensors[name].to(shadow.device, shadow.dtype))
+        self.ema.load_state_dict({**scalars, "shadow_params": None})  # None: the shadows stay the tensors above
+
+
+class TargetEMA(_NamedEMA):
     """Constant-rate EMA of the student's trainable parameters, written in place into the target network."""
 
     def __init__(self, target: torch.nn.Module, names: list[str], decay: float):
@@ -30,35 +63,15 @@ class TargetEMA:
         self.ema = EMAModel(self.params, decay=decay, min_decay=decay, update_after_step=-1, foreach=True)
         self.ema.shadow_params = [p.data for p in self.params]  # alias: the EMA state *is* the target's weights
 
-    @torch.no_grad()
-    def step(self, student_params: Iterable[torch.nn.Parameter]) -> None:
-        self.ema.step(list(student_params))
+    def _shadows(self) -> list[torch.Tensor]:
+        return self.params
 
     @property
     def updates(self) -> int:
         return int(self.ema.optimization_step)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The shadow parameters by name (safetensors-ready)."""
-        return {n: p.detach().contiguous().cpu() for n, p in zip(self.names, self.params, strict=True)}
 
-    def scalars(self) -> dict[str, Any]:
-        state = self.ema.state_dict()
-        return {k: v for k, v in state.items() if k != "shadow_params"}
-
-    @torch.no_grad()
-    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-        """Copy saved shadow parameters into the target in place (keeping the alias) and restore the counters."""
-        if set(tensors) != set(self.names):
-            missing = sorted(set(self.names) - set(tensors))[:3]
-            raise KeyError(f"EMA state does not match the target network (missing e.g. {missing})")
-        for name, param in zip(self.names, self.params, strict=True):
-            param.copy_(tensors[name].to(param.device, param.dtype))
-        self.ema.load_state_dict({**scalars, "shadow_params": None})
-        self.ema.shadow_params = [p.data for p in self.params]
-
-
-class ExportEMA:
+class ExportEMA(_NamedEMA):
     """A slow EMA of the student's trainable parameters, kept as a separate copy, that becomes the saved student
     (`--export-ema-decay`): diffusers' `EMAModel` with its default warm-up, decay min(μ, (1 + n) / (10 + n)) at its
     n-th update, so the first updates do not hold the starting weights. The consistency target (TargetEMA) stays
@@ -71,31 +84,9 @@ class ExportEMA:
                             foreach=True)
 
     @torch.no_grad()
-    def step(self, student_params: Iterable[torch.nn.Parameter]) -> None:
-        self.ema.step(list(student_params))
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The shadow parameters by name (safetensors-ready)."""
-        return {n: p.detach().contiguous().cpu() for n, p in zip(self.names, self.ema.shadow_params, strict=True)}
-
-    def scalars(self) -> dict[str, Any]:
-        state = self.ema.state_dict()
-        return {k: v for k, v in state.items() if k != "shadow_params"}
-
-    @torch.no_grad()
-    def load(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-        """Restore saved shadow parameters and counters."""
-        if set(tensors) != set(self.names):
-            missing = sorted(set(self.names) - set(tensors))[:3]
-            raise KeyError(f"export EMA state does not match the student (missing e.g. {missing})")
-        for name, shadow in zip(self.names, self.ema.shadow_params, strict=True):
-            shadow.copy_(tensors[name].to(shadow.device, shadow.dtype))
-        self.ema.load_state_dict({**scalars, "shadow_params": None})
-
-    @torch.no_grad()
     def weights_into(self, module: torch.nn.Module) -> torch.nn.Module:
         """`module` (a copy of the target network) with the averaged weights in its trainable parameters."""
         by_name = dict(module.named_parameters())
-        for name, shadow in zip(self.names, self.ema.shadow_params, strict=True):
+        for name, shadow in zip(self.names, self._shadows(), strict=True):
             by_name[name].copy_(shadow.to(by_name[name].device, by_name[name].dtype))
         return module
