@@ -75,3 +75,18 @@ def test_the_model_card_command_carries_the_export_ema_decay() -> None:
 
     assert "--export-ema-decay 0.999" in distill_command(DistillConfig(export_ema_decay=0.999).as_dict(), "out/s")
     assert "--export-ema-decay" not in distill_command(DistillConfig().as_dict(), "out/s")
+
+
+def test_a_lora_run_saves_the_averaged_adapters(tiny_sd: Path, tmp_path: Path) -> None:
+    """--lora-rank: the EMA covers the adapters only, and the saved LoRA is the averaged one, not the target's."""
+    from cdx.distill.lora import LORA_WEIGHTS, lora_state_dict
+
+    d = small_distiller(tmp_path / "work", tiny_sd, 64, lora_rank=4, export_ema_decay=0.5, lr=1e-2)
+    d.run(show=False)
+    assert set(d.export_ema.names) == set(d.trainable) and all("lora" in n for n in d.trainable)
+    averaged, target = lora_state_dict(d.exported_network()), lora_state_dict(d.target)
+    assert any(not torch.equal(averaged[k], target[k]) for k in averaged)
+    d.save_student(tmp_path / "lora", 0.0, ["an image"])
+    saved = load_file(tmp_path / "lora" / LORA_WEIGHTS)
+    assert len(saved) == len(averaged)
+    assert sorted(v.sum().item() for v in saved.values()) == pytest.approx(sorted(v.sum().item() for v in averaged.values()))
