@@ -182,6 +182,7 @@ def cpu_ranks() -> bool:
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -198,7 +199,6 @@ def learning_rate(config: DistillConfig, step: int) -> float:
     if config.lr_schedule == "linear":
         return base * (1.0 - progress)
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int) -> torch.nn.Module:
