@@ -338,11 +338,14 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     out/student_stage1, 2, …); a stage whose decoder was fine-tuned with the teacher's (`decoder_finetune` in its
     record) is followed by those `cdx teacher finetune-decoder` lines, with the teacher's folders of the teacher card.
     When the teacher's UNet was continued (`cdx teacher continue-unet`), a stage distilled from an earlier UNet names
-    the teacher folder it learnt from (`_stage_teacher`)."""
+    the teacher folder it learnt from (`_stage_teacher`). A stage deepened by `cdx student deepen` (`deepen` in its
+    record) is followed by that line, after its fine-tunes."""
     from cdx.distill.model_card import (
         decoder_finetune_command,
         decoder_finetune_stages,
+        deepen_command,
         distill_command,
+        recorded_stages,
         student_decoder_command,
         unet_continue_stages,
     )
@@ -359,8 +362,10 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     lines, previous = [], ""
     for i, stage in enumerate(chain):
         finetunes = decoder_finetune_stages(stage) if teacher_stages else []
+        deepens = recorded_stages(stage, "deepen")  # `cdx student deepen` after this stage (and its fine-tunes)
         last = i == len(chain) - 1
-        stage_out = "out/student_base" if i == 0 and finetunes else (out if last and not finetunes else next(folders))
+        stage_out = ("out/student_base" if i == 0 and finetunes else
+                     out if last and not finetunes and not deepens else next(folders))
         recipe = dict(stage.get("distill", {}))
         if i:
             recipe["init_student"] = previous
@@ -373,13 +378,17 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         lines.append(command)
         previous = stage_out
         for j, record in enumerate(finetunes):
-            target = out if last and j == len(finetunes) - 1 else next(folders)
+            target = out if last and j == len(finetunes) - 1 and not deepens else next(folders)
             if "student_samples" in record:  # the student's own decoder fit (`cdx student finetune-decoder`)
                 lines.append(student_decoder_command(record, previous, target))
             else:  # a teacher decoder fine-tune the student took along (`--student`)
                 lines.append(decoder_finetune_command(teacher_stages[used], teacher_folders[used + 1], target,
                                                       teacher_folders[used], previous))
                 used += 1
+            previous = target
+        for j, record in enumerate(deepens):
+            target = out if last and j == len(deepens) - 1 else next(folders)
+            lines.append(deepen_command(record, previous, target))
             previous = target
     return "\n".join(lines)
 

@@ -195,6 +195,26 @@ def student_finetune_decoder(
     _say_decoder_record(out, record)
 
 
+@student_app.command("deepen")
+def student_deepen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Student folder to write (a copy with the deeper unet/).")],
+    layers_per_block: Annotated[int, typer.Option(help="Resnets per down block of the new UNet (more than now).")],
+    student: Annotated[str, typer.Option(help="Student pipeline folder (default: the embedded one).")] = "",
+    seed: Annotated[int, typer.Option(help="Seed of the added layers' initial weights (their outputs start at 0).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Give a student more capacity than its teacher without changing its outputs: more resnets per UNet block,
+    added as identity layers (zero last convolution), ready for `cdx distill --init-student OUT`."""
+    from cdx.defaults import default_student
+    from cdx.distill.deepen import deepen_student_folder
+    from cdx.ui import console
+
+    record = deepen_student_folder(student or default_student(), out, layers_per_block, seed, overwrite)
+    before, after = record["parameters"]
+    console.print(f"wrote {out}: layers per block {record['layers_per_block'][0]} → {layers_per_block}, "
+                  f"{before / 1e6:.2f} M → {after / 1e6:.2f} M parameters (same outputs)")
+
+
 @teacher_app.command("tiny")
 def teacher_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the tiny pipeline to.")],

@@ -216,7 +216,8 @@ def make_student(teacher_unet: torch.nn.Module, guided: bool, embedding_dim: int
 
 def student_from_folder(folder: Path, teacher_unet: torch.nn.Module, guided: bool) -> torch.nn.Module:
     """A trainable UNet from an earlier student's `unet/` (e.g. to re-distill it on another solver grid); its
-    architecture must be the teacher's, up to the guidance embedding (one-line InputError otherwise)."""
+    architecture must be the teacher's, up to the guidance embedding and a deeper `layers_per_block` (one-line
+    InputError otherwise)."""
     from cdx.distill.model_source import check_component_weights
 
     unet_dir = folder / "unet"
@@ -230,12 +231,21 @@ def student_from_folder(folder: Path, teacher_unet: torch.nn.Module, guided: boo
     ignored = {"time_cond_proj_dim", "_name_or_path", "_diffusers_version", "_class_name", "_use_default_values"}
     theirs, ours = dict(teacher_unet.config), dict(student.config)
     differs = sorted(k for k in set(theirs) | set(ours) if k not in ignored and theirs.get(k) != ours.get(k))
+    if differs == ["layers_per_block"] and _deeper(ours["layers_per_block"], theirs["layers_per_block"]):
+        differs = []  # a student deepened past its teacher (`cdx student deepen`): more capacity, same interface
     if differs:
         raise InputError(f"--init-student {folder}: its UNet differs from the teacher's in {', '.join(differs[:5])}")
     if guided and not ours.get("time_cond_proj_dim"):
         raise InputError(f"--init-student {folder}: its UNet has no guidance embedding (time_cond_proj_dim); the "
                          "teacher is conditional, so the student needs one")
     return student.train().requires_grad_(True)
+
+
+def _deeper(student_layers: Any, teacher_layers: Any) -> bool:
+    """Whether a student's `layers_per_block` is at least its teacher's (ints, or per-block lists)."""
+    a = student_layers if isinstance(student_layers, (list, tuple)) else [student_layers]
+    b = teacher_layers if isinstance(teacher_layers, (list, tuple)) else [teacher_layers]
+    return len(a) == len(b) and all(x >= y for x, y in zip(a, b, strict=True))
 
 
 def teacher_resolution(parts: LatentPipelineParts) -> int:

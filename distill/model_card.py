@@ -165,6 +165,13 @@ def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -
     return " ".join(parts + _changed_flags(record, defaults, {"student_samples": "samples"}) + _limit_flag(record))
 
 
+def deepen_command(record: dict[str, Any], student_in: str, out: str) -> str:
+    """The `cdx student deepen` line (a saved `deepen` record) that turned `student_in` into `out`."""
+    seed = [f"--seed {record['seed']}"] if record.get("seed", 0) else []
+    return " ".join([f"cdx student deepen --student {student_in} --out {out}",
+                     f"--layers-per-block {record['layers_per_block'][1]}", *seed])
+
+
 def unet_continue_stages(info: dict[str, Any]) -> list[dict[str, Any]]:
     """A teacher folder's UNet continuations (cdx.json `unet_continue_earlier` + `unet_continue`), oldest first."""
     return recorded_stages(info, "unet_continue")

@@ -437,8 +437,9 @@ def test_init_student_starts_from_that_student_not_the_teacher(tiny_sd: Path, tm
     with pytest.raises(InputError, match="time_cond_proj_dim"):
         student_from_folder(unguided, teacher_unet, guided=True)
     other = tmp_path / "other"
-    UNet2DConditionModel.from_config({**teacher_unet.config, "layers_per_block": 3}).save_pretrained(other / "unet")
-    with pytest.raises(InputError, match="layers_per_block"):
+    UNet2DConditionModel.from_config({**teacher_unet.config, "block_out_channels": (16, 32)}).save_pretrained(
+        other / "unet")
+    with pytest.raises(InputError, match="block_out_channels"):
         student_from_folder(other, teacher_unet, guided=True)
     with pytest.raises(InputError, match="not found"):
         student_from_folder(tmp_path / "studnet", teacher_unet, guided=True)

@@ -311,3 +311,23 @@ def test_a_second_decoder_fine_tune_keeps_the_first_ones_record(tmp_path) -> Non
     info = json.loads((tmp_path / "t3" / "cdx.json").read_text("utf-8"))
     assert info["decoder_finetune"] == {"steps": 3}
     assert info["decoder_finetune_earlier"] == [{"steps": 1}, {"steps": 2}]
+
+
+def test_a_deepened_stage_is_listed_between_its_distillation_and_the_next_one() -> None:
+    from cdx.benchmarks.distill_eval import student_commands
+
+    plain = {"steps": 1000, "images": 20000}
+    base = {"distill": {"steps": 5000}, "decoder_finetune": plain,
+            "deepen": {"from": "/tmp/a", "layers_per_block": [1, 2], "seed": 0, "parameters": [10, 15]}}
+    final = {"distill": {"steps": 2000, "init_student": "/tmp/deep"}, "init_from": base}
+    lines = student_commands(final, "S", {"decoder_finetune": plain}, "T").split("\n")
+    assert lines == [
+        "cdx distill --teacher out/teacher_base --out out/student_base --steps 5000",
+        "cdx teacher finetune-decoder --teacher out/teacher_base --out T --steps 1000 "
+        "--student out/student_base --student-out out/student_stage1",
+        "cdx student deepen --student out/student_stage1 --out out/student_stage2 --layers-per-block 2",
+        "cdx distill --out S --steps 2000 --init-student out/student_stage2",
+    ]
+    base["deepen"]["seed"] = 3  # a deepened folder written as is: its own card ends with the deepen line
+    lines = student_commands(base, "S", {"decoder_finetune": plain}, "T").split("\n")
+    assert lines[-1] == "cdx student deepen --student out/student_stage1 --out S --layers-per-block 2 --seed 3"
