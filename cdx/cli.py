@@ -259,6 +259,8 @@ def distill(
                                              "--steps).")] = "constant",
     solver: Annotated[str, typer.Option(help="Teacher ODE solver: ddim | euler | heun.")] = "ddim",
     num_solver_steps: Annotated[int, typer.Option(help="N of the solver grid; skipping step k = T/N.")] = 50,
+    solver_substeps: Annotated[int, typer.Option(help="Teacher sub-steps per hop of the grid (a coarse grid with a "
+                                                 "fine ODE target; teacher calls × this).")] = 1,
     parameterization: Annotated[str, typer.Option(help="Boundary condition: lcm | edm.")] = "lcm",
     loss: Annotated[str, typer.Option(help="l2 | huber (pseudo-Huber).")] = "huber",
     huber_c: Annotated[float, typer.Option(help="Pseudo-Huber c.")] = 0.001,
@@ -320,7 +322,8 @@ def distill(
     config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
                            lr_schedule=lr_schedule,
                            ema_decay=ema_decay, export_ema_decay=export_ema_decay, solver=solver,
-                           num_solver_steps=num_solver_steps, parameterization=parameterization, loss=loss,
+                           num_solver_steps=num_solver_steps, solver_substeps=solver_substeps,
+                           parameterization=parameterization, loss=loss,
                            huber_c=huber_c, guidance_range=(guidance_min, guidance_max), gradient_accumulation=grad_accum,
                            mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
                            seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank,

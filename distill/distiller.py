@@ -45,7 +45,7 @@ from cdx.distill.loops import classifier_free_guidance, ddim_loop
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.sampling import ddim_schedule, guided_output
-from cdx.distill.solvers import skipping_timesteps, solver_step
+from cdx.distill.solvers import skipping_timesteps, solver_step, substep_solver
 from cdx.distill.sources import DataSource, as_source, example_prompts
 from cdx.errors import CdxError, InputError
 
@@ -65,6 +65,8 @@ class DistillConfig:
     export_ema_decay: float = 0.0
     solver: str = "ddim"
     num_solver_steps: int = 50  # N; skipping step k = T / N
+    # > 1: the teacher solves each hop t_{n+k} → t_n in this many sub-steps (a coarse grid with a fine ODE target)
+    solver_substeps: int = 1
     parameterization: str = "lcm"
     loss: str = "huber"
     huber_c: float = 0.001
@@ -130,6 +132,7 @@ class DistillConfig:
              f"unknown --parameterization {self.parameterization!r}; valid: lcm, edm"),
             (self.huber_c > 0, f"--huber-c {self.huber_c}: must be > 0"),
             (self.num_solver_steps >= 1, f"--num-solver-steps {self.num_solver_steps}: must be >= 1"),
+            (self.solver_substeps >= 1, f"--solver-substeps {self.solver_substeps}: must be >= 1"),
             (low <= high, f"--guidance-min {low} > --guidance-max {high}: the range must be ordered"),
             (low >= 0, f"--guidance-min {low}: must be >= 0"),
             (self.gradient_accumulation >= 1, f"--grad-accum {self.gradient_accumulation}: must be >= 1"),
@@ -165,6 +168,9 @@ class DistillConfig:
              "--dmd-weight with --lora-rank: the fake denoiser is a full UNet copy; use a full student"),
         ]
         if num_train_timesteps is not None:
+            checks.append((self.solver_substeps <= num_train_timesteps // max(self.num_solver_steps, 1),
+                           f"--solver-substeps {self.solver_substeps}: more than the {num_train_timesteps} // "
+                           f"{self.num_solver_steps} timesteps of one hop"))
             checks.append((self.num_solver_steps <= num_train_timesteps,
                            f"--num-solver-steps {self.num_solver_steps}: exceeds the teacher's num_train_timesteps "
                            f"{num_train_timesteps} (the skipping step k = T/N would be 0)"))
@@ -302,7 +308,7 @@ class ConsistencyDistiller:
         scalings = [boundary_scalings(t, sched, config.parameterization) for t in range(len(self.acp))]  # type: ignore[arg-type]
         self.c_skip = torch.tensor([s[0] for s in scalings], dtype=torch.float32, device=self.device)
         self.c_out = torch.tensor([s[1] for s in scalings], dtype=torch.float32, device=self.device)
-        self.solve = solver_step(config.solver)
+        self.solve = substep_solver(solver_step(config.solver), config.solver_substeps)
         self.dmd = self._make_fake_score() if config.dmd_weight > 0 else None  # prepared after the critic
         self.ode_schedule = ddim_schedule(sched, config.ode_regression_steps)  # starts at T - 1, the 1-step timestep
         self.method = make_method(config)  # None = CD with the teacher

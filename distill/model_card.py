@@ -62,7 +62,7 @@ _DISTILL_FLAGS = {
     "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "lr_warmup_steps": "--lr-warmup-steps",
     "lr_schedule": "--lr-schedule",
     "ema_decay": "--ema-decay", "export_ema_decay": "--export-ema-decay", "solver": "--solver",
-    "num_solver_steps": "--num-solver-steps",
+    "num_solver_steps": "--num-solver-steps", "solver_substeps": "--solver-substeps",
     "parameterization": "--parameterization", "loss": "--loss", "huber_c": "--huber-c",
     "gradient_accumulation": "--grad-accum", "mixed_precision": "--mixed-precision",
     "checkpoint_every": "--checkpoint-every", "sample_every": "--sample-every", "seed": "--seed",

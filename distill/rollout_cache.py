@@ -51,6 +51,7 @@ def fingerprint(distiller: Any) -> dict[str, Any]:
     return {"teacher_weights_sha256": getattr(distiller.export_parts if hasattr(distiller, "export_parts")
                                               else distiller.parts, "weights_sha256", None),
             "seed": cfg.seed, "batch_size": cfg.batch_size, "solver": cfg.solver, "num_solver_steps": cfg.num_solver_steps,
+            "solver_substeps": cfg.solver_substeps,
             "guidance_range": list(cfg.guidance_range), "mixed_precision": cfg.mixed_precision,
             "gradient_accumulation": cfg.gradient_accumulation, "processes": getattr(distiller, "world_size", 1)}
 
@@ -68,10 +69,15 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
     return index
 
 
+# fingerprint fields added after caches were written: a cache without one was written at this value
+_FINGERPRINT_DEFAULTS = {"solver_substeps": 1}
+
+
 def _check_fingerprint(folder: Path, index: dict[str, Any], expected: dict[str, Any]) -> None:
     for key, value in expected.items():
-        if index["fingerprint"].get(key) != value:
-            raise InputError(f"{folder}: rollout cache was written with {key}={index['fingerprint'].get(key)!r}, this run "
+        written = index["fingerprint"].get(key, _FINGERPRINT_DEFAULTS.get(key))
+        if written != value:
+            raise InputError(f"{folder}: rollout cache was written with {key}={written!r}, this run "
                              f"has {value!r} (use another --rollout-cache folder)")
 
 

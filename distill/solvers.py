@@ -6,6 +6,8 @@ x̃ = x/√ᾱ, σ = √((1-ᾱ)/ᾱ), where the PF-ODE is dx̃/dσ = ε(x, t):
 - ``ddim``  — DDIM (η = 0): x_s = √ᾱ_s·x̂₀ + √(1-ᾱ_s)·ε. Algebraically the same step as first-order Euler in (σ, x̃).
 - ``euler`` — first-order Euler in (σ, x̃), written as such (kept separate because it is Heun's predictor).
 - ``heun``  — second order: Euler predictor, then the average of the slopes at both ends (2 teacher calls).
+
+`substep_solver` chains one of them over evenly spaced sub-steps of a hop (`cdx distill --solver-substeps`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ def solver_step(name: str) -> Callable[..., torch.Tensor]:
     if name not in steps:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
     return steps[name]
+
+
+def substep_solver(step: Callable[..., torch.Tensor], substeps: int) -> Callable[..., torch.Tensor]:
+    """`step` applied `substeps` times from t to s on integer timesteps evenly spaced between them (per sample), so a
+    coarse distillation grid (few hops of k timesteps) keeps an accurate teacher ODE target: the hop's solution is
+    that of a `substeps`× finer solver. 1 = `step` itself."""
+    if substeps == 1:
+        return step
+
+    def solve(eps_fn: EpsFn, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+        x, span = x_t, t - s
+        for j in range(substeps):
+            start, end = t - span * j // substeps, t - span * (j + 1) // substeps
+            x = step(eps_fn, x, start, end, acp)
+        return x
+
+    return solve
 
 
 def skipping_timesteps(num_train_timesteps: int, num_solver_steps: int) -> torch.Tensor:

@@ -56,7 +56,8 @@ def _batch(d: ConsistencyDistiller) -> dict:
 
 
 @torch.no_grad()
-def independent_target(folder: str, ema: torch.nn.Module, teacher: torch.nn.Module, b: dict, null_class: int) -> torch.Tensor:
+def independent_target(folder: str, ema: torch.nn.Module, teacher: torch.nn.Module, b: dict, null_class: int,
+                       substeps: int = 1) -> torch.Tensor:
     from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler
 
     ddim = DDIMScheduler.from_pretrained(Path(folder) / "scheduler")
@@ -68,12 +69,14 @@ def independent_target(folder: str, ema: torch.nn.Module, teacher: torch.nn.Modu
         return v.reshape(-1, 1, 1, 1)
 
     a_t, a_s = col(acp[t]), col(acp[s])
-    x_t = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
-    e_c = teacher(x_t, t, encoder_hidden_states=None, class_labels=y).sample
-    e_u = teacher(x_t, t, encoder_hidden_states=None, class_labels=torch.full_like(y, null_class)).sample
-    eps = e_u + col(w) * (e_c - e_u)
-    x0_hat = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    x_s = a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps  # DDIM (η = 0) from t to s
+    x_s = a_t.sqrt() * b["x0"] + (1 - a_t).sqrt() * b["noise"]
+    for j in range(substeps):  # DDIM (η = 0) from t to s, over `substeps` even integer sub-steps
+        here, there = t - (t - s) * j // substeps, t - (t - s) * (j + 1) // substeps
+        e_c = teacher(x_s, here, encoder_hidden_states=None, class_labels=y).sample
+        e_u = teacher(x_s, here, encoder_hidden_states=None, class_labels=torch.full_like(y, null_class)).sample
+        eps = e_u + col(w) * (e_c - e_u)
+        x0_hat = (x_s - (1 - col(acp[here])).sqrt() * eps) / col(acp[here]).sqrt()
+        x_s = col(acp[there]).sqrt() * x0_hat + (1 - col(acp[there])).sqrt() * eps
     w_emb = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1.0, ema.config.time_cond_proj_dim)
     out = ema(x_s, s, encoder_hidden_states=None, class_labels=y, timestep_cond=w_emb).sample
     x0_ema = (x_s - (1 - a_s).sqrt() * out) / a_s.sqrt()
@@ -120,6 +123,17 @@ def test_the_three_networks_differ_enough_to_tell_the_bugs_apart(distiller: Cons
     no_cfg = independent_target(default_teacher(), d.target, d.teacher, {**b, "g": torch.ones(4)}, null_class=10)
     for wrong in (online, at_t, no_cfg):
         assert float((wrong - right).abs().max()) > 100 * 2e-5
+
+
+def test_solver_substeps_chain_the_cfg_ddim_step_over_the_hop(tmp_path: Path) -> None:
+    """--solver-substeps 4: the teacher's step t → s is four guided DDIM steps on t, t - k/4, …, s."""
+    d = _tiny_distiller(tmp_path, ema_decay=0.95, solver_substeps=4)
+    _perturb(d.target, 0.05, seed=1)
+    b = _batch(d)
+    expected = independent_target(default_teacher(), d.target, d.teacher, b, null_class=10, substeps=4)
+    torch.testing.assert_close(d.consistency_target(b), expected, atol=2e-5, rtol=1e-4)
+    one_hop = independent_target(default_teacher(), d.target, d.teacher, b, null_class=10)
+    assert float((one_hop - expected).abs().max()) > 100 * 2e-5  # the test can tell a single step apart
 
 
 # ---- the ODE-pair regression term (--ode-regression-weight) ------------------------------------------------------

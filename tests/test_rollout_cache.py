@@ -125,6 +125,15 @@ def test_a_cache_from_other_settings_or_too_short_is_refused(tmp_path: Path) -> 
     write_rollouts(_distiller(tmp_path / "w"), tmp_path / "cache", 2)
     with pytest.raises(InputError, match=r"written with batch_size=4, this run has 8"):
         RolloutStream(tmp_path / "cache", _distiller(tmp_path / "w2", batch_size=8), 2)
+    with pytest.raises(InputError, match=r"written with solver_substeps=1, this run has 4"):  # another ODE target
+        RolloutStream(tmp_path / "cache", _distiller(tmp_path / "w5", solver_substeps=4), 2)
+    index_path = tmp_path / "cache" / "index.json"  # a cache from before the option: written with 1 sub-step
+    index = json.loads(index_path.read_text())
+    del index["fingerprint"]["solver_substeps"]
+    index_path.write_text(json.dumps(index))
+    RolloutStream(tmp_path / "cache", _distiller(tmp_path / "w6"), 2)
+    with pytest.raises(InputError, match=r"written with solver_substeps=1, this run has 4"):
+        RolloutStream(tmp_path / "cache", _distiller(tmp_path / "w7", solver_substeps=4), 2)
     with pytest.raises(InputError, match=r"holds 2 micro-batches, this run needs 6"):
         RolloutStream(tmp_path / "cache", _distiller(tmp_path / "w3"), 6)
     with pytest.raises(InputError, match=r"applies to --method cd only"):
