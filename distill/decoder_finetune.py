@@ -165,19 +165,9 @@ def reconstruction_rmse(vae: AutoencoderKL, images: torch.Tensor, batch: int = 5
 
 def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str, Any], overwrite: bool) -> None:
     """`source` copied to `out` (atomically) with `vae/` replaced and the fine-tune recorded in cdx.json."""
-    import json
-    import shutil
+    from cdx.distill.stage_folder import copy_with_component
 
-    from cdx.atomic import atomic_directory
-    from cdx.distill.model_card import record_stage
-
-    with atomic_directory(out, overwrite=overwrite) as staging:
-        shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae"))
-        vae.save_pretrained(staging / "vae", safe_serialization=True)
-        info_path = staging / "cdx.json"
-        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
-        record_stage(info, "decoder_finetune", record)
-        info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    copy_with_component(source, out, "vae", vae, "decoder_finetune", record, overwrite)
 
 
 def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, data: str | Path | None = None,

@@ -102,14 +102,10 @@ def deepen_student_folder(student: str | Path, out: str | Path, layers_per_block
                           overwrite: bool = False) -> dict[str, Any]:
     """`student` copied to `out` (atomically) with its UNet deepened to `layers_per_block` (same outputs; see
     `deepen_unet`) and the step recorded in cdx.json (`deepen`); returns that record."""
-    import json
-    import shutil
-
     from diffusers import UNet2DConditionModel
 
-    from cdx.atomic import atomic_directory
-    from cdx.distill.model_card import record_stage
     from cdx.distill.model_source import check_component_weights
+    from cdx.distill.stage_folder import copy_with_component
 
     student = Path(student)
     unet_dir = student / "unet"
@@ -123,11 +119,5 @@ def deepen_student_folder(student: str | Path, out: str | Path, layers_per_block
     deeper = deepen_unet(unet, layers_per_block, seed)
     record = {"from": str(student), "layers_per_block": [_layers(unet), layers_per_block], "seed": seed,
               "parameters": [sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in deeper.parameters())]}
-    with atomic_directory(Path(out), overwrite=overwrite) as staging:
-        shutil.copytree(student, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
-        deeper.save_pretrained(staging / "unet", safe_serialization=True)
-        info_path = staging / "cdx.json"
-        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
-        record_stage(info, "deepen", record)
-        info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    copy_with_component(student, Path(out), "unet", deeper, "deepen", record, overwrite)
     return record

@@ -12,7 +12,6 @@ Inception FID from 47.8 to 44.4 (n = 1,000).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -72,10 +71,10 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
     recipe's) and write `out` = the teacher with the new UNet. Returns the record kept in cdx.json."""
     from accelerate import Accelerator
 
-    from cdx.atomic import atomic_directory, sha256_file
+    from cdx.atomic import sha256_file
     from cdx.distill.checkpoint import prepare_work_dir
     from cdx.distill.data import load_dataset
-    from cdx.distill.model_card import record_stage
+    from cdx.distill.stage_folder import copy_with_component
     from cdx.machine import describe_machine
 
     teacher = Path(teacher)
@@ -108,9 +107,5 @@ def continue_teacher_unet(teacher: str | Path, out: str | Path, steps: int, work
               "seconds": round(earlier_seconds + time.perf_counter() - started, 1),
               "data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
               "init_unet_sha256": unet_sha, "machine": describe_machine("cpu")}
-    with atomic_directory(Path(out), overwrite=overwrite) as staging:
-        shutil.copytree(teacher, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
-        unet.save_pretrained(staging / "unet", safe_serialization=True)
-        record_stage(info, "unet_continue", record)
-        (staging / CDX_CONFIG).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    copy_with_component(teacher, Path(out), "unet", unet, "unet_continue", record, overwrite, info)
     return record
