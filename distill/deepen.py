@@ -104,18 +104,14 @@ def deepen_student_folder(student: str | Path, out: str | Path, layers_per_block
     `deepen_unet`) and the step recorded in cdx.json (`deepen`); returns that record."""
     from diffusers import UNet2DConditionModel
 
-    from cdx.distill.model_source import check_component_weights
+    from cdx.distill.loading import _from_pretrained
     from cdx.distill.stage_folder import copy_with_component
 
     student = Path(student)
     unet_dir = student / "unet"
     if not (unet_dir / "config.json").is_file():
         raise InputError(f"--student {student}: not found (need {unet_dir}/config.json)")
-    check_component_weights(unet_dir)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(unet_dir, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"--student {student}: cannot load {unet_dir}: {str(err).splitlines()[0]}") from None
+    unet = _from_pretrained(UNet2DConditionModel, unet_dir)  # safetensors only, checked; one line on failure
     deeper = deepen_unet(unet, layers_per_block, seed)
     record = {"from": str(student), "layers_per_block": [_layers(unet), layers_per_block], "seed": seed,
               "parameters": [sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in deeper.parameters())]}
