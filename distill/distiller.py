@@ -171,7 +171,7 @@ class DistillConfig:
             checks.append((self.num_solver_steps <= num_train_timesteps,
                            f"--num-solver-steps {self.num_solver_steps}: exceeds the teacher's num_train_timesteps "
                            f"{num_train_timesteps} (the skipping step k = T/N would be 0)"))
-            checks.append((self.solver_substeps <= max(num_train_timesteps // max(self.num_solver_steps, 1), 1),
+            checks.append((self.solver_substeps <= num_train_timesteps // max(self.num_solver_steps, 1),  # N > T: named above
                            f"--solver-substeps {self.solver_substeps}: more than the {num_train_timesteps} // "
                            f"{self.num_solver_steps} timesteps of one hop"))
         for ok, message in checks:
