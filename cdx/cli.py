@@ -307,6 +307,11 @@ def distill(
     fake_score_lr: Annotated[float, typer.Option(help="The fake denoiser's AdamW learning rate.")] = 1e-4,
     fake_score_updates: Annotated[int, typer.Option(help="Fake-denoiser steps per student update (DMD2's two "
                                                     "time-scale rule uses 5).")] = 1,
+    dmd_gan_weight: Annotated[float, typer.Option(help="With --dmd-weight: add this weight × DMD2's GAN term, a head on "
+                                                "the fake denoiser's bottleneck telling noised real latents from "
+                                                "noised one-step outputs (DMD2 uses 3e-3); 0 = off.")] = 0.0,
+    dmd_critic_weight: Annotated[float, typer.Option(help="The weight of that head's loss in the fake denoiser's "
+                                                   "update (DMD2 uses 1e-2).")] = 1e-2,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -332,7 +337,8 @@ def distill(
                            ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
                            dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,
-                           fake_score_updates=fake_score_updates)
+                           fake_score_updates=fake_score_updates, dmd_gan_weight=dmd_gan_weight,
+                           dmd_critic_weight=dmd_critic_weight)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

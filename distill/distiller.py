@@ -104,6 +104,11 @@ class DistillConfig:
     dmd_start: int = 0  # step the term starts at (the fake denoiser trains from step 0, so it has left the teacher)
     fake_score_lr: float = 1e-4  # the fake denoiser's AdamW learning rate (constant)
     fake_score_updates: int = 1  # fake-denoiser steps per student update (DMD2's two time-scale rule uses 5)
+    # > 0 (with the DMD term): DMD2's GAN branch, a head on the fake denoiser's bottleneck that tells noised real
+    # latents from noised one-step outputs (bottleneck_critic.py); the student's term is weight × softplus(−D), from
+    # dmd_start, and the head trains with the fake denoiser at dmd_critic_weight × its loss (DMD2: 3e-3 and 1e-2)
+    dmd_gan_weight: float = 0.0
+    dmd_critic_weight: float = 1e-2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,6 +171,11 @@ class DistillConfig:
              "outputs' (teacher-free methods make no teacher calls); use --method cd"),
             (not (self.dmd_weight and self.lora_rank),
              "--dmd-weight with --lora-rank: the fake denoiser is a full UNet copy; use a full student"),
+            (self.dmd_gan_weight >= 0, f"--dmd-gan-weight {self.dmd_gan_weight}: must be >= 0"),
+            (self.dmd_critic_weight > 0, f"--dmd-critic-weight {self.dmd_critic_weight}: must be > 0"),
+            (not (self.dmd_gan_weight and not self.dmd_weight),
+             f"--dmd-gan-weight {self.dmd_gan_weight} without --dmd-weight: the GAN head sits on the DMD term's fake "
+             "denoiser; set --dmd-weight > 0"),
         ]
         if num_train_timesteps is not None:
             checks.append((self.num_solver_steps <= num_train_timesteps,
@@ -352,7 +362,13 @@ class ConsistencyDistiller:
 
         with torch.random.fork_rng(devices=[]):
             fake = make_student(self.teacher, self.w_dim is not None, self.w_dim or self.config.guidance_embedding_dim)
-        return DistributionMatching(self.accelerator, fake.float().to(self.device), self.config.fake_score_lr, self.acp)
+        fake = fake.float().to(self.device)
+        if self.config.dmd_gan_weight > 0:  # DMD2's GAN head on the fake denoiser's bottleneck, seeded on its own
+            from cdx.distill.bottleneck_critic import make_fake_score_with_critic
+
+            fake = make_fake_score_with_critic(fake, self.config.seed + 11)
+        return DistributionMatching(self.accelerator, fake, self.config.fake_score_lr, self.acp,
+                                    critic_weight=self.config.dmd_critic_weight)
 
     def _frozen_on_device(self, parts: LatentPipelineParts) -> LatentPipelineParts:
         """The teacher's frozen modules on the device in the weight dtype; the VAE/text encoder are copied when that
@@ -490,6 +506,10 @@ class ConsistencyDistiller:
                                                        first_w, self.rng)
                     loss = loss + cfg.dmd_weight * matching
                     self.terms["dmd"] = float(matching.detach())
+                    if cfg.dmd_gan_weight > 0:
+                        gan = self.dmd.gan_generator_loss(one_step, first_cond, first_w, self.rng)
+                        loss = loss + cfg.dmd_gan_weight * gan
+                        self.terms["gan"] = float(gan.detach())
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self._student_trainable, 1.0)
@@ -498,8 +518,11 @@ class ConsistencyDistiller:
             if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
                 self.terms["critic"] = self.critic.update(b["x0"], one_step, real_condition, fake_condition)
             if self.dmd is not None:  # the fake denoiser learns this step's one-step outputs (fresh t and ε each time)
+                real = b["x0"][: len(one_step)] if cfg.dmd_gan_weight > 0 else None  # the same conditions' data
                 for _ in range(cfg.fake_score_updates):
-                    self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng)
+                    self.terms["fake"] = self.dmd.update(one_step, first_cond, first_w, self.rng, real=real)
+                if self.dmd.last_critic_loss is not None:
+                    self.terms["dmd_critic"] = self.dmd.last_critic_loss
         if acc.sync_gradients:
             self.ema.step(self._student_trainable)
             if self.export_ema is not None:

@@ -17,12 +17,14 @@ is checkpointed too: a resumed run is bit-identical.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdx.distill.bottleneck_critic import FakeScoreWithCritic, critic_loss, generator_gan_loss
 from cdx.distill.consistency import predicted_x0
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> x̂₀
@@ -50,8 +52,11 @@ class DistributionMatching:
     """The fake denoiser trained alongside the student: `generator_loss` (the DMD term on one-step outputs, no
     gradient into either denoiser) and `update` (one ε-prediction step of the fake denoiser on detached outputs)."""
 
-    def __init__(self, accelerator, fake: nn.Module, lr: float, acp: torch.Tensor, t_range: tuple[float, float] = (0.02, 0.98)):
+    def __init__(self, accelerator, fake: nn.Module, lr: float, acp: torch.Tensor, t_range: tuple[float, float] = (0.02, 0.98),
+                 critic_weight: float = 0.0):
         self.accelerator, self.fake, self.acp = accelerator, fake.train().requires_grad_(True), acp
+        self.critic_weight = critic_weight if isinstance(fake, FakeScoreWithCritic) else 0.0  # DMD2's GAN branch
+        self.last_critic_loss: float | None = None  # the head's GAN loss in the last update (GAN branch on)
         self.t_low = int(t_range[0] * len(acp))
         self.t_high = max(self.t_low + 1, int(t_range[1] * len(acp)))
         optimizer = torch.optim.AdamW(fake.parameters(), lr=lr, weight_decay=0.0)
@@ -77,15 +82,60 @@ class DistributionMatching:
             fake = self.fake_x0(x_t, t, cond, w_emb).float()
         return distribution_matching_loss(x, distribution_matching_direction(x.detach().float(), real, fake))
 
-    def update(self, x: torch.Tensor, cond: dict, w_emb: torch.Tensor | None, rng: torch.Generator) -> float:
+    def gan_generator_loss(self, x: torch.Tensor, cond: dict, w_emb: torch.Tensor | None,
+                           rng: torch.Generator) -> torch.Tensor:
+        """DMD2's GAN term on the one-step outputs `x`: softplus(−D(x_t)) at t in DMD's range, the gradient reaching
+        `x` through the fake denoiser and its head, neither of which it changes (their weights are frozen here)."""
+        t = torch.randint(self.t_low, self.t_high, (len(x),), generator=rng).to(x.device)
+        x_t, _ = noised(x, t, self.acp, rng)
+        with _frozen(self.fake), self.accelerator.autocast():
+            _, logits = self.fake(x_t, t, logits=True, **self._kwargs(cond, w_emb))
+        return generator_gan_loss(logits)
+
+    def update(self, x: torch.Tensor, cond: dict, w_emb: torch.Tensor | None, rng: torch.Generator,
+               real: torch.Tensor | None = None) -> float:
         """One denoising (ε-MSE) step of the fake denoiser on the detached outputs `x` at t uniform in [0, T); the
-        optimizer steps at sync points only (Accelerate skips it while accumulating)."""
+        optimizer steps at sync points only (Accelerate skips it while accumulating).
+
+        With the GAN branch on and `real` latents (the data of the same conditions), the same forward pass also
+        scores noised `x` against noised `real` at t in DMD's range, and critic_weight × the head's loss joins the
+        denoising loss (DMD2 trains the fake denoiser and the head together)."""
         acc = self.accelerator
         t = torch.randint(0, len(self.acp), (len(x),), generator=rng).to(x.device)
         x_t, noise = noised(x.detach(), t, self.acp, rng)
-        with acc.autocast():
-            loss = F.mse_loss(self.wrapped(x_t, t, **self._kwargs(cond, w_emb)).sample.float(), noise.float())
+        kwargs = self._kwargs(cond, w_emb)
+        if not self.critic_weight or real is None:
+            with acc.autocast():
+                loss = denoise = F.mse_loss(self.wrapped(x_t, t, **kwargs).sample.float(), noise.float())
+        else:
+            n = len(x)
+            t_gan = torch.randint(self.t_low, self.t_high, (2 * n,), generator=rng).to(x.device)
+            pair_t, _ = noised(torch.cat([x.detach(), real.to(x.dtype)]), t_gan, self.acp, rng)
+            with acc.autocast():  # one pass: [x_t to denoise | noised outputs | noised real latents]
+                out, logits = self.wrapped(torch.cat([x_t, pair_t]), torch.cat([t, t_gan]), logits=True,
+                                           **_repeat(kwargs, 3))
+                denoise = F.mse_loss(out.sample[:n].float(), noise.float())
+                gan = critic_loss(logits[2 * n :], logits[n : 2 * n])
+            loss = denoise + self.critic_weight * gan
+            self.last_critic_loss = float(gan.detach())
         acc.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(denoise.detach())
+
+
+def _repeat(kwargs: dict, times: int) -> dict:
+    """UNet keyword arguments for a batch stacked `times` over (tensors repeated along the batch, None kept)."""
+    return {k: torch.cat([v] * times) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """`module`'s parameters take no gradient in the graphs built inside (inputs still do); restored after."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
