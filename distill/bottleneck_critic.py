@@ -52,12 +52,9 @@ class FakeScoreWithCritic(nn.Module):
         return self.unet.config
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, logits: bool = False, **kwargs: Any):
-        self._features = None
         out = self.unet(x_t, t, **kwargs)
-        if not logits:
-            return out
-        features, self._features = self._features, None
-        return out, self.head(features)
+        features, self._features = self._features, None  # hold no graph between calls
+        return (out, self.head(features)) if logits else out
 
 
 def make_fake_score_with_critic(unet: nn.Module, seed: int) -> FakeScoreWithCritic:
