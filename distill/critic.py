@@ -8,6 +8,9 @@ Accelerate's `save_state` / `load_state` checkpoint and resume them with everyth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +57,19 @@ def hinge_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
 
 
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """`module`'s parameters take no gradient in the graphs built inside (the inputs still do), so a generator's
+    term can pass through a critic without leaving gradients for the critic's own step; flags restored after."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
 class AdversarialCritic:
     """A critic trained alongside a generator: `generator_loss` (−critic(fake), the critic frozen so its gradients reach
     the generator only) and `update` (one hinge step on real vs detached fake)."""
@@ -65,11 +81,8 @@ class AdversarialCritic:
         self.wrapped, self.optimizer = accelerator.prepare(critic, optimizer)  # DDP-wrapped for the critic's own step
 
     def generator_loss(self, fake: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        self.critic.requires_grad_(False)
-        try:
+        with frozen(self.critic):
             return -self.critic(fake, condition).float().mean()
-        finally:
-            self.critic.requires_grad_(True)
 
     def update(self, real: torch.Tensor, fake: torch.Tensor, real_condition: torch.Tensor | None = None,
                fake_condition: torch.Tensor | None = None) -> float:

@@ -17,8 +17,7 @@ is checkpointed too: a resumed run is bit-identical.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from torch import nn
 
 from cdx.distill.bottleneck_critic import FakeScoreWithCritic, critic_loss, generator_gan_loss
 from cdx.distill.consistency import predicted_x0
+from cdx.distill.critic import frozen
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> x̂₀
 
@@ -88,7 +88,7 @@ class DistributionMatching:
         `x` through the fake denoiser and its head, neither of which it changes (their weights are frozen here)."""
         t = torch.randint(self.t_low, self.t_high, (len(x),), generator=rng).to(x.device)
         x_t, _ = noised(x, t, self.acp, rng)
-        with _frozen(self.fake), self.accelerator.autocast():
+        with frozen(self.fake), self.accelerator.autocast():
             _, logits = self.fake(x_t, t, logits=True, **self._kwargs(cond, w_emb))
         return generator_gan_loss(logits)
 
@@ -128,14 +128,3 @@ def _repeat(kwargs: dict, times: int) -> dict:
     """UNet keyword arguments for a batch stacked `times` over (tensors repeated along the batch, None kept)."""
     return {k: torch.cat([v] * times) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
-
-@contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """`module`'s parameters take no gradient in the graphs built inside (inputs still do); restored after."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
