@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdx.distill.own_rng import built_on_own_rng
+
 
 class BottleneckHead(nn.Module):
     """conv 3×3 → GroupNorm → SiLU → conv 1×1: one logit per bottleneck location (a patch critic on features)."""
@@ -60,9 +62,7 @@ class FakeScoreWithCritic(nn.Module):
 def make_fake_score_with_critic(unet: nn.Module, seed: int) -> FakeScoreWithCritic:
     """The wrapper with a head sized to the UNet's bottleneck, initialised from its own seed (no global RNG use)."""
     channels = int(unet.config.block_out_channels[-1])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = BottleneckHead(channels, int(unet.config.norm_num_groups))
+    head = built_on_own_rng(BottleneckHead, channels, int(unet.config.norm_num_groups), seed=seed)
     return FakeScoreWithCritic(unet, head.to(next(unet.parameters()).device))
 
 

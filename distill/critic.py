@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdx.distill.own_rng import built_on_own_rng
+
 
 class PatchDiscriminator(nn.Module):
     """A small fully convolutional critic, one score per patch. With `num_classes` (class labels) or `embedding_dim`
@@ -47,9 +49,7 @@ class PatchDiscriminator(nn.Module):
 def seeded_critic(seed: int, *args, **kwargs) -> PatchDiscriminator:
     """A critic initialised from its own seed, leaving the global RNG as it was (runs without the term, and the
     student's initialisation, keep their exact draws)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return PatchDiscriminator(*args, **kwargs)
+    return built_on_own_rng(PatchDiscriminator, *args, seed=seed, **kwargs)
 
 
 def hinge_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -359,9 +359,10 @@ class ConsistencyDistiller:
         """DMD's fake denoiser: a float32 copy of the teacher with the student's guidance embedding (zero-initialised,
         so it starts as the teacher's conditional denoiser); built without touching the global RNG."""
         from cdx.distill.distribution_matching import DistributionMatching
+        from cdx.distill.own_rng import built_on_own_rng
 
-        with torch.random.fork_rng(devices=[]):
-            fake = make_student(self.teacher, self.w_dim is not None, self.w_dim or self.config.guidance_embedding_dim)
+        fake = built_on_own_rng(make_student, self.teacher, self.w_dim is not None,
+                                self.w_dim or self.config.guidance_embedding_dim)
         fake = fake.float().to(self.device)
         if self.config.dmd_gan_weight > 0:  # DMD2's GAN head on the fake denoiser's bottleneck, seeded on its own
             from cdx.distill.bottleneck_critic import make_fake_score_with_critic
