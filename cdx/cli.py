@@ -312,6 +312,9 @@ def distill(
                                                 "noised one-step outputs (DMD2 uses 3e-3); 0 = off.")] = 0.0,
     dmd_critic_weight: Annotated[float, typer.Option(help="The weight of that head's loss in the fake denoiser's "
                                                    "update (DMD2 uses 1e-2).")] = 1e-2,
+    dmd_gan_heads: Annotated[str, typer.Option(help="Where the GAN head sits: mid (DMD2: the fake denoiser's "
+                                               "bottleneck) | mid+up (also its last up block, the finest feature "
+                                               "map).")] = "mid",
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoints + grids (default: OUT.work).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in the work dir.")] = True,
     limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
@@ -338,7 +341,7 @@ def distill(
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
                            dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,
                            fake_score_updates=fake_score_updates, dmd_gan_weight=dmd_gan_weight,
-                           dmd_critic_weight=dmd_critic_weight)
+                           dmd_critic_weight=dmd_critic_weight, dmd_gan_heads=dmd_gan_heads)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

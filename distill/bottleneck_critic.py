@@ -7,7 +7,11 @@ bottleneck is a strong, noise-aware feature extractor; the head adds a few convo
 winning outright — the failure of a critic on clean latents (critic.py) in this repository's runs. The target is the
 data, not the teacher: the term can move the student past its teacher, where the regression and DMD terms cannot.
 
-`FakeScoreWithCritic` wraps the fake UNet and the head in one module, so Accelerate prepares, checkpoints and (across
+With `heads="mid+up"` a second head sits on the last up block's output (the UNet's finest feature map, at the latent's
+resolution): at small latents the bottleneck is a few locations wide (4×4 at 32 px), too coarse to see texture; the
+logits are then both heads' patches, flattened and concatenated, each patch weighing the same in the loss.
+
+`FakeScoreWithCritic` wraps the fake UNet and the head(s) in one module, so Accelerate prepares, checkpoints and (across
 processes) synchronises both as one model; called without `logits=True` it is exactly the UNet.
 """
 
@@ -34,20 +38,30 @@ class BottleneckHead(nn.Module):
         return self.net(features)
 
 
-class FakeScoreWithCritic(nn.Module):
-    """The fake denoiser's UNet and a `BottleneckHead` on its mid block: `forward(x_t, t, **kw)` is the UNet's output;
-    with `logits=True` it returns (that output, the head's logits on the same pass's bottleneck)."""
+GAN_HEADS = ("mid", "mid+up")
 
-    def __init__(self, unet: nn.Module, head: nn.Module):
+
+class FakeScoreWithCritic(nn.Module):
+    """The fake denoiser's UNet and a `BottleneckHead` on its mid block (and optionally `up_head` on its last up
+    block): `forward(x_t, t, **kw)` is the UNet's output; with `logits=True` it returns (that output, the head's logits
+    on the same pass: (B, 1, h, w) with the mid head alone, (B, patches of both heads) with `up_head`)."""
+
+    def __init__(self, unet: nn.Module, head: nn.Module, up_head: nn.Module | None = None):
         super().__init__()
         if getattr(unet, "mid_block", None) is None:
             raise ValueError("the DMD GAN head needs a UNet with a mid block (its bottleneck features)")
-        self.unet, self.head = unet, head
-        self._features: torch.Tensor | None = None
-        unet.mid_block.register_forward_hook(self._keep_features)
+        if up_head is not None and not getattr(unet, "up_blocks", None):
+            raise ValueError("the DMD GAN up head needs a UNet with up blocks (its finest feature map)")
+        self.unet, self.head, self.up_head = unet, head, up_head
+        self._features: dict[str, torch.Tensor] = {}
+        unet.mid_block.register_forward_hook(self._keeper("mid"))
+        if up_head is not None:
+            unet.up_blocks[-1].register_forward_hook(self._keeper("up"))
 
-    def _keep_features(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        self._features = output[0] if isinstance(output, tuple) else output
+    def _keeper(self, name: str):
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._features[name] = output[0] if isinstance(output, tuple) else output
+        return keep
 
     @property
     def config(self):
@@ -55,15 +69,27 @@ class FakeScoreWithCritic(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, logits: bool = False, **kwargs: Any):
         out = self.unet(x_t, t, **kwargs)
-        features, self._features = self._features, None  # hold no graph between calls
-        return (out, self.head(features)) if logits else out
+        features, self._features = self._features, {}  # hold no graph between calls
+        if not logits:
+            return out
+        mid = self.head(features["mid"])
+        if self.up_head is None:
+            return out, mid
+        return out, torch.cat([mid.flatten(1), self.up_head(features["up"]).flatten(1)], dim=1)
 
 
-def make_fake_score_with_critic(unet: nn.Module, seed: int) -> FakeScoreWithCritic:
-    """The wrapper with a head sized to the UNet's bottleneck, initialised from its own seed (no global RNG use)."""
-    channels = int(unet.config.block_out_channels[-1])
-    head = built_on_own_rng(BottleneckHead, channels, int(unet.config.norm_num_groups), seed=seed)
-    return FakeScoreWithCritic(unet, head.to(next(unet.parameters()).device))
+def make_fake_score_with_critic(unet: nn.Module, seed: int, heads: str = "mid") -> FakeScoreWithCritic:
+    """The wrapper with a head sized to the UNet's bottleneck (and, for `heads="mid+up"`, one sized to its last up
+    block), initialised from its own seed (no global RNG use)."""
+    if heads not in GAN_HEADS:
+        raise ValueError(f"--dmd-gan-heads {heads!r}: must be one of {' | '.join(GAN_HEADS)}")
+    widths, groups = unet.config.block_out_channels, int(unet.config.norm_num_groups)
+    device = next(unet.parameters()).device
+    head = built_on_own_rng(BottleneckHead, int(widths[-1]), groups, seed=seed).to(device)
+    up_head = None
+    if heads == "mid+up":
+        up_head = built_on_own_rng(BottleneckHead, int(widths[0]), groups, seed=seed + 1).to(device)
+    return FakeScoreWithCritic(unet, head, up_head)
 
 
 def critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

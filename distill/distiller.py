@@ -109,6 +109,8 @@ class DistillConfig:
     # dmd_start, and the head trains with the fake denoiser at dmd_critic_weight × its loss (DMD2: 3e-3 and 1e-2)
     dmd_gan_weight: float = 0.0
     dmd_critic_weight: float = 1e-2
+    # where the GAN head(s) sit: "mid" (DMD2: the bottleneck) | "mid+up" (also the last up block, the finest map)
+    dmd_gan_heads: str = "mid"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,6 +119,7 @@ class DistillConfig:
     def validate(self, num_train_timesteps: int | None = None) -> None:
         """One-line InputError for the first bad knob, before any model or data is touched (T-dependent checks
         run when the teacher's `num_train_timesteps` is known)."""
+        from cdx.distill.bottleneck_critic import GAN_HEADS
         from cdx.distill.losses import LOSSES
         from cdx.distill.solvers import SOLVERS
 
@@ -173,6 +176,8 @@ class DistillConfig:
              "--dmd-weight with --lora-rank: the fake denoiser is a full UNet copy; use a full student"),
             (self.dmd_gan_weight >= 0, f"--dmd-gan-weight {self.dmd_gan_weight}: must be >= 0"),
             (self.dmd_critic_weight > 0, f"--dmd-critic-weight {self.dmd_critic_weight}: must be > 0"),
+            (self.dmd_gan_heads in GAN_HEADS,
+             f"--dmd-gan-heads {self.dmd_gan_heads!r}: must be one of {' | '.join(GAN_HEADS)}"),
             (not (self.dmd_gan_weight and not self.dmd_weight),
              f"--dmd-gan-weight {self.dmd_gan_weight} without --dmd-weight: the GAN head sits on the DMD term's fake "
              "denoiser; set --dmd-weight > 0"),
@@ -367,7 +372,7 @@ class ConsistencyDistiller:
         if self.config.dmd_gan_weight > 0:  # DMD2's GAN head on the fake denoiser's bottleneck, seeded on its own
             from cdx.distill.bottleneck_critic import make_fake_score_with_critic
 
-            fake = make_fake_score_with_critic(fake, self.config.seed + 11)
+            fake = make_fake_score_with_critic(fake, self.config.seed + 11, self.config.dmd_gan_heads)
         return DistributionMatching(self.accelerator, fake, self.config.fake_score_lr, self.acp,
                                     critic_weight=self.config.dmd_critic_weight)
 

@@ -73,6 +73,7 @@ _DISTILL_FLAGS = {
     "critic_r1": "--critic-r1", "dmd_weight": "--dmd-weight", "dmd_start": "--dmd-start",
     "fake_score_lr": "--fake-score-lr", "fake_score_updates": "--fake-score-updates",
     "dmd_gan_weight": "--dmd-gan-weight", "dmd_critic_weight": "--dmd-critic-weight",
+    "dmd_gan_heads": "--dmd-gan-heads",
 }
 # DistillConfig fields that are not a `--flag VALUE` pair: written by distill_command's own rules, or not CLI options
 _DISTILL_NOT_FLAGS = frozenset({"guidance_range", "variance_reduction", "guidance_embedding_dim", "extra"})

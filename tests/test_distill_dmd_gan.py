@@ -45,6 +45,25 @@ def test_without_logits_the_wrapper_is_the_unet(tmp_path: Path) -> None:
     assert logits.shape == (2, 1, side, side)
 
 
+def test_the_up_head_adds_the_finest_maps_patches_to_the_bottlenecks(tmp_path: Path) -> None:
+    """`--dmd-gan-heads mid+up`: the logits are the mid head's patches (the same head, from the same seed, as with
+    `mid`) followed by one per location of the last up block's map (the latent's grid)."""
+    mid_only = small_distiller(tmp_path / "mid", **GAN)
+    both = small_distiller(tmp_path / "both", dmd_gan_heads="mid+up", **GAN)
+    assert both.dmd.fake.up_head is not None and mid_only.dmd.fake.up_head is None
+    x, cond, w_emb, _ = _inputs(both)
+    t = torch.tensor([500, 100])
+    kwargs = both.dmd._kwargs(cond, w_emb)
+    with torch.no_grad():
+        _, mid_logits = mid_only.dmd.fake(x, t, logits=True, **kwargs)
+        out, logits = both.dmd.fake(x, t, logits=True, **kwargs)
+        plain = both.dmd.fake(x, t, **kwargs).sample
+    side = int(both.dmd.fake.config.sample_size)
+    assert logits.shape == (2, mid_logits[0].numel() + side * side)
+    assert torch.allclose(logits[:, : mid_logits[0].numel()], mid_logits.flatten(1), atol=1e-6)
+    assert torch.equal(plain, out.sample)
+
+
 def test_the_generator_term_reaches_the_outputs_but_not_the_fake_denoiser(tmp_path: Path) -> None:
     d = small_distiller(tmp_path, **GAN)
     x, cond, w_emb, _ = _inputs(d)
@@ -55,10 +74,11 @@ def test_the_generator_term_reaches_the_outputs_but_not_the_fake_denoiser(tmp_pa
     assert all(p.requires_grad for p in d.dmd.fake.parameters())  # unfrozen again for that update
 
 
-def test_the_head_learns_to_tell_real_latents_from_outputs(tmp_path: Path) -> None:
-    """Outputs shifted far from the data: updates of the fake denoiser with its head must take the head's loss at a
+@pytest.mark.parametrize("heads", ["mid", "mid+up"])
+def test_the_head_learns_to_tell_real_latents_from_outputs(tmp_path: Path, heads: str) -> None:
+    """Outputs shifted far from the data: updates of the fake denoiser with its head(s) must take the heads' loss at a
     fixed noise level from chance (2 ln 2) to well below it, the data scoring above the outputs."""
-    d = small_distiller(tmp_path, fake_score_lr=3e-3, dmd_critic_weight=1.0, **GAN)
+    d = small_distiller(tmp_path, fake_score_lr=3e-3, dmd_critic_weight=1.0, dmd_gan_heads=heads, **GAN)
     x, cond, w_emb, real = _inputs(d)
     fake_outputs = x + 3.0
     t = torch.full((len(real),), 300)
@@ -99,10 +119,11 @@ def test_the_term_joins_the_student_loss_from_dmd_start(tmp_path: Path, dmd_star
         assert on.terms["gan"] > 0 and on_loss == pytest.approx(ref_loss + 0.1 * on.terms["gan"], abs=1e-5)
 
 
-def test_resume_with_the_gan_head_is_bit_identical(tiny_sd: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("heads", ["mid", "mid+up"])
+def test_resume_with_the_gan_head_is_bit_identical(tiny_sd: Path, tmp_path: Path, heads: str) -> None:
     """A text teacher (its prompt embeddings stacked for the head's pass); 4 steps straight vs 2 + resume + 2."""
     options = {"steps": 4, "checkpoint_every": 2, "dmd_weight": 0.5, "dmd_start": 1, "dmd_gan_weight": 0.05,
-               "lr": 1e-3, "fake_score_lr": 1e-3}
+               "lr": 1e-3, "fake_score_lr": 1e-3, "dmd_gan_heads": heads}
     straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
     assert resumed.history == straight.history and resumed.terms == straight.terms
     assert "gan" in straight.terms and "dmd_critic" in straight.terms
@@ -114,6 +135,7 @@ def test_resume_with_the_gan_head_is_bit_identical(tiny_sd: Path, tmp_path: Path
     ({"dmd_gan_weight": 0.01}, "--dmd-gan-weight 0.01 without --dmd-weight: "),
     ({"dmd_weight": 0.5, "dmd_gan_weight": -1.0}, "--dmd-gan-weight -1.0: must be >= 0"),
     ({"dmd_weight": 0.5, "dmd_critic_weight": 0.0}, "--dmd-critic-weight 0.0: must be > 0"),
+    ({"dmd_weight": 0.5, "dmd_gan_heads": "up"}, "--dmd-gan-heads 'up': must be one of mid | mid+up"),
 ])
 def test_bad_gan_flags_are_one_line(overrides: dict, message: str) -> None:
     assert_refused_in_one_line(overrides, message)
@@ -122,5 +144,7 @@ def test_bad_gan_flags_are_one_line(overrides: dict, message: str) -> None:
 def test_the_model_card_command_carries_the_gan_flags() -> None:
     from cdx.distill.model_card import distill_command
 
-    command = distill_command(DistillConfig(dmd_weight=0.5, dmd_gan_weight=0.02, dmd_critic_weight=0.05).as_dict(), "o")
+    recipe = DistillConfig(dmd_weight=0.5, dmd_gan_weight=0.02, dmd_critic_weight=0.05, dmd_gan_heads="mid+up")
+    command = distill_command(recipe.as_dict(), "o")
     assert "--dmd-gan-weight 0.02" in command and "--dmd-critic-weight 0.05" in command
+    assert "--dmd-gan-heads mid+up" in command
