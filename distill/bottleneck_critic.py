@@ -17,6 +17,7 @@ processes) synchronises both as one model; called without `logits=True` it is ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,7 +59,8 @@ class FakeScoreWithCritic(nn.Module):
         if up_head is not None:
             unet.up_blocks[-1].register_forward_hook(self._keeper("up"))
 
-    def _keeper(self, name: str):
+    def _keeper(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        """A forward hook that keeps its module's output under `name` for the next `forward`."""
         def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
             self._features[name] = output[0] if isinstance(output, tuple) else output
         return keep
