@@ -39,7 +39,7 @@ class BottleneckHead(nn.Module):
         return self.net(features)
 
 
-GAN_HEADS = ("mid", "mid+up")
+GAN_HEADS = ("mid", "mid+up")  # `--dmd-gan-heads` (checked by DistillConfig.validate)
 
 
 class FakeScoreWithCritic(nn.Module):
@@ -80,18 +80,14 @@ class FakeScoreWithCritic(nn.Module):
         return out, torch.cat([mid.flatten(1), self.up_head(features["up"]).flatten(1)], dim=1)
 
 
-def make_fake_score_with_critic(unet: nn.Module, seed: int, heads: str = "mid") -> FakeScoreWithCritic:
-    """The wrapper with a head sized to the UNet's bottleneck (and, for `heads="mid+up"`, one sized to its last up
-    block), initialised from its own seed (no global RNG use)."""
-    if heads not in GAN_HEADS:
-        raise ValueError(f"--dmd-gan-heads {heads!r}: must be one of {' | '.join(GAN_HEADS)}")
+def make_fake_score_with_critic(unet: nn.Module, seed: int, up_head: bool = False) -> FakeScoreWithCritic:
+    """The wrapper with a head sized to the UNet's bottleneck (and, with `up_head`, one sized to its last up block,
+    `--dmd-gan-heads mid+up`), initialised from its own seed (no global RNG use)."""
     widths, groups = unet.config.block_out_channels, int(unet.config.norm_num_groups)
     device = next(unet.parameters()).device
     head = built_on_own_rng(BottleneckHead, int(widths[-1]), groups, seed=seed).to(device)
-    up_head = None
-    if heads == "mid+up":
-        up_head = built_on_own_rng(BottleneckHead, int(widths[0]), groups, seed=seed + 1).to(device)
-    return FakeScoreWithCritic(unet, head, up_head)
+    up = built_on_own_rng(BottleneckHead, int(widths[0]), groups, seed=seed + 1).to(device) if up_head else None
+    return FakeScoreWithCritic(unet, head, up)
 
 
 def critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

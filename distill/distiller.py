@@ -372,7 +372,8 @@ class ConsistencyDistiller:
         if self.config.dmd_gan_weight > 0:  # DMD2's GAN head on the fake denoiser's bottleneck, seeded on its own
             from cdx.distill.bottleneck_critic import make_fake_score_with_critic
 
-            fake = make_fake_score_with_critic(fake, self.config.seed + 11, self.config.dmd_gan_heads)
+            fake = make_fake_score_with_critic(fake, self.config.seed + 11,
+                                               up_head=self.config.dmd_gan_heads == "mid+up")
         return DistributionMatching(self.accelerator, fake, self.config.fake_score_lr, self.acp,
                                     critic_weight=self.config.dmd_critic_weight)
 
