@@ -44,10 +44,12 @@ from cdx.distill.loading import LatentPipelineParts
 from cdx.distill.loops import classifier_free_guidance, ddim_loop
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
-from cdx.distill.sampling import ddim_schedule, guided_output
+from cdx.distill.sampling import ddim_schedule, decode_latents, guided_output
 from cdx.distill.solvers import skipping_timesteps, solver_step, substep_solver
 from cdx.distill.sources import DataSource, as_source, example_prompts
 from cdx.errors import CdxError, InputError
+
+CRITIC_INPUTS = ("latent", "decoded")  # what --critic-input's critic judges (DistillConfig.critic_input)
 
 
 @dataclass
@@ -97,6 +99,9 @@ class DistillConfig:
     # random (its first gradients would be noise, and would fill Adam's second moments) when the term arrives
     critic_lr: float = 2e-4  # the critic's Adam learning rate (constant; betas 0.5, 0.9)
     critic_r1: float = 0.0  # > 0: R1 penalty γ on the critic's gradient at real latents (critic.py)
+    # what the critic judges: "latent" (the clean latents) | "decoded" (the latents through the frozen VAE decoder,
+    # real and one-step alike: the images the metrics see, the generator's gradient passing back through the decoder)
+    critic_input: str = "latent"
     # > 0: add weight × the distribution-matching term (DMD) on those one-step outputs: a fake denoiser, trained here on
     # the student's outputs, against the teacher's guided one (distill/distribution_matching.py); pulls the outputs'
     # distribution toward the teacher's where the regression can only pull each output toward one ODE endpoint
@@ -162,6 +167,11 @@ class DistillConfig:
             (self.adversarial_start >= 0, f"--adversarial-start {self.adversarial_start}: must be >= 0"),
             (self.critic_lr > 0, f"--critic-lr {self.critic_lr}: must be > 0"),
             (self.critic_r1 >= 0, f"--critic-r1 {self.critic_r1}: must be >= 0"),
+            (self.critic_input in CRITIC_INPUTS,
+             f"--critic-input {self.critic_input!r}: must be one of {' | '.join(CRITIC_INPUTS)}"),
+            (not (self.critic_input != "latent" and not self.adversarial_weight),
+             f"--critic-input {self.critic_input} without --adversarial-weight: the critic judges the one-step "
+             "outputs only for that term; set --adversarial-weight > 0"),
             (not (self.adversarial_weight and self.method != "cd"),
              f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
              "the CD student; use --method cd"),
@@ -350,13 +360,16 @@ class ConsistencyDistiller:
         return make_student(parts.unet, parts.conditioning != "none", self.config.guidance_embedding_dim)
 
     def _make_critic(self, parts: LatentPipelineParts):
-        """The latent critic: a patch critic on the student's latent channels, projecting the class label (class
-        teachers) or the mean-pooled prompt embedding (text teachers); seeded on its own (see critic.py)."""
+        """The critic: a patch critic on the student's latent channels (or the decoder's image channels with
+        `--critic-input decoded`), projecting the class label (class teachers) or the mean-pooled prompt embedding
+        (text teachers); seeded on its own (see critic.py)."""
         from cdx.distill.critic import AdversarialCritic, seeded_critic
 
         classes = int(parts.unet.config.num_class_embeds) if parts.conditioning == "class_label" else 0
         embedding = int(parts.text_encoder.config.hidden_size) if parts.conditioning == "text_embedding" else 0
-        critic = seeded_critic(self.config.seed + 7, parts.latent_channels, 64, num_classes=classes,
+        channels = (parts.latent_channels if self.config.critic_input == "latent"
+                    else int(parts.vae.config.out_channels))
+        critic = seeded_critic(self.config.seed + 7, channels, 64, num_classes=classes,
                                embedding_dim=embedding).to(self.device)
         return AdversarialCritic(self.accelerator, critic, self.config.critic_lr, r1=self.config.critic_r1)
 
@@ -500,10 +513,11 @@ class ConsistencyDistiller:
             if self.critic is not None:  # the batch's conditions, and those of its first len(one_step) samples
                 real_condition = self.critic_condition(b)
                 fake_condition = None if real_condition is None else real_condition[: len(one_step)]
+                fake_view = self.critic_view(one_step)  # what the critic judges (with the graph to the student)
             if cfg.ode_regression_weight > 0:
                 loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b, one_step)
             if generator_on:
-                generator = self.critic.generator_loss(one_step, fake_condition)
+                generator = self.critic.generator_loss(fake_view, fake_condition)
                 loss = loss + cfg.adversarial_weight * generator
                 self.terms["generator"] = float(generator.detach())
             if self.dmd is not None:
@@ -523,7 +537,9 @@ class ConsistencyDistiller:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.critic is not None:  # the batch's real latents against the one-step outputs of this step
-                self.terms["critic"] = self.critic.update(b["x0"], one_step, real_condition, fake_condition)
+                with torch.no_grad():
+                    real_view = self.critic_view(b["x0"])
+                self.terms["critic"] = self.critic.update(real_view, fake_view, real_condition, fake_condition)
             if self.dmd is not None:  # the fake denoiser learns this step's one-step outputs (fresh t and ε each time)
                 real = b["x0"][: len(one_step)] if cfg.dmd_gan_weight > 0 else None  # the same conditions' data
                 for _ in range(cfg.fake_score_updates):
@@ -570,6 +586,17 @@ class ConsistencyDistiller:
         t = torch.full((len(b["ode_noise"]),), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64,
                        device=self.device)
         return self._f(self.student, b["ode_noise"], t, cond, w_emb).float()
+
+    def critic_view(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the critic judges of `latents`: themselves, or (`--critic-input decoded`) their images in [0, 1]
+        through the frozen VAE decoder, which passes the gradient back to the latents and takes none itself."""
+        if self.config.critic_input == "latent":
+            return latents
+        vae = self.parts.vae
+        weight = next(vae.parameters())
+        images = decode_latents(vae, latents.to(weight.dtype), self.parts.latent_scaling_factor,
+                                self.parts.latent_shift_factor)
+        return images.float()
 
     def critic_condition(self, b: dict[str, Any]) -> torch.Tensor | None:
         """What the critic projects: class labels, a text batch's mean-pooled prompt embeddings, or nothing for

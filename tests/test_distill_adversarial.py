@@ -52,6 +52,34 @@ def test_the_term_changes_the_update_only_when_on(tmp_path: Path) -> None:
     assert on_loss == pytest.approx(ref_loss + 0.5 * on.terms["generator"], abs=1e-6)
 
 
+def test_the_decoded_critic_judges_the_frozen_decoders_images_and_passes_the_gradient_to_the_student(
+        tmp_path: Path) -> None:
+    """`critic_input="decoded"`: the critic takes the decoder's image channels, the generator term is −critic of the
+    one-step outputs' decoded images (the critic as it was before this step's update), and the decoder — frozen —
+    neither learns nor keeps a gradient, while the student's update differs from the run without the term."""
+    from cdx.distill.sampling import decode_latents
+
+    options = {"ode_regression_weight": 1.0, "lr": 1e-3}
+    reference = small_distiller(tmp_path / "ref", **options)
+    batch = reference.sample_batch()
+    ref_loss = reference.train_step(dict(batch))
+    on = small_distiller(tmp_path / "on", adversarial_weight=0.5, critic_input="decoded", **options)
+    vae = on.parts.vae
+    assert on.critic.critic.net[0].in_channels == int(vae.config.out_channels) != on.parts.latent_channels
+    decoder_before = [p.detach().clone() for p in vae.parameters()]
+    b = on._on_device(dict(batch))
+    with torch.no_grad():
+        images = decode_latents(vae, on.one_step(b), on.parts.latent_scaling_factor, on.parts.latent_shift_factor)
+        expected = -on.critic.critic(images, b["labels"][: len(images)]).mean()
+    on_loss = on.train_step(dict(batch))
+
+    assert on.terms["generator"] == pytest.approx(float(expected), abs=1e-6)
+    assert on_loss == pytest.approx(ref_loss + 0.5 * on.terms["generator"], abs=1e-6)
+    assert all(p.grad is None for p in vae.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(decoder_before, vae.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(student_weights(reference), student_weights(on), strict=True))
+
+
 def _toy_critic_losses(real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, steps: int) -> list[float]:
     from accelerate import Accelerator
 
@@ -112,10 +140,12 @@ def test_the_decoder_critic_is_the_shared_one() -> None:
     assert decoder.PatchDiscriminator is PatchDiscriminator and decoder.AdversarialCritic is AdversarialCritic
 
 
-def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path) -> None:
-    """A text teacher (the critic projects the pooled prompt embedding); 4 steps straight vs 2 + resume + 2."""
+@pytest.mark.parametrize("critic_input", ["latent", "decoded"])
+def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path, critic_input: str) -> None:
+    """A text teacher (the critic projects the pooled prompt embedding; decoded: RGB images); 4 steps straight vs
+    2 + resume + 2."""
     options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3,
-               "critic_r1": 0.5}
+               "critic_r1": 0.5, "critic_input": critic_input}
     straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
     assert resumed.history == straight.history and resumed.terms == straight.terms
     assert_same_weights([(straight.target, resumed.target), (straight.critic.critic, resumed.critic.critic)])
@@ -133,6 +163,8 @@ def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None
     ({"adversarial_start": -1}, "--adversarial-start -1: must be >= 0"),
     ({"critic_lr": 0.0}, "--critic-lr 0.0: must be > 0"),
     ({"critic_r1": -1.0}, "--critic-r1 -1.0: must be >= 0"),
+    ({"critic_input": "pixels"}, "--critic-input 'pixels': must be one of latent | decoded"),
+    ({"critic_input": "decoded"}, "--critic-input decoded without --adversarial-weight: "),
     ({"adversarial_weight": 0.1, "method": "ct"}, "--adversarial-weight with --method ct: "),
 ])
 def test_bad_adversarial_flags_are_one_line(overrides: dict, message: str) -> None:
@@ -159,3 +191,11 @@ def test_cli_refuses_a_negative_weight_in_one_line(tmp_path: Path) -> None:
                            str(tmp_path / "out")], capture_output=True, text=True, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "adversarial" in line]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+
+
+def test_the_model_card_command_carries_the_critic_input() -> None:
+    from cdx.distill.model_card import distill_command
+
+    recipe = DistillConfig(adversarial_weight=0.1, critic_input="decoded").as_dict()
+    assert "--critic-input decoded" in distill_command(recipe, "o")
+    assert "--critic-input" not in distill_command(DistillConfig(adversarial_weight=0.1).as_dict(), "o")
