@@ -513,7 +513,8 @@ class ConsistencyDistiller:
             if self.critic is not None:  # the batch's conditions, and those of its first len(one_step) samples
                 real_condition = self.critic_condition(b)
                 fake_condition = None if real_condition is None else real_condition[: len(one_step)]
-                fake_view = self.critic_view(one_step)  # what the critic judges (with the graph to the student)
+                with torch.set_grad_enabled(generator_on):  # the graph to the student only when the term uses it
+                    fake_view = self.critic_view(one_step)
             if cfg.ode_regression_weight > 0:
                 loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b, one_step)
             if generator_on:
