@@ -303,6 +303,8 @@ def distill(
     critic_input: Annotated[str, typer.Option(help="What the critic judges: latent (clean latents) | decoded (real and "
                                               "one-step latents through the frozen VAE decoder: the images the "
                                               "metrics see).")] = "latent",
+    critic_depth: Annotated[int, typer.Option(help="The critic's stride-2 convolutions (each doubling its width): "
+                                              "2 = 8×8 scores on 32 px; 3 sees wider patches.")] = 2,
     dmd_weight: Annotated[float, typer.Option(help="CD: add this weight × the distribution-matching term (DMD) on those "
                                             "one-step outputs: a fake denoiser trained here on them, against the "
                                             "teacher's guided denoiser; 0 = off.")] = 0.0,
@@ -342,9 +344,9 @@ def distill(
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
                            ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
-                           critic_input=critic_input, dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,
-                           fake_score_updates=fake_score_updates, dmd_gan_weight=dmd_gan_weight,
-                           dmd_critic_weight=dmd_critic_weight, dmd_gan_heads=dmd_gan_heads)
+                           critic_input=critic_input, critic_depth=critic_depth, dmd_weight=dmd_weight, dmd_start=dmd_start,
+                           fake_score_lr=fake_score_lr, fake_score_updates=fake_score_updates,
+                           dmd_gan_weight=dmd_gan_weight, dmd_critic_weight=dmd_critic_weight, dmd_gan_heads=dmd_gan_heads)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

@@ -23,18 +23,21 @@ class PatchDiscriminator(nn.Module):
     (pooled prompt embeddings) it adds a projection term ⟨embed(c), h⟩ per patch (Miyato & Koyama 2018), so the critic
     judges whether a sample fits its condition, not only whether it looks real."""
 
-    def __init__(self, channels: int, width: int = 32, num_classes: int = 0, embedding_dim: int = 0):
+    def __init__(self, channels: int, width: int = 32, num_classes: int = 0, embedding_dim: int = 0, depth: int = 2):
+        """`depth` stride-2 convolutions (each after the first doubles the width): the score map is the input's side
+        / 2**depth, each score seeing a patch of about 2**(depth + 1) + 2 pixels."""
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.GroupNorm(8, 2 * width), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 1, 3, 1, 1),
-        )
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        for level in range(1, depth):
+            inner, outer = width * 2 ** (level - 1), width * 2 ** level
+            layers += [nn.Conv2d(inner, outer, 4, 2, 1), nn.GroupNorm(8, outer), nn.LeakyReLU(0.2)]
+        features = width * 2 ** (depth - 1)
+        self.net = nn.Sequential(*layers, nn.Conv2d(features, 1, 3, 1, 1))
         self.project: nn.Module | None = None
         if num_classes:
-            self.project = nn.Embedding(num_classes, 2 * width)
+            self.project = nn.Embedding(num_classes, features)
         elif embedding_dim:
-            self.project = nn.Linear(embedding_dim, 2 * width, bias=False)
+            self.project = nn.Linear(embedding_dim, features, bias=False)
         if self.project is not None:  # starts unconditional: N(0, 1) rows would put scores of ±√width on random labels
             nn.init.zeros_(self.project.weight)
 

@@ -102,6 +102,7 @@ class DistillConfig:
     # what the critic judges: "latent" (the clean latents) | "decoded" (the latents through the frozen VAE decoder,
     # real and one-step alike: the images the metrics see, the generator's gradient passing back through the decoder)
     critic_input: str = "latent"
+    critic_depth: int = 2  # the critic's stride-2 convolutions: its score map is its input's side / 2**depth
     # > 0: add weight × the distribution-matching term (DMD) on those one-step outputs: a fake denoiser, trained here on
     # the student's outputs, against the teacher's guided one (distill/distribution_matching.py); pulls the outputs'
     # distribution toward the teacher's where the regression can only pull each output toward one ODE endpoint
@@ -172,6 +173,10 @@ class DistillConfig:
             (not (self.critic_input != "latent" and not self.adversarial_weight),
              f"--critic-input {self.critic_input} without --adversarial-weight: the critic judges the one-step "
              "outputs only for that term; set --adversarial-weight > 0"),
+            (self.critic_depth >= 1, f"--critic-depth {self.critic_depth}: must be >= 1"),
+            (not (self.critic_depth != 2 and not self.adversarial_weight),
+             f"--critic-depth {self.critic_depth} without --adversarial-weight: it shapes that term's critic; set "
+             "--adversarial-weight > 0"),
             (not (self.adversarial_weight and self.method != "cd"),
              f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
              "the CD student; use --method cd"),
@@ -367,10 +372,16 @@ class ConsistencyDistiller:
 
         classes = int(parts.unet.config.num_class_embeds) if parts.conditioning == "class_label" else 0
         embedding = int(parts.text_encoder.config.hidden_size) if parts.conditioning == "text_embedding" else 0
-        channels = (parts.latent_channels if self.config.critic_input == "latent"
-                    else int(parts.vae.config.out_channels))
-        critic = seeded_critic(self.config.seed + 7, channels, 64, num_classes=classes,
-                               embedding_dim=embedding).to(self.device)
+        decoded = self.config.critic_input == "decoded"
+        channels = int(parts.vae.config.out_channels) if decoded else parts.latent_channels
+        image_side = self.config.resolution or teacher_resolution(parts)
+        side = image_side if decoded else image_side // parts.vae_scale_factor
+        depth = self.config.critic_depth
+        if side < 2 ** depth:
+            raise InputError(f"--critic-depth {depth}: the critic halves its {side}-px {self.config.critic_input} "
+                             f"input {depth} times; at most {max(side.bit_length() - 1, 1)} here")
+        critic = seeded_critic(self.config.seed + 7, channels, 64, num_classes=classes, embedding_dim=embedding,
+                               depth=depth).to(self.device)
         return AdversarialCritic(self.accelerator, critic, self.config.critic_lr, r1=self.config.critic_r1)
 
     def _make_fake_score(self):

@@ -80,6 +80,44 @@ def test_the_decoded_critic_judges_the_frozen_decoders_images_and_passes_the_gra
     assert any(not torch.equal(a, b) for a, b in zip(student_weights(reference), student_weights(on), strict=True))
 
 
+def test_the_default_depth_keeps_the_two_level_critics_layout() -> None:
+    """Checkpoints and committed runs hold the two-level critic: depth 2 keeps its module names and shapes."""
+    critic = PatchDiscriminator(4, 64, num_classes=10)
+    shapes = {name: tuple(v.shape) for name, v in critic.state_dict().items()}
+    assert shapes == {"net.0.weight": (64, 4, 4, 4), "net.0.bias": (64,), "net.2.weight": (128, 64, 4, 4),
+                      "net.2.bias": (128,), "net.3.weight": (128,), "net.3.bias": (128,),
+                      "net.5.weight": (1, 128, 3, 3), "net.5.bias": (1,), "project.weight": (10, 128)}
+
+
+@pytest.mark.parametrize(("depth", "side"), [(1, 16), (2, 8), (3, 4)])
+def test_each_level_of_the_critic_halves_its_score_map_and_widens_its_patch(depth: int, side: int) -> None:
+    """A 32-px input gives a (32 / 2**depth)² score map, and a one-pixel change reaches scores further from it the
+    deeper the critic (its patch grows with each level)."""
+    critic = seeded_critic(0, 1, 16, num_classes=10, depth=depth).eval()
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3])
+    moved = x.clone()
+    moved[..., 0, 0] += 1.0
+    with torch.no_grad():
+        before, after = critic(x, labels), critic(moved, labels)
+    assert before.shape == (1, 1, side, side)
+    reached = (after - before).abs()[0, 0] > 0
+    reach = int(reached.nonzero().max()) + 1  # rows of scores the corner pixel reaches
+    assert reach * (32 // side) >= min(2 ** depth + 2, 32) - 2 ** (depth - 1), (depth, reach)
+    assert critic.project.weight.shape[1] == 16 * 2 ** (depth - 1)
+
+
+def test_a_deeper_decoded_critic_trains_and_one_too_deep_is_refused_before_training(tmp_path: Path) -> None:
+    deeper = small_distiller(tmp_path / "deep", adversarial_weight=0.5, critic_input="decoded", critic_depth=3,
+                             ode_regression_weight=1.0)
+    assert len([m for m in deeper.critic.critic.net if isinstance(m, torch.nn.Conv2d)]) == 4
+    deeper.train_step(deeper.sample_batch())
+    assert "generator" in deeper.terms and "critic" in deeper.terms
+    with pytest.raises(InputError, match=r"^--critic-depth 4: the critic halves its 8-px latent input 4 times; "
+                                         r"at most 3 here$"):
+        small_distiller(tmp_path / "too-deep", adversarial_weight=0.5, critic_depth=4)
+
+
 def _toy_critic_losses(real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, steps: int) -> list[float]:
     from accelerate import Accelerator
 
@@ -165,6 +203,8 @@ def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None
     ({"critic_r1": -1.0}, "--critic-r1 -1.0: must be >= 0"),
     ({"critic_input": "pixels"}, "--critic-input 'pixels': must be one of latent | decoded"),
     ({"critic_input": "decoded"}, "--critic-input decoded without --adversarial-weight: "),
+    ({"critic_depth": 0, "adversarial_weight": 0.1}, "--critic-depth 0: must be >= 1"),
+    ({"critic_depth": 3}, "--critic-depth 3 without --adversarial-weight: "),
     ({"adversarial_weight": 0.1, "method": "ct"}, "--adversarial-weight with --method ct: "),
 ])
 def test_bad_adversarial_flags_are_one_line(overrides: dict, message: str) -> None:
@@ -193,9 +233,12 @@ def test_cli_refuses_a_negative_weight_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
 
 
-def test_the_model_card_command_carries_the_critic_input() -> None:
+def test_the_model_card_command_carries_the_critics_input_and_depth() -> None:
     from cdx.distill.model_card import distill_command
 
     recipe = DistillConfig(adversarial_weight=0.1, critic_input="decoded").as_dict()
     assert "--critic-input decoded" in distill_command(recipe, "o")
     assert "--critic-input" not in distill_command(DistillConfig(adversarial_weight=0.1).as_dict(), "o")
+    deeper = DistillConfig(adversarial_weight=0.1, critic_input="decoded", critic_depth=3).as_dict()
+    assert "--critic-depth 3" in distill_command(deeper, "o")
+    assert "--critic-depth" not in distill_command(DistillConfig(adversarial_weight=0.1).as_dict(), "o")
