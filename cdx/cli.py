@@ -305,6 +305,9 @@ def distill(
                                               "metrics see).")] = "latent",
     critic_depth: Annotated[int, typer.Option(help="The critic's stride-2 convolutions (each doubling its width): "
                                               "2 = 8×8 scores on 32 px; 3 sees wider patches.")] = 2,
+    critic_steps: Annotated[int, typer.Option(help="The critic judges the student's 1..K-step samples of its noises "
+                                              "(k >= 2: the k-step sampler from the one-step output, its last step "
+                                              "trained), not only the one-step outputs.")] = 1,
     dmd_weight: Annotated[float, typer.Option(help="CD: add this weight × the distribution-matching term (DMD) on those "
                                             "one-step outputs: a fake denoiser trained here on them, against the "
                                             "teacher's guided denoiser; 0 = off.")] = 0.0,
@@ -344,9 +347,10 @@ def distill(
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
                            ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
-                           critic_input=critic_input, critic_depth=critic_depth, dmd_weight=dmd_weight, dmd_start=dmd_start,
-                           fake_score_lr=fake_score_lr, fake_score_updates=fake_score_updates,
-                           dmd_gan_weight=dmd_gan_weight, dmd_critic_weight=dmd_critic_weight, dmd_gan_heads=dmd_gan_heads)
+                           critic_input=critic_input, critic_depth=critic_depth, critic_steps=critic_steps,
+                           dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,
+                           fake_score_updates=fake_score_updates, dmd_gan_weight=dmd_gan_weight,
+                           dmd_critic_weight=dmd_critic_weight, dmd_gan_heads=dmd_gan_heads)
     config.validate()  # every option, before any model or data is loaded (the teacher-dependent checks follow)
     from cdx.distill.consistency_training import METHODS
 

@@ -35,13 +35,19 @@ from cdx.distill.checkpoint import (
     save_checkpoint,
 )
 from cdx.distill.conditioning import TeacherConditioning
-from cdx.distill.consistency import alphas_cumprod, boundary_scalings, guidance_scale_embedding, predicted_x0
+from cdx.distill.consistency import (
+    alphas_cumprod,
+    boundary_scalings,
+    guidance_scale_embedding,
+    predicted_x0,
+    step_constants,
+)
 from cdx.distill.consistency_training import make_method
 from cdx.distill.data import ImageDataset
 from cdx.distill.ema import ExportEMA, TargetEMA, trainable_names
 from cdx.distill.latent_cache import encode_latents
 from cdx.distill.loading import LatentPipelineParts
-from cdx.distill.loops import classifier_free_guidance, ddim_loop
+from cdx.distill.loops import classifier_free_guidance, consistency_loop, ddim_loop
 from cdx.distill.losses import consistency_loss
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.sampling import ddim_schedule, decode_latents, guided_output
@@ -103,6 +109,10 @@ class DistillConfig:
     # real and one-step alike: the images the metrics see, the generator's gradient passing back through the decoder)
     critic_input: str = "latent"
     critic_depth: int = 2  # the critic's stride-2 convolutions: its score map is its input's side / 2**depth
+    # the critic judges the student's 1..K-step samples of the one-step noises: f(z, T), and for each k >= 2 the last
+    # step of the k-step sampler run from it (earlier steps gradient-free: DMD2's backward simulation), so the few-step
+    # samples users take get the data's term too
+    critic_steps: int = 1
     # > 0: add weight × the distribution-matching term (DMD) on those one-step outputs: a fake denoiser, trained here on
     # the student's outputs, against the teacher's guided one (distill/distribution_matching.py); pulls the outputs'
     # distribution toward the teacher's where the regression can only pull each output toward one ODE endpoint
@@ -177,6 +187,12 @@ class DistillConfig:
             (not (self.critic_depth != 2 and not self.adversarial_weight),
              f"--critic-depth {self.critic_depth} without --adversarial-weight: it shapes that term's critic; set "
              "--adversarial-weight > 0"),
+            (1 <= self.critic_steps <= self.num_solver_steps,
+             f"--critic-steps {self.critic_steps}: must be in 1..{self.num_solver_steps} (--num-solver-steps: the "
+             "student samples with at most that many steps)"),
+            (not (self.critic_steps != 1 and not self.adversarial_weight),
+             f"--critic-steps {self.critic_steps} without --adversarial-weight: it sets what that term's critic "
+             "judges; set --adversarial-weight > 0"),
             (not (self.adversarial_weight and self.method != "cd"),
              f"--adversarial-weight with --method {self.method}: the critic judges the one-step output f(z, T) of "
              "the CD student; use --method cd"),
@@ -341,6 +357,9 @@ class ConsistencyDistiller:
         self.solve = substep_solver(solver_step(config.solver), config.solver_substeps)
         self.dmd = self._make_fake_score() if config.dmd_weight > 0 else None  # prepared after the critic
         self.ode_schedule = ddim_schedule(sched, config.ode_regression_steps)  # starts at T - 1, the 1-step timestep
+        student_sampler = {**sched, "original_inference_steps": config.num_solver_steps}  # the exported scheduler's
+        self.critic_schedules = [[s.as_dict() for s in step_constants(student_sampler, k, config.parameterization)]
+                                 for k in range(2, config.critic_steps + 1)]  # type: ignore[arg-type]
         self.method = make_method(config)  # None = CD with the teacher
         self.rollouts = None  # a RolloutStream (distill/rollout_cache.py): cached teacher steps, no teacher calls
         self.step = 0  # optimizer steps (sync points)
@@ -490,6 +509,9 @@ class ConsistencyDistiller:
             # without these terms keep their exact draws (they share the one-step outputs of these noises)
             n = min(cfg.ode_regression_batch, cfg.batch_size)
             b["ode_noise"] = torch.randn((n, *x0.shape[1:]), generator=self.rng)
+            renoisings = cfg.critic_steps * (cfg.critic_steps - 1) // 2  # k − 1 for each k-step sampler, k >= 2
+            if renoisings:
+                b["renoise"] = torch.randn((renoisings, n, *x0.shape[1:]), generator=self.rng)
         return b
 
     def draw_batch(self) -> dict[str, Any]:
@@ -523,9 +545,10 @@ class ConsistencyDistiller:
             one_step = self.one_step(b) if "ode_noise" in b else None  # either term on
             if self.critic is not None:  # the batch's conditions, and those of its first len(one_step) samples
                 real_condition = self.critic_condition(b)
-                fake_condition = None if real_condition is None else real_condition[: len(one_step)]
+                fake_condition = (None if real_condition is None
+                                  else torch.cat([real_condition[: len(one_step)]] * cfg.critic_steps))
                 with torch.set_grad_enabled(generator_on):  # the graph to the student only when the term uses it
-                    fake_view = self.critic_view(one_step)
+                    fake_view = self.critic_view(self.critic_samples(b, one_step))
             if cfg.ode_regression_weight > 0:
                 loss = loss + cfg.ode_regression_weight * self.ode_regression_loss(b, one_step)
             if generator_on:
@@ -598,6 +621,32 @@ class ConsistencyDistiller:
         t = torch.full((len(b["ode_noise"]),), int(self.ode_schedule[0]["timestep"]), dtype=torch.int64,
                        device=self.device)
         return self._f(self.student, b["ode_noise"], t, cond, w_emb).float()
+
+    def critic_samples(self, b: dict[str, Any], one_step: torch.Tensor) -> torch.Tensor:
+        """The samples the critic judges: the one-step outputs, then (`--critic-steps K`) for k = 2..K the k-step
+        sampler's output from the same noises (the shared consistency loop over the exported scheduler's k-step
+        schedule, its first step the one-step output itself, re-noised with the batch's `renoise` draws); only each
+        sampler's last step keeps a graph to the student."""
+        outputs = [one_step]
+        cond, w_emb = self.one_step_conditions(b)
+        draws = list(b.get("renoise", ()))
+        for steps in self.critic_schedules:
+            used, draws = draws[: len(steps) - 1], draws[len(steps) - 1:]
+            outputs.append(self._sampler_output(steps, b["ode_noise"], one_step, cond, w_emb, used))
+        return torch.cat(outputs)
+
+    def _sampler_output(self, steps: list[dict[str, Any]], noise: torch.Tensor, one_step: torch.Tensor, cond: dict,
+                        w_emb: torch.Tensor | None, step_noise: list[torch.Tensor]) -> torch.Tensor:
+        grad = torch.is_grad_enabled()
+
+        def denoise(x: torch.Tensor, step: dict[str, Any]) -> torch.Tensor:
+            if step is steps[0]:  # f(z, T), computed once for every sampler
+                return one_step.detach()
+            t = torch.full((len(x),), int(step["timestep"]), dtype=torch.int64, device=self.device)
+            with torch.set_grad_enabled(grad and step is steps[-1]):
+                return self._f(self.student, x, t, cond, w_emb).float()
+
+        return consistency_loop(denoise, noise, steps, step_noise)
 
     def critic_view(self, latents: torch.Tensor) -> torch.Tensor:
         """What the critic judges of `latents`: themselves, or (`--critic-input decoded`) their images in [0, 1]

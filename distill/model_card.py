@@ -71,7 +71,7 @@ _DISTILL_FLAGS = {
     "ode_regression_steps": "--ode-regression-steps", "ode_regression_batch": "--ode-regression-batch",
     "adversarial_weight": "--adversarial-weight", "adversarial_start": "--adversarial-start", "critic_lr": "--critic-lr",
     "critic_r1": "--critic-r1", "critic_input": "--critic-input", "critic_depth": "--critic-depth",
-    "dmd_weight": "--dmd-weight", "dmd_start": "--dmd-start",
+    "critic_steps": "--critic-steps", "dmd_weight": "--dmd-weight", "dmd_start": "--dmd-start",
     "fake_score_lr": "--fake-score-lr", "fake_score_updates": "--fake-score-updates",
     "dmd_gan_weight": "--dmd-gan-weight", "dmd_critic_weight": "--dmd-critic-weight",
     "dmd_gan_heads": "--dmd-gan-heads",

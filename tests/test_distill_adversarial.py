@@ -113,6 +113,57 @@ def test_a_deeper_decoded_critic_trains_and_one_too_deep_is_refused_before_train
         small_distiller(tmp_path / "too-deep", adversarial_weight=0.5, critic_depth=4)
 
 
+def test_the_two_step_critic_judges_the_students_own_two_step_samples(tmp_path: Path) -> None:
+    """`critic_steps=2`: the critic sees the one-step outputs and then the 2-step samples of the same noises, equal
+    to diffusers' LCMScheduler (the exported scheduler) stepping the student with the batch's re-noising draw; the
+    first step is detached (only the last step trains); runs without it keep their draws."""
+    from diffusers import LCMScheduler
+
+    options = {"adversarial_weight": 0.5, "num_solver_steps": 5, "critic_input": "decoded"}
+    d = small_distiller(tmp_path / "two", critic_steps=2, **options)
+    plain = small_distiller(tmp_path / "one", **options).sample_batch()
+    b = d.sample_batch()
+    assert "renoise" not in plain and all(torch.equal(plain[k], b[k]) for k in ("x0", "t", "noise", "ode_noise"))
+    n = len(b["ode_noise"])
+    assert b["renoise"].shape == (1, *b["ode_noise"].shape)
+    b["renoise"] = torch.randn(b["renoise"].shape, generator=torch.Generator().manual_seed(5))
+    b = d._on_device(b)
+    one_step = d.one_step(b).requires_grad_()
+    samples = d.critic_samples(b, one_step)
+    assert samples.shape[0] == 2 * n and torch.equal(samples[:n], one_step)
+    (grad,) = torch.autograd.grad(samples[n:].sum(), one_step, allow_unused=True)
+    assert grad is None or not grad.any()  # the second step's input is the first step's output, detached
+
+    scheduler = LCMScheduler.from_config(d.parts.scheduler_config, timestep_scaling=10.0, original_inference_steps=5)
+    scheduler.set_timesteps(2)
+    cond, w_emb = d.one_step_conditions(b)
+    unet = d.accelerator.unwrap_model(d.student)
+    latents, gen = b["ode_noise"], torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = unet(latents, t.expand(n), **cond, timestep_cond=w_emb).sample
+            latents, denoised = scheduler.step(eps, t, latents, generator=gen, return_dict=False)
+    assert torch.allclose(samples[n:].detach(), denoised, atol=1e-5)
+
+
+def test_the_two_step_critics_generator_term_trains_the_students_second_step(tmp_path: Path) -> None:
+    """The generator term is −critic over both samplers' outputs, and it moves the student differently from the
+    one-step critic on the same batch."""
+    options = {"adversarial_weight": 0.5, "num_solver_steps": 5, "lr": 1e-3}
+    one, two = small_distiller(tmp_path / "one", **options), small_distiller(tmp_path / "two", critic_steps=2,
+                                                                               **options)
+    batch = two.sample_batch()
+    b = two._on_device(dict(batch))
+    with torch.no_grad():
+        samples = two.critic_samples(b, two.one_step(b))
+        labels = b["labels"][: len(b["ode_noise"])]
+        expected = -two.critic.critic(samples, torch.cat([labels, labels])).mean()
+    one.train_step({k: v for k, v in batch.items() if k != "renoise"})
+    two.train_step(dict(batch))
+    assert two.terms["generator"] == pytest.approx(float(expected), abs=1e-6)
+    assert any(not torch.equal(a, c) for a, c in zip(student_weights(one), student_weights(two), strict=True))
+
+
 def _toy_critic_losses(real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, steps: int) -> list[float]:
     from accelerate import Accelerator
 
@@ -173,12 +224,13 @@ def test_the_decoder_critic_is_the_shared_one() -> None:
     assert decoder.PatchDiscriminator is PatchDiscriminator and decoder.AdversarialCritic is AdversarialCritic
 
 
-@pytest.mark.parametrize("critic_input", ["latent", "decoded"])
-def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path, critic_input: str) -> None:
-    """A text teacher (the critic projects the pooled prompt embedding; decoded: RGB images); 4 steps straight vs
-    2 + resume + 2."""
+@pytest.mark.parametrize(("critic_input", "critic_steps"), [("latent", 1), ("decoded", 2)])
+def test_resume_with_the_critic_is_bit_identical(tiny_sd: Path, tmp_path: Path, critic_input: str,
+                                                 critic_steps: int) -> None:
+    """A text teacher (the critic projects the pooled prompt embedding; decoded: RGB images, with the 2-step
+    samples' re-noising draws); 4 steps straight vs 2 + resume + 2."""
     options = {"steps": 4, "checkpoint_every": 2, "adversarial_weight": 0.3, "adversarial_start": 1, "lr": 1e-3,
-               "critic_r1": 0.5, "critic_input": critic_input}
+               "critic_r1": 0.5, "critic_input": critic_input, "critic_steps": critic_steps}
     straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
     assert resumed.history == straight.history and resumed.terms == straight.terms
     assert_same_weights([(straight.target, resumed.target), (straight.critic.critic, resumed.critic.critic)])
@@ -200,6 +252,9 @@ def test_a_plain_checkpoint_is_not_resumed_with_the_term(tmp_path: Path) -> None
     ({"critic_input": "decoded"}, "--critic-input decoded without --adversarial-weight: "),
     ({"critic_depth": 0, "adversarial_weight": 0.1}, "--critic-depth 0: must be >= 1"),
     ({"critic_depth": 3}, "--critic-depth 3 without --adversarial-weight: "),
+    ({"critic_steps": 0, "adversarial_weight": 0.1}, "--critic-steps 0: must be in 1..50 (--num-solver-steps"),
+    ({"critic_steps": 6, "num_solver_steps": 5, "adversarial_weight": 0.1}, "--critic-steps 6: must be in 1..5 "),
+    ({"critic_steps": 2}, "--critic-steps 2 without --adversarial-weight: "),
     ({"adversarial_weight": 0.1, "method": "ct"}, "--adversarial-weight with --method ct: "),
 ])
 def test_bad_adversarial_flags_are_one_line(overrides: dict, message: str) -> None:
@@ -234,6 +289,7 @@ def test_the_model_card_command_carries_the_critics_input_and_depth() -> None:
     recipe = DistillConfig(adversarial_weight=0.1, critic_input="decoded").as_dict()
     assert "--critic-input decoded" in distill_command(recipe, "o")
     assert "--critic-input" not in distill_command(DistillConfig(adversarial_weight=0.1).as_dict(), "o")
-    deeper = DistillConfig(adversarial_weight=0.1, critic_input="decoded", critic_depth=3).as_dict()
+    deeper = DistillConfig(adversarial_weight=0.1, critic_input="decoded", critic_depth=3, critic_steps=2).as_dict()
+    assert "--critic-steps 2" in distill_command(deeper, "o")
     assert "--critic-depth 3" in distill_command(deeper, "o")
     assert "--critic-depth" not in distill_command(DistillConfig(adversarial_weight=0.1).as_dict(), "o")
