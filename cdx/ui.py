@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
@@ -26,6 +27,9 @@ def stages(title: str) -> Iterator[Callable[[str], None]]:
         task = progress.add_task(title, total=None)
 
         def announce(label: str) -> None:
+            if label.startswith("warning:"):  # a line of its own, not a stage
+                console.print(f"  [yellow]{escape(label)}[/yellow]")
+                return
             if state["label"] != title:
                 finish()
             state.update(label=label, start=time.perf_counter())

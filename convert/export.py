@@ -467,10 +467,12 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
     lora = _fuse_lora(parts, options.lora, say) if options.lora else None
     full_parts, decoder = parts, None
     if options.decoder:
-        from cdx.distill.decoder_swap import generator_drift, with_decoder
+        from cdx.distill.decoder_swap import decoder_mismatch_warning, generator_drift, with_decoder
 
         say(f"decoder: {options.decoder}")
         parts, decoder = with_decoder(parts, options.decoder)
+        if warning := decoder_mismatch_warning(options.decoder, decoder, model):
+            say(warning)
     check_sampling_steps(parts.scheduler_config, options.steps)
     prompts, embeddings = _prompts(parts, options, say)
     source = Path(model).resolve() if Path(model).exists() else model

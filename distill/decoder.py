@@ -338,6 +338,7 @@ class DecoderDistiller:
         """The tiny autoencoder (diffusers folder, safetensors) + cdx.json (recipe, time, machine, drift) + model card."""
         from cdx.atomic import atomic_write_text
         from cdx.defaults import portable_path
+        from cdx.distill.decoder_swap import vae_decoder_sha256
         from cdx.machine import describe_machine
 
         drift = self.drift()
@@ -349,6 +350,7 @@ class DecoderDistiller:
             "kind": "tiny_decoder", "folder": portable_path(str(final or folder)), "teacher": portable_path(self.parts.path),
             "teacher_weights_sha256": self.parts.weights_sha256,
             "teacher_vae_class": type(self.parts.vae).__name__,
+            "teacher_decoder_sha256": vae_decoder_sha256(self.parts.vae),
             "teacher_latent_scaling_factor": self.parts.latent_scaling_factor,
             "teacher_latent_shift_factor": self.parts.latent_shift_factor,
             "decoder_parameters": sum(p.numel() for p in model.decoder.parameters()),

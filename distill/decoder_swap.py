@@ -36,6 +36,47 @@ def decoder_weights_sha256(folder: str | Path) -> str:
     return sha256_file(path)
 
 
+def vae_decoder_sha256(vae: torch.nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of what decodes a latent (`post_quant_conv`, `decoder`): the
+    identity of the decoder a tiny decoder imitates, whatever folder or file it was loaded from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for prefix in ("post_quant_conv", "decoder"):
+        module = getattr(vae, prefix, None)
+        if module is None:
+            continue
+        for name, tensor in sorted(module.state_dict().items()):
+            value = tensor.detach().cpu().contiguous()
+            digest.update(f"{prefix}.{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def decoder_source_record(folder: str | Path, vae: torch.nn.Module) -> dict[str, Any]:
+    """Was the tiny decoder at `folder` distilled from `vae`'s decoder? Its `cdx.json` (written by `cdx distill-decoder`)
+    records the teacher decoder's `vae_decoder_sha256`; a different one means it imitates another decoder (say, the
+    VAE before a fine-tune) and its images drift from the student's. {} when the folder has no such record (TAESD,
+    older folders)."""
+    from cdx.distill.loading import read_cdx_info
+
+    recorded = read_cdx_info(Path(folder)).get("teacher_decoder_sha256")
+    if not recorded:
+        return {}
+    current = vae_decoder_sha256(vae)
+    return {"distilled_from_decoder_sha256": recorded, "student_decoder_sha256": current,
+            "matches_student_decoder": recorded == current}
+
+
+def decoder_mismatch_warning(folder: str | Path, record: dict[str, Any], student: str | Path) -> str | None:
+    """One line for `cdx convert` when the manifest's decoder record says it imitates another decoder; else None."""
+    if record.get("matches_student_decoder") is not False:
+        return None
+    return (f"warning: --decoder {folder} was distilled from another VAE decoder (its cdx.json: teacher_decoder_sha256 "
+            f"{record['distilled_from_decoder_sha256'][:12]}…, the student's: {record['student_decoder_sha256'][:12]}…): "
+            f"its images drift from the student's; re-run `cdx distill-decoder --model {student}`")
+
+
 def check_decoder_folder(folder: str | Path) -> None:
     """What can be said of a `--decoder` folder before any model loads: it exists and holds an AutoencoderTiny."""
     folder = Path(folder)
@@ -81,6 +122,7 @@ def with_decoder(parts: LatentPipelineParts, folder: str | Path) -> tuple[Latent
     """`parts` with the tiny decoder at `folder` as its VAE, and the manifest's record of it (class, path, sha256)."""
     decoder = load_tiny_decoder(folder)
     check_decoder_fits(decoder, parts, f"--decoder {folder}")
+    source = decoder_source_record(folder, parts.vae)
     record = {
         "class": type(decoder).__name__,
         "path": str(Path(folder).resolve()),
@@ -90,6 +132,7 @@ def with_decoder(parts: LatentPipelineParts, folder: str | Path) -> tuple[Latent
         "latent_shift_factor": float(getattr(decoder.config, "shift_factor", 0.0) or 0.0),
         "replaces": {"class": type(parts.vae).__name__,
                      "num_parameters": sum(p.numel() for p in parts.vae.decoder.parameters())},
+        **source,
     }
     return dataclasses.replace(parts, vae=decoder.eval()), record
 

@@ -69,6 +69,8 @@ def test_folder_loads_with_autoencoder_tiny_and_decodes_like_the_trained_model(t
     card = (folder / "README.md").read_text()
     assert "cdx distill-decoder" in card and "--width 8" in card and "PSNR" in card
     assert record["num_parameters"] == info["decoder_parameters"] == result["info"]["decoder_parameters"]
+    assert info["teacher_decoder_sha256"] == record["distilled_from_decoder_sha256"] == record["student_decoder_sha256"]
+    assert record["matches_student_decoder"] is True
 
 
 def test_convert_with_decoder_passes_the_gate_and_records_the_drift(trained: tuple[Path, dict], student: Path,
@@ -106,6 +108,55 @@ def test_convert_with_decoder_passes_the_gate_and_records_the_drift(trained: tup
     eager = load_runner(out, model["name"], runtime="torch")
     got = eager.run(batches[0])["image"]
     assert np.abs(got - outputs["image"][:1]).max() <= 1e-6
+
+
+def _student_with_changed_vae(student: Path, out: Path, part: str) -> Path:
+    """A copy of `student` whose VAE differs in one tensor of its `part` ("decoder" or "encoder")."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    shutil.copytree(student, out)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    with torch.no_grad():
+        getattr(vae, part).conv_out.bias.add_(0.1)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    return out
+
+
+def test_decoder_fingerprint_covers_the_decoder_and_not_the_encoder(student: Path, tmp_path: Path) -> None:
+    from cdx.distill.decoder_swap import vae_decoder_sha256
+    from cdx.distill.loading import load_latent_pipeline
+
+    original = vae_decoder_sha256(load_latent_pipeline(student).vae)
+    encoder = _student_with_changed_vae(student, tmp_path / "encoder", "encoder")
+    decoder = _student_with_changed_vae(student, tmp_path / "decoder", "decoder")
+    assert vae_decoder_sha256(load_latent_pipeline(encoder).vae) == original
+    assert vae_decoder_sha256(load_latent_pipeline(decoder).vae) != original
+
+
+def test_convert_warns_when_the_decoder_imitates_another_vae(trained: tuple[Path, dict], student: Path,
+                                                             tmp_path: Path) -> None:
+    """A tiny decoder distilled before the student's VAE decoder changed (a fine-tune): one warning line, and the
+    manifest records the mismatch; with the VAE it was distilled from there is no warning."""
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.manifest import load_manifest
+
+    changed = _student_with_changed_vae(student, tmp_path / "changed", "decoder")
+    messages: list[str] = []
+    convert(changed, tmp_path / "onnx", ConvertOptions(target="onnx", seeds=(0,), decoder=str(trained[0])),
+            progress=messages.append)
+    warnings = [m for m in messages if m.startswith("warning:")]
+    assert len(warnings) == 1 and str(trained[0]) in warnings[0] and "cdx distill-decoder --model" in warnings[0]
+    record = load_manifest(tmp_path / "onnx")["source"]["decoder"]
+    assert record["matches_student_decoder"] is False
+    assert record["distilled_from_decoder_sha256"] == json.loads((trained[0] / "cdx.json").read_text())[
+        "teacher_decoder_sha256"]
+    messages.clear()
+    convert(student, tmp_path / "onnx_same", ConvertOptions(target="onnx", seeds=(0,), decoder=str(trained[0])),
+            progress=messages.append)
+    assert not [m for m in messages if m.startswith("warning:")]
+    assert load_manifest(tmp_path / "onnx_same")["source"]["decoder"]["matches_student_decoder"] is True
 
 
 def _wrong_channels(folder: Path) -> Path:
