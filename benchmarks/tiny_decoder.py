@@ -1,12 +1,13 @@
 """What a distilled tiny decoder (`cdx distill-decoder`) costs and buys: drift vs the full decoder on the same latents,
 and eager / ONNX Runtime latency of the decoder alone and of the whole one-step generator with each decoder.
 
-`python -m cdx.benchmarks.tiny_decoder [--student DIR] [--decoder DIR] [--n 1000] [--no-inception] [-o OUT]`
+`python -m cdx.benchmarks.tiny_decoder [--student DIR] [--decoder DIR] [--n 1000] [--first-seed 0] [--no-inception] [-o OUT]`
 
-- drift: n one-step student samples (cdx-normal-v1 noise of seeds 0..n-1, labels i mod classes, the manifest's
-  default w) decoded by both decoders: PSNR / SSIM / max |Δ| (cdx.metrics) of the tiny decoder's images against the
-  full decoder's; the FD of each decoder's images against the real test images under the Fashion classifier (and
-  Inception-v3 FID + KID at the same n when its weights are installed, as `cdx evaluate`), and FD between the two.
+- drift: n one-step student samples (cdx-normal-v1 noise of seeds 0..n-1, or from `--first-seed` on: a held-out
+  set; labels i mod classes, the manifest's default w) decoded by both decoders: PSNR / SSIM / max |Δ| (cdx.metrics)
+  of the tiny decoder's images against the full decoder's; the FD of each decoder's images against the real test
+  images under the Fashion classifier (and Inception-v3 FID + KID at the same n when its weights are installed, as
+  `cdx evaluate`), and FD between the two.
 - latency: median of `--runs` warm batch-1 calls, eager PyTorch and ORT fp32 (exported with convert's ONNX exporter),
   decoder graph and generator graph, each with both decoders; MACs of each decoder counted from its convolutions.
 """
@@ -46,11 +47,12 @@ def conv_macs(module: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.inference_mode()
-def student_latents(generator, n: int, num_classes: int | None, batch: int = 250) -> torch.Tensor:
-    """The latents the one-step generator hands its decoder for seeds 0..n-1 (the artifacts' own inputs)."""
+def student_latents(generator, n: int, num_classes: int | None, batch: int = 250, first_seed: int = 0) -> torch.Tensor:
+    """The latents the one-step generator hands its decoder for seeds first_seed..first_seed+n-1 (the artifacts' own
+    inputs)."""
     out = []
-    for start in range(0, n, batch):
-        seeds = range(start, min(n, start + batch))
+    for start in range(first_seed, first_seed + n, batch):
+        seeds = range(start, min(first_seed + n, start + batch))
         inputs = [generator.example_inputs(seed, class_label=seed % (num_classes or 1)) for seed in seeds]
         stacked = {k: torch.cat([i[k] for i in inputs]) for k in inputs[0]}
         out.append(generator.decoder_latents(stacked))
@@ -135,7 +137,8 @@ def distribution(full01: torch.Tensor, tiny01: torch.Tensor, inception: bool, sa
     return out
 
 
-def run(student: str, decoder: str, n: int, inception: bool, runs: int, warmup: int, threads: int, say) -> dict[str, Any]:
+def run(student: str, decoder: str, n: int, inception: bool, runs: int, warmup: int, threads: int, say,
+        first_seed: int = 0) -> dict[str, Any]:
     from cdx.distill.decoder_swap import image_drift, with_decoder
     from cdx.distill.generator import build_generator
     from cdx.distill.graphs import DecoderGraph
@@ -149,7 +152,7 @@ def run(student: str, decoder: str, n: int, inception: bool, runs: int, warmup: 
     shape = full_gen.latent_shape
     decoders = {"full": DecoderGraph.of(full_parts, shape).eval(), "tiny": DecoderGraph.of(tiny_parts, shape).eval()}
     say(f"{n} one-step student latents")
-    latents = student_latents(full_gen, n, full_parts.num_classes)
+    latents = student_latents(full_gen, n, full_parts.num_classes, first_seed=first_seed)
     say("decoding them with both decoders")
     images = {name: decode_all(graph, latents) for name, graph in decoders.items()}
     drift = image_drift(images["full"].numpy(), images["tiny"].numpy())
@@ -157,7 +160,7 @@ def run(student: str, decoder: str, n: int, inception: bool, runs: int, warmup: 
     result: dict[str, Any] = {
         "student": student, "decoder": decoder, "decoder_record": record, "machine": describe_machine(),
         "threads": threads, "runs": runs, "latent_shape": list(shape),
-        "drift": {"n": n, **drift},
+        "drift": {"n": n, "first_seed": first_seed, **drift},
         "macs": {name: conv_macs(graph, example) for name, graph in decoders.items()},
         "parameters": {"full": record["replaces"]["num_parameters"], "tiny": record["num_parameters"]},
     }
@@ -178,7 +181,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"Tiny decoder `{result['decoder']}` vs the full decoder of `{result['student']}` "
              f"(latents {result['latent_shape']}; {result['machine']}, {result['threads']} threads, "
              f"median of {result['runs']} batch-1 runs).", "",
-             f"Drift on the same {d['n']} one-step student latents: **PSNR {d['psnr_db']:.2f} dB**, SSIM {d['ssim']:.4f}, "
+             f"Drift on the same {d['n']} one-step student latents (seeds {d.get('first_seed', 0)}–"
+             f"{d.get('first_seed', 0) + d['n'] - 1}): **PSNR {d['psnr_db']:.2f} dB**, SSIM {d['ssim']:.4f}, "
              f"max |Δ| {d['max_abs']:.3f} (images in [0, 1]).", "",
              "| | full decoder | tiny decoder | tiny / full |", "|---|---:|---:|---:|",
              f"| decoder parameters | {result['parameters']['full']:,} | {result['parameters']['tiny']:,} | "
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student", default=None, help="student pipeline (default: the embedded one)")
     parser.add_argument("--decoder", default=str(ASSETS / "fashion_tiny_decoder"), help="AutoencoderTiny folder")
     parser.add_argument("--n", type=int, default=1000, help="student latents for drift and FD")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="latents of seeds FIRST..FIRST+n-1 (another set than the default 0..n-1: a held-out check)")
     parser.add_argument("--no-inception", action="store_true", help="skip Inception FID (classifier FD only)")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = run(args.student or default_student(), args.decoder, args.n, not args.no_inception, args.runs,
-                     args.warmup, args.threads, lambda m: print(f"  {m}", flush=True))
+                     args.warmup, args.threads, lambda m: print(f"  {m}", flush=True), first_seed=args.first_seed)
     except CdxError as err:
         raise SystemExit(f"error: {err}") from None
     markdown = render_markdown(result)

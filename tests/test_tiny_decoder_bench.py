@@ -1,0 +1,28 @@
+"""The tiny-decoder benchmark's latents: `--first-seed` picks another (held-out) set of the artifacts' own seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory: pytest.TempPathFactory):
+    from cdx.distill.generator import build_generator
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.tiny_models import build_tiny_class_pipeline
+
+    parts = load_latent_pipeline(build_tiny_class_pipeline(tmp_path_factory.mktemp("models") / "student"))
+    return build_generator(parts)[0], parts.num_classes
+
+
+def test_first_seed_selects_those_seeds_across_batches(generator) -> None:
+    from cdx.benchmarks.tiny_decoder import student_latents
+
+    gen, classes = generator
+    every = student_latents(gen, 7, classes, batch=3)
+    later = student_latents(gen, 4, classes, batch=3, first_seed=3)
+    assert later.shape == (4, *every.shape[1:])
+    assert torch.equal(later, every[3:7])
+    assert not torch.equal(later, every[:4])
+
