@@ -49,13 +49,13 @@ def vae_decoder_sha256(vae: torch.nn.Module) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             value = tensor.detach().cpu().contiguous()
             digest.update(f"{prefix}.{name}:{value.dtype}:{tuple(value.shape)}".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim and bf16 tensors too
     return digest.hexdigest()
 
 
 def decoder_source_record(folder: str | Path, vae: torch.nn.Module) -> dict[str, Any]:
     """Was the tiny decoder at `folder` distilled from `vae`'s decoder? Its `cdx.json` (written by `cdx distill-decoder`)
-    records the teacher decoder's `vae_decoder_sha256`; a different one means it imitates another decoder (say, the
+    records the teacher decoder's fingerprint (`vae_decoder_sha256`); a different one means it imitates another decoder (say, the
     VAE before a fine-tune) and its images drift from the student's. {} when the folder has no such record (TAESD,
     older folders)."""
     from cdx.distill.loading import read_cdx_info

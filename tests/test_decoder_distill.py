@@ -135,6 +135,19 @@ def test_decoder_fingerprint_covers_the_decoder_and_not_the_encoder(student: Pat
     assert vae_decoder_sha256(load_latent_pipeline(decoder).vae) != original
 
 
+def test_decoder_fingerprint_reads_scalar_and_bfloat16_tensors() -> None:
+    """Any VAE a user brings: a BatchNorm's 0-dim counter and bf16 weights are hashed by value, not refused."""
+    from torch import nn
+
+    from cdx.distill.decoder_swap import vae_decoder_sha256
+
+    vae = nn.Module()
+    vae.decoder = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)).to(torch.bfloat16)
+    first = vae_decoder_sha256(vae)
+    vae.decoder[1].num_batches_tracked += 1
+    assert vae_decoder_sha256(vae) != first
+
+
 def test_convert_warns_when_the_decoder_imitates_another_vae(trained: tuple[Path, dict], student: Path,
                                                              tmp_path: Path) -> None:
     """A tiny decoder distilled before the student's VAE decoder changed (a fine-tune): one warning line, and the
