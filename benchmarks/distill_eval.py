@@ -37,6 +37,9 @@ class SamplerSpec:
     steps: int
 
 
+DEFAULT_NOISE_SEED = 1000  # batch b of every row draws its noise from this + b: the protocol's sample set
+
+
 def spec_key(spec: SamplerSpec) -> str:
     """Short name for --rows: teacher50, teacher4, student1, …"""
     return f"{spec.model}{spec.steps}"
@@ -73,8 +76,9 @@ class RowFeatures:
 
 
 def generate_images(spec: SamplerSpec, teacher, student, cond, n: int, guidance: float, batch: int,
-                    parameterization: str, progress=None) -> tuple[torch.Tensor, float]:
-    """n images of one row (labels cycle 0–9, batch b seeded 1000 + b in every row) and the batched ms per image."""
+                    parameterization: str, progress=None, noise_seed: int = DEFAULT_NOISE_SEED) -> tuple[torch.Tensor, float]:
+    """n images of one row (labels cycle 0–9, batch b seeded noise_seed + b in every row) and the batched ms per
+    image."""
     from cdx.distill.sampling import consistency_sample, teacher_sample
 
     images, seconds = [], 0.0
@@ -82,10 +86,10 @@ def generate_images(spec: SamplerSpec, teacher, student, cond, n: int, guidance:
         labels = torch.arange(start, min(n, start + batch)) % 10
         t0 = time.perf_counter()
         if spec.model == "teacher":
-            out = teacher_sample(teacher, cond, labels, steps=spec.steps, guidance=guidance, seed=1000 + b)
+            out = teacher_sample(teacher, cond, labels, steps=spec.steps, guidance=guidance, seed=noise_seed + b)
         else:
             out = consistency_sample(student.unet, student, cond, labels, steps=spec.steps, guidance=guidance,
-                                     parameterization=parameterization, seed=1000 + b)
+                                     parameterization=parameterization, seed=noise_seed + b)
         seconds += time.perf_counter() - t0
         images.append(out)
         if progress:
@@ -195,7 +199,8 @@ def save_features(path: Path, features: RowFeatures) -> None:
 
 def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: int = 1000, guidance: float = 3.0,
                           inception: bool = True, specs: tuple[SamplerSpec, ...] = DEFAULT_SPECS,
-                          batch: int = 250, progress=None, timing: bool = True) -> dict[str, Any]:
+                          batch: int = 250, progress=None, timing: bool = True,
+                          noise_seed: int = DEFAULT_NOISE_SEED) -> dict[str, Any]:
     """Run every sampler spec on the same seeds/labels and write quality.json / quality.md / grid PNG / features."""
     from cdx.benchmarks.quality import INCEPTION_PROTOCOL, InceptionFeatures, load_classifier
     from cdx.distill.conditioning import TeacherConditioning
@@ -226,7 +231,7 @@ def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: 
     for spec in specs:
         images, ms_per_image = generate_images(
             spec, teacher, student, cond, n, guidance, batch, parameterization,
-            progress=lambda d, total, s=spec: say(f"{s.name}: sampled {d}/{total}"))
+            progress=lambda d, total, s=spec: say(f"{s.name}: sampled {d}/{total}"), noise_seed=noise_seed)
         feats = row_features(images, classifier, inception_model,
                              progress=lambda d, total, s=spec: say(f"{s.name}: Inception {d}/{total}")
                              if d % step == 0 or d == total else None)
@@ -242,7 +247,8 @@ def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: 
     for row in rows:
         if full and "ms_batch1" in row:
             row["speedup_vs_teacher_full"] = full["ms_batch1"] / row["ms_batch1"]
-    result = {"n": n, "guidance": guidance, "teacher": teacher_dir, "student": student_dir, "rows": rows,
+    result = {"n": n, "guidance": guidance, "noise_seed": noise_seed, "teacher": teacher_dir, "student": student_dir,
+              "rows": rows,
               "reference": f"first {n} Fashion-MNIST test images (32×32)",
               "kid": {"subsets": KID_SUBSETS, "subset_size": kid_subset_size(n)},
               "feature_space": ("Inception-v3 (2048-d; " + INCEPTION_PROTOCOL + ") + " if inception else "")
@@ -271,7 +277,9 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
         k = result.get("kid", {})
         kid_note = (f" KID: unbiased MMD², cubic polynomial kernel, mean ± std over {k.get('subsets', KID_SUBSETS)} "
                     f"random subsets of {k.get('subset_size', kid_subset_size(result['n']))} per side.")
-    lines = [f"n = {result['n']} samples per row (labels cycle 0–9, same seeds in every row), guidance "
+    seed = result.get("noise_seed", DEFAULT_NOISE_SEED)
+    lines = [f"n = {result['n']} samples per row (labels cycle 0–9, same seeds in every row: batch b from seed "
+             f"{seed} + b), guidance "
              f"{result['guidance']}, against the {result.get('reference', 'real test images')}; features: "
              f"{result['feature_space']}.{kid_note}", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]

@@ -628,6 +628,9 @@ def evaluate(
     rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,teacher4,teacher2,teacher1,"
                                       "student4,student2,student1); default all.")] = "",
     batch: Annotated[int, typer.Option(help="Sampling batch (the seeds are per batch: keep it to compare runs).")] = 250,
+    noise_seed: Annotated[int, typer.Option(help="Batch b of every row samples from seed NOISE_SEED + b. Keep the "
+                                            "default to compare with published rows; another value is a held-out "
+                                            "sample set for a model chosen on the default one.")] = 1000,
     timing: Annotated[bool, typer.Option(help="Also time each row at batch 1 (the speed-up column).")] = True,
     consistency: Annotated[bool, typer.Option("--consistency", help="The seed's protocol instead: reconstruction "
                                               "distance vs t, reconstructions at five t, self-consistency along teacher "
@@ -655,7 +658,7 @@ def evaluate(
     with stages("evaluate") as say:
         result = evaluate_distillation(teacher, student, out or Path("out/quality"), n=n or 1000, guidance=guidance,
                                        inception=inception, specs=parse_rows(rows), batch=batch, progress=say,
-                                       timing=timing)
+                                       timing=timing, noise_seed=noise_seed)
     print(render_quality_markdown(result))
     if write_model_cards:
         import shlex

@@ -331,3 +331,28 @@ def test_a_deepened_stage_is_listed_between_its_distillation_and_the_next_one() 
     base["deepen"]["seed"] = 3  # a deepened folder written as is: its own card ends with the deepen line
     lines = student_commands(base, "S", {"decoder_finetune": plain}, "T").split("\n")
     assert lines[-1] == "cdx student deepen --student out/student_stage1 --out S --layers-per-block 2 --seed 3"
+
+
+def test_noise_seed_sets_every_batch_seed_and_defaults_to_the_protocol() -> None:
+    """`cdx evaluate --noise-seed S`: batch b of a row samples from seed S + b (the default 1000 is the published
+    protocol), so another S is a held-out sample set for a model chosen on the default one."""
+    from cdx.benchmarks.distill_eval import DEFAULT_NOISE_SEED, SamplerSpec, generate_images
+    from cdx.defaults import default_teacher
+    from cdx.distill.conditioning import TeacherConditioning
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.distill.sampling import teacher_sample
+
+    parts = load_latent_pipeline(default_teacher())
+    cond = TeacherConditioning(parts, parts.class_names)
+    spec = SamplerSpec("teacher DDIM 2", "teacher", 2)
+
+    def row(**kwargs) -> torch.Tensor:
+        return generate_images(spec, parts, parts, cond, 4, 3.0, 2, "lcm", **kwargs)[0]
+
+    assert DEFAULT_NOISE_SEED == 1000 and torch.equal(row(), row(noise_seed=1000))
+    held_out = row(noise_seed=5000)
+    assert not torch.equal(held_out, row())
+    for b in (0, 1):  # batch b: labels 2b, 2b + 1, seed 5000 + b
+        labels = torch.tensor([2 * b, 2 * b + 1]) % 10
+        assert torch.equal(held_out[2 * b : 2 * b + 2], teacher_sample(parts, cond, labels, steps=2, guidance=3.0,
+                                                                     seed=5000 + b))
