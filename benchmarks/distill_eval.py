@@ -38,6 +38,7 @@ class SamplerSpec:
 
 
 DEFAULT_NOISE_SEED = 1000  # batch b of every row draws its noise from this + b: the protocol's sample set
+MAX_NOISE_SEED = 2**62  # torch generators take seeds below 2^63; batches add b to it
 
 
 def spec_key(spec: SamplerSpec) -> str:
@@ -209,6 +210,8 @@ def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: 
 
     if n < 2:
         raise InputError(f"--n {n}: need at least 2 samples per row")
+    if not 0 <= noise_seed <= MAX_NOISE_SEED:
+        raise InputError(f"--noise-seed {noise_seed}: must be in 0..{MAX_NOISE_SEED} (batch b samples from it + b)")
     say = progress or (lambda _m: None)
     inception_model = InceptionFeatures() if inception else None  # missing weights: one line before any sampling
     teacher, student = load_latent_pipeline(teacher_dir), load_latent_pipeline(student_dir)

@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--out", type=Path, default=Path("out/tiny_decoder_bench"))
     args = parser.parse_args(argv)
+    if not 0 <= args.first_seed <= 2**62:
+        parser.error(f"--first-seed {args.first_seed}: must be in 0..{2**62}")
     try:
         result = run(args.student or default_student(), args.decoder, args.n, not args.no_inception, args.runs,
                      args.warmup, args.threads, lambda m: print(f"  {m}", flush=True), first_seed=args.first_seed)

@@ -336,7 +336,7 @@ def test_a_deepened_stage_is_listed_between_its_distillation_and_the_next_one() 
 def test_noise_seed_sets_every_batch_seed_and_defaults_to_the_protocol() -> None:
     """`cdx evaluate --noise-seed S`: batch b of a row samples from seed S + b (the default 1000 is the published
     protocol), so another S is a held-out sample set for a model chosen on the default one."""
-    from cdx.benchmarks.distill_eval import DEFAULT_NOISE_SEED, SamplerSpec, generate_images
+    from cdx.benchmarks.distill_eval import DEFAULT_NOISE_SEED, SamplerSpec, evaluate_distillation, generate_images
     from cdx.defaults import default_teacher
     from cdx.distill.conditioning import TeacherConditioning
     from cdx.distill.loading import load_latent_pipeline
@@ -350,6 +350,9 @@ def test_noise_seed_sets_every_batch_seed_and_defaults_to_the_protocol() -> None
         return generate_images(spec, parts, parts, cond, 4, 3.0, 2, "lcm", **kwargs)[0]
 
     assert DEFAULT_NOISE_SEED == 1000 and torch.equal(row(), row(noise_seed=1000))
+    for bad in (-1, 2**63):  # one line before any model loads, not torch's overflow
+        with pytest.raises(InputError, match=f"--noise-seed {bad}: must be in 0.."):
+            evaluate_distillation("missing-teacher", "missing-student", Path("unused"), noise_seed=bad)
     held_out = row(noise_seed=5000)
     assert not torch.equal(held_out, row())
     for b in (0, 1):  # batch b: labels 2b, 2b + 1, seed 5000 + b
