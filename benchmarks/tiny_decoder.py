@@ -233,8 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--out", type=Path, default=Path("out/tiny_decoder_bench"))
     args = parser.parse_args(argv)
-    if not 0 <= args.first_seed <= 2**62:
-        parser.error(f"--first-seed {args.first_seed}: must be in 0..{2**62}")
+    from cdx.rng import NAME, SEED_COUNT
+
+    if not 0 <= args.first_seed <= SEED_COUNT - args.n:  # beyond, the seeds wrap onto 0.. (not a held-out set)
+        parser.error(f"--first-seed {args.first_seed}: must be in 0..{SEED_COUNT - args.n} with --n {args.n} "
+                     f"({NAME} seeds are taken mod 2^32)")
     try:
         result = run(args.student or default_student(), args.decoder, args.n, not args.no_inception, args.runs,
                      args.warmup, args.threads, lambda m: print(f"  {m}", flush=True), first_seed=args.first_seed)

@@ -26,6 +26,7 @@ import numpy as np
 
 NAME = "cdx-normal-v1"
 _MASK = np.uint64(0xFFFFFFFF)
+SEED_COUNT = 2**32  # seeds are taken mod 2^32 (stream_key): seed s and s + 2^32 draw the same numbers
 
 
 def mix32(x: np.ndarray | int) -> np.ndarray:

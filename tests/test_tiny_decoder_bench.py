@@ -26,3 +26,14 @@ def test_first_seed_selects_those_seeds_across_batches(generator) -> None:
     assert torch.equal(later, every[3:7])
     assert not torch.equal(later, every[:4])
 
+
+
+def test_first_seed_beyond_the_generator_s_seed_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """cdx-normal-v1 takes seeds mod 2^32: a set running past it would wrap onto seeds 0.., not be held out."""
+    from cdx.benchmarks.tiny_decoder import main
+
+    for bad in ("-1", str(2**32 - 1)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--first-seed", bad, "--n", "2"])
+        assert exit_info.value.code == 2
+        assert f"--first-seed {bad}: must be in 0..{2**32 - 2} with --n 2" in capsys.readouterr().err
