@@ -23,9 +23,10 @@ import torch
 from cdx.atomic import atomic_write_bytes, atomic_write_text
 from cdx.benchmarks.reference_stats import ReferenceFeatures
 from cdx.errors import CdxError, InputError
-from cdx.metrics import frechet_distance, kid, kid_subset_size
+from cdx.metrics import frechet_distance, kid, kid_subset_size, precision_recall
 
 KID_SUBSETS = 100
+PR_NEIGHBOURS = 3  # Kynkäänniemi et al. 2019 and torch-fidelity: the k-th neighbour sets each ball's radius
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def score(features: RowFeatures, labels: np.ndarray | None, reference: Reference
         out["fid_inception"] = frechet_distance(features.inception, reference.inception)
         out["kid_inception"] = kid(features.inception, reference.inception, subsets=kid_subsets,
                                    subset_size=kid_subset_size(len(reference)))
+        out["precision_recall_inception"] = precision_recall(features.inception, reference.inception, k=PR_NEIGHBOURS)
     return out
 
 
@@ -269,17 +271,26 @@ def _cell(row: dict[str, Any], key: str, fmt: str, suffix: str = "") -> str:
 
 
 def render_quality_markdown(result: dict[str, Any]) -> str:
-    """The table: Inception FID and KID first (when measured), then the classifier's FD and accuracy, then time."""
+    """The table: Inception FID, KID and precision / recall first (when measured), then the classifier's FD and
+    accuracy, then time."""
     rows = result["rows"]
     fid = any("fid_inception" in r for r in rows)
     timed = any("ms_batch1" in r for r in rows)
-    head = ["sampler"] + (["FID (Inception)", "KID ×10³ (Inception)"] if fid else []) + ["FD (classifier)", "class accuracy"]
+    pr = any("precision_recall_inception" in r for r in rows)
+    head = ["sampler"] + (["FID (Inception)", "KID ×10³ (Inception)"] if fid else [])
+    head += ["precision / recall (Inception)"] if pr else []
+    head += ["FD (classifier)", "class accuracy"]
     head += ["ms/image (batched)", "ms (batch 1)", "speed-up vs teacher full"] if timed else []
     kid_note = ""
     if fid:
         k = result.get("kid", {})
         kid_note = (f" KID: unbiased MMD², cubic polynomial kernel, mean ± std over {k.get('subsets', KID_SUBSETS)} "
                     f"random subsets of {k.get('subset_size', kid_subset_size(result['n']))} per side.")
+    if pr:
+        neighbours = next(r["precision_recall_inception"]["k"] for r in rows if "precision_recall_inception" in r)
+        kid_note += (f" Precision / recall: improved precision and recall (Kynkäänniemi et al. 2019) with k = "
+                     f"{neighbours} neighbours: the share of samples inside the real images' manifold (fidelity) / "
+                     "of real images inside the samples' (diversity).")
     seed = result.get("noise_seed", DEFAULT_NOISE_SEED)
     lines = [f"n = {result['n']} samples per row (labels cycle 0–9, same seeds in every row: batch b from seed "
              f"{seed} + b), guidance "
@@ -291,6 +302,9 @@ def render_quality_markdown(result: dict[str, Any]) -> str:
         if fid:
             k = r.get("kid_inception")
             cells += [_cell(r, "fid_inception", ".1f"), f"{k['mean'] * 1e3:.1f} ± {k['std'] * 1e3:.1f}" if k else "—"]
+        if pr:
+            p = r.get("precision_recall_inception")
+            cells += [f"{p['precision']:.3f} / {p['recall']:.3f}" if p else "—"]
         cells += [_cell(r, "fd_classifier", ".2f"), _cell(r, "accuracy", ".3f")]
         if timed:
             cells += [_cell(r, "ms_per_image_batched", ".2f"), _cell(r, "ms_batch1", ".1f"),

@@ -1,6 +1,6 @@
 """Metrics every stage shares (core, so distill, convert and bench import one copy): image drift against a float
 reference (images in [0, 1]: PSNR, SSIM, max |Δ|, conditioning sensitivity), timing percentiles, and distribution
-distances between feature sets (Fréchet distance, KID)."""
+distances between feature sets (Fréchet distance, KID, improved precision and recall)."""
 
 from __future__ import annotations
 
@@ -141,3 +141,41 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int | Non
         values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
     arr = np.asarray(values)
     return {"mean": float(arr.mean()), "std": float(arr.std()), "subsets": subsets, "subset_size": m}
+
+
+def _kth_neighbour_radii(x: np.ndarray, k: int, block: int) -> np.ndarray:
+    """Distance from each row of x to its k-th nearest other row (itself excluded)."""
+    radii = np.empty(len(x))
+    for start in range(0, len(x), block):
+        d = _pairwise_distances(x[start:start + block], x)
+        radii[start:start + block] = np.partition(d, k, axis=1)[:, k]  # column 0 of the sorted row is the point itself
+    return radii
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.clip(squared, 0, None))
+
+
+def _share_inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, block: int) -> float:
+    """The share of `points` inside at least one ball (centre, radius)."""
+    inside = 0
+    for start in range(0, len(points), block):
+        inside += int((_pairwise_distances(points[start:start + block], centres) <= radii[None]).any(1).sum())
+    return inside / len(points)
+
+
+def precision_recall(samples: np.ndarray, real: np.ndarray, k: int = 3, block: int = 1024) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around
+    its points reaching their k-th nearest neighbour; precision is the share of samples inside the real manifold
+    (fidelity), recall the share of real points inside the samples' manifold (diversity). FID folds both into one
+    number; these two say which one a model lacks. Returns {"precision", "recall", "k"}.
+    """
+    a, b = np.asarray(samples, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"precision/recall need two (n, d) feature sets of the same d, got {a.shape} and {b.shape}")
+    if not 1 <= k < min(len(a), len(b)):
+        raise ValueError(f"precision/recall with k = {k} need more than k samples per side, got {len(a)} and {len(b)}")
+    precision = _share_inside(a, b, _kth_neighbour_radii(b, k, block), block)
+    recall = _share_inside(b, a, _kth_neighbour_radii(a, k, block), block)
+    return {"precision": precision, "recall": recall, "k": k}

@@ -16,7 +16,7 @@ import torch
 from cdx.benchmarks.quality import classifier_features, inception_input, load_classifier, nv_bilinear
 from cdx.benchmarks.reference_stats import REFERENCE_PATH, load_reference, write_reference
 from cdx.errors import InputError, UnsupportedError
-from cdx.metrics import frechet_distance
+from cdx.metrics import frechet_distance, precision_recall
 
 
 def test_frechet_distance_of_gaussians() -> None:
@@ -27,6 +27,47 @@ def test_frechet_distance_of_gaussians() -> None:
     assert frechet_distance(a, shifted) == pytest.approx(8 * 4.0, rel=1e-6)  # ‖Δμ‖², same covariance
     scaled = a * 2.0  # Σb = 4Σa → Tr(Σa + 4Σa - 2·2Σa) = Tr(Σa) ≈ 8
     assert frechet_distance(a, scaled) == pytest.approx(8.0, rel=0.05)
+
+
+def test_precision_recall_by_hand_in_one_dimension() -> None:
+    """k = 1: the real balls have radius 1, the samples' 0.1, 0.1 and 9.4 (the outlier's ball covers three reals)."""
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    samples = np.array([[0.5], [0.6], [10.0]])
+    got = precision_recall(samples, real, k=1)
+    assert got["precision"] == pytest.approx(2 / 3) and got["recall"] == pytest.approx(3 / 4) and got["k"] == 1
+    assert precision_recall(samples, real, k=1, block=1) == got  # blocking the distance matrix changes nothing
+    assert precision_recall(real, real, k=1) == {"precision": 1.0, "recall": 1.0, "k": 1}
+
+
+def test_precision_tells_off_manifold_samples_and_recall_tells_missing_diversity() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(600, 8))
+    collapsed = precision_recall(0.5 * rng.normal(size=(600, 8)), real)  # every sample typical, half the spread
+    dispersed = precision_recall(2.0 * rng.normal(size=(600, 8)), real)  # the spread, and many samples off it
+    matched = precision_recall(rng.normal(size=(600, 8)), real)
+    assert collapsed["precision"] > 0.95 and collapsed["recall"] < 0.3
+    assert dispersed["precision"] < 0.3 and dispersed["recall"] > 0.95
+    assert min(matched["precision"], matched["recall"]) > 0.6
+
+
+def test_precision_recall_refuses_sets_it_cannot_score() -> None:
+    with pytest.raises(ValueError, match="same d"):
+        precision_recall(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="k = 3 need more than k samples"):
+        precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+def test_evaluate_scores_precision_and_recall_in_inception_space_only() -> None:
+    from cdx.benchmarks.distill_eval import PR_NEIGHBOURS, RowFeatures, score
+    from cdx.benchmarks.reference_stats import ReferenceFeatures
+
+    rng = np.random.default_rng(1)
+    labels = np.arange(40) % 10
+    real = ReferenceFeatures("test", rng.normal(size=(40, 4)), labels, rng.normal(size=(40, 6)), {})
+    inception = 3.0 * rng.normal(size=(40, 6))
+    row = score(RowFeatures(real.classifier, labels, inception), labels, real, kid_subsets=2)
+    assert row["precision_recall_inception"] == precision_recall(inception, real.inception, k=PR_NEIGHBOURS)
+    assert "precision_recall_inception" not in score(RowFeatures(real.classifier, labels, None), labels, real)
 
 
 def test_nv_bilinear_samples_source_pixel_i_times_scale() -> None:
@@ -147,6 +188,23 @@ def test_quality_table_leads_with_inception_and_keeps_the_classifier_column() ->
     assert "| teacher DDIM 50 (full) | 81.6 | 36.7 ± 1.3 | 11.30 | 0.960 |" in table
     assert "| student 1-step | — | — | 15.00 | 0.870 |" in table
     assert "100 random subsets of 500" in table
+    assert "precision" not in table  # no row measured it: no column
+
+
+def test_quality_table_shows_precision_and_recall_beside_kid() -> None:
+    from cdx.benchmarks.distill_eval import render_quality_markdown
+
+    result = {"n": 1000, "guidance": 3.0, "feature_space": "x", "kid": {"subsets": 100, "subset_size": 500},
+              "rows": [{"name": "student 1-step", "fid_inception": 48.0, "kid_inception": {"mean": 0.0146, "std": 0.0009},
+                        "precision_recall_inception": {"precision": 0.639, "recall": 0.282, "k": 3},
+                        "fd_classifier": 6.81, "accuracy": 0.987},
+                       {"name": "teacher DDIM 50 (full)", "fid_inception": 44.9,
+                        "kid_inception": {"mean": 0.0102, "std": 0.0007}, "fd_classifier": 10.78, "accuracy": 0.98}]}
+    table = render_quality_markdown(result)
+    assert "| sampler | FID (Inception) | KID ×10³ (Inception) | precision / recall (Inception) | FD (classifier) |" in table
+    assert "| student 1-step | 48.0 | 14.6 ± 0.9 | 0.639 / 0.282 | 6.81 | 0.987 |" in table
+    assert "| teacher DDIM 50 (full) | 44.9 | 10.2 ± 0.7 | — | 10.78 | 0.980 |" in table
+    assert "Kynkäänniemi et al. 2019) with k = 3 neighbours" in table
 
 
 def test_unknown_rows_are_one_line() -> None:
