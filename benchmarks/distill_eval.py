@@ -137,7 +137,9 @@ def score(features: RowFeatures, labels: np.ndarray | None, reference: Reference
         out["fid_inception"] = frechet_distance(features.inception, reference.inception)
         out["kid_inception"] = kid(features.inception, reference.inception, subsets=kid_subsets,
                                    subset_size=kid_subset_size(len(reference)))
-        out["precision_recall_inception"] = precision_recall(features.inception, reference.inception, k=PR_NEIGHBOURS)
+        if len(reference) > PR_NEIGHBOURS:  # `--n 2`/`3` still scores FID and KID; the balls need k + 1 points
+            out["precision_recall_inception"] = precision_recall(features.inception, reference.inception,
+                                                                 k=PR_NEIGHBOURS)
     return out
 
 

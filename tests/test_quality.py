@@ -68,6 +68,9 @@ def test_evaluate_scores_precision_and_recall_in_inception_space_only() -> None:
     row = score(RowFeatures(real.classifier, labels, inception), labels, real, kid_subsets=2)
     assert row["precision_recall_inception"] == precision_recall(inception, real.inception, k=PR_NEIGHBOURS)
     assert "precision_recall_inception" not in score(RowFeatures(real.classifier, labels, None), labels, real)
+    few = real.first(PR_NEIGHBOURS)  # too few for a k-th neighbour: FID and KID only, no error
+    row = score(RowFeatures(few.classifier, labels[:PR_NEIGHBOURS], inception[:PR_NEIGHBOURS]), None, few, kid_subsets=2)
+    assert "fid_inception" in row and "precision_recall_inception" not in row
 
 
 def test_nv_bilinear_samples_source_pixel_i_times_scale() -> None:
