@@ -292,6 +292,9 @@ def distill(
                                                        "regression term); 0 = off.")] = 0.0,
     ode_regression_steps: Annotated[int, typer.Option(help="Teacher DDIM steps of that solution.")] = 4,
     ode_regression_batch: Annotated[int, typer.Option(help="Noises per update for the regression term.")] = 16,
+    ode_regression_space: Annotated[str, typer.Option(help="Where the regression is measured: latent | decoded (both "
+                                                      "through the frozen VAE decoder: an error costs what it "
+                                                      "changes in the image).")] = "latent",
     adversarial_weight: Annotated[float, typer.Option(help="CD: add this weight × −critic(f(z, T)) on those noises, a "
                                                     "class- or prompt-projection patch critic on clean latents trained "
                                                     "here with the hinge loss (real latents vs one-step outputs; DMD2, "
@@ -345,7 +348,8 @@ def distill(
                            seed=seed, caption_dropout=caption_dropout, resolution=resolution, lora_rank=lora_rank,
                            init_student=str(init_student) if init_student else None,
                            ode_regression_weight=ode_regression_weight, ode_regression_steps=ode_regression_steps,
-                           ode_regression_batch=ode_regression_batch, adversarial_weight=adversarial_weight,
+                           ode_regression_batch=ode_regression_batch, ode_regression_space=ode_regression_space,
+                           adversarial_weight=adversarial_weight,
                            adversarial_start=adversarial_start, critic_lr=critic_lr, critic_r1=critic_r1,
                            critic_input=critic_input, critic_depth=critic_depth, critic_steps=critic_steps,
                            dmd_weight=dmd_weight, dmd_start=dmd_start, fake_score_lr=fake_score_lr,

@@ -56,6 +56,7 @@ from cdx.distill.sources import DataSource, as_source, example_prompts
 from cdx.errors import CdxError, InputError
 
 CRITIC_INPUTS = ("latent", "decoded")  # what --critic-input's critic judges (DistillConfig.critic_input)
+REGRESSION_SPACES = ("latent", "decoded")  # where --ode-regression-space measures the regression
 
 
 @dataclass
@@ -97,6 +98,9 @@ class DistillConfig:
     ode_regression_weight: float = 0.0
     ode_regression_steps: int = 4
     ode_regression_batch: int = 16
+    # where that loss is measured: "latent" (the clean latents) | "decoded" (both through the frozen VAE decoder, in
+    # [0, 1]: an error costs what it changes in the image, so the directions the decoder amplifies weigh more)
+    ode_regression_space: str = "latent"
     # > 0: add weight × −critic(f(z, T)) on the same fresh noises, a class/text-projection patch critic on clean latents
     # trained alongside with the hinge loss, the batch's real latents against the one-step outputs (DMD2, LADD): a
     # term against the data itself, where the teacher-matching terms can at best tie the teacher
@@ -178,6 +182,11 @@ class DistillConfig:
             (self.adversarial_start >= 0, f"--adversarial-start {self.adversarial_start}: must be >= 0"),
             (self.critic_lr > 0, f"--critic-lr {self.critic_lr}: must be > 0"),
             (self.critic_r1 >= 0, f"--critic-r1 {self.critic_r1}: must be >= 0"),
+            (self.ode_regression_space in REGRESSION_SPACES,
+             f"--ode-regression-space {self.ode_regression_space!r}: must be one of {' | '.join(REGRESSION_SPACES)}"),
+            (not (self.ode_regression_space != "latent" and not self.ode_regression_weight),
+             f"--ode-regression-space {self.ode_regression_space} without --ode-regression-weight: there is no "
+             "regression term to measure"),
             (self.critic_input in CRITIC_INPUTS,
              f"--critic-input {self.critic_input!r}: must be one of {' | '.join(CRITIC_INPUTS)}"),
             (not (self.critic_input != "latent" and not self.adversarial_weight),
@@ -651,8 +660,11 @@ class ConsistencyDistiller:
     def critic_view(self, latents: torch.Tensor) -> torch.Tensor:
         """What the critic judges of `latents`: themselves, or (`--critic-input decoded`) their images in [0, 1]
         through the frozen VAE decoder, which passes the gradient back to the latents and takes none itself."""
-        if self.config.critic_input == "latent":
-            return latents
+        return latents if self.config.critic_input == "latent" else self.decoded(latents)
+
+    def decoded(self, latents: torch.Tensor) -> torch.Tensor:
+        """`latents` through the frozen VAE decoder, as images in [0, 1] (float32); the decoder passes the gradient back
+        to the latents and takes none itself."""
         vae = self.parts.vae
         weight = next(vae.parameters())
         images = decode_latents(vae, latents.to(weight.dtype), self.parts.latent_scaling_factor,
@@ -676,6 +688,10 @@ class ConsistencyDistiller:
         prediction = self.one_step(b) if prediction is None else prediction
         with self.accelerator.autocast():
             target = self.ode_regression_target(b).float()
+        if self.config.ode_regression_space == "decoded":
+            with torch.no_grad():
+                target = self.decoded(target)
+            prediction = self.decoded(prediction)
         return consistency_loss(prediction, target, self.config.loss, self.config.huber_c)
 
     def _guided_teacher(self, b: dict[str, Any], n: int):

@@ -69,6 +69,7 @@ _DISTILL_FLAGS = {
     "caption_dropout": "--caption-dropout", "resolution": "--resolution", "lora_rank": "--lora-rank",
     "method": "--method", "init_student": "--init-student", "ode_regression_weight": "--ode-regression-weight",
     "ode_regression_steps": "--ode-regression-steps", "ode_regression_batch": "--ode-regression-batch",
+    "ode_regression_space": "--ode-regression-space",
     "adversarial_weight": "--adversarial-weight", "adversarial_start": "--adversarial-start", "critic_lr": "--critic-lr",
     "critic_r1": "--critic-r1", "critic_input": "--critic-input", "critic_depth": "--critic-depth",
     "critic_steps": "--critic-steps", "dmd_weight": "--dmd-weight", "dmd_start": "--dmd-start",

@@ -228,3 +228,61 @@ def test_attaching_rollouts_through_the_python_api_refuses_a_regression_term(tmp
     with pytest.raises(InputError, match=r"^--rollout-cache with --ode-regression-weight: "):
         attach_rollouts(d, tmp_path / "cache")
     assert not (tmp_path / "cache").exists() and d.rollouts is None
+
+
+def test_decoded_regression_compares_the_decoders_images_of_output_and_ode_solution(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--ode-regression-space decoded`: the regression's two sides are the frozen decoder's images (in [0, 1], image
+    channels) of f(z, 999) and of the teacher's ODE solution; the student's gradient passes through the decoder, which
+    takes none; the latent-space run on the same batch moves the student differently."""
+    from cdx.distill import distiller as module
+    from cdx.distill.sampling import decode_latents
+
+    latent = _tiny_distiller(tmp_path / "latent", ode_regression_weight=0.5, ode_regression_steps=3,
+                             ode_regression_batch=3, lr=1e-3)
+    decoded = _tiny_distiller(tmp_path / "decoded", ode_regression_weight=0.5, ode_regression_steps=3,
+                              ode_regression_batch=3, lr=1e-3, ode_regression_space="decoded")
+    for d in (latent, decoded):
+        _perturb(d.accelerator.unwrap_model(d.student), 0.05, seed=2)
+    b = decoded.sample_batch()
+    vae, parts = decoded.parts.vae, decoded.parts
+    with torch.no_grad():
+        one_step = decoded._f(decoded.accelerator.unwrap_model(decoded.student), b["ode_noise"], torch.full((3,), 999),
+                              decoded._first(decoded.cond.batch_kwargs(b), 3), b["w_emb"][:3])
+        images = decode_latents(vae, one_step, parts.latent_scaling_factor, parts.latent_shift_factor)
+        target = decode_latents(vae, decoded.ode_regression_target(b), parts.latent_scaling_factor,
+                                parts.latent_shift_factor)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = module.consistency_loss
+
+    def recording(prediction: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        seen.append((prediction.detach().clone(), target.detach().clone()))
+        return real(prediction, target, *args, **kwargs)
+
+    monkeypatch.setattr(module, "consistency_loss", recording)
+    decoded.train_step(dict(b))
+    latent.train_step(dict(b))
+    (_, _), (reg_pred, reg_target), (_, _), (latent_pred, _) = seen
+    assert reg_pred.shape[1] == int(vae.config.out_channels) != parts.latent_channels
+    torch.testing.assert_close(reg_pred, images, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reg_target, target, atol=1e-5, rtol=1e-4)
+    assert latent_pred.shape[1] == parts.latent_channels
+    assert all(p.grad is None for p in vae.parameters())
+    moved = zip(latent.accelerator.unwrap_model(latent.student).parameters(),
+                decoded.accelerator.unwrap_model(decoded.student).parameters(), strict=True)
+    assert any(not torch.equal(a, c) for a, c in moved)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"ode_regression_space": "pixels", "ode_regression_weight": 1.0},
+     "--ode-regression-space 'pixels': must be one of latent | decoded"),
+    ({"ode_regression_space": "decoded"}, "--ode-regression-space decoded without --ode-regression-weight: "),
+])
+def test_bad_regression_spaces_are_refused_in_one_line(overrides: dict, message: str) -> None:
+    import re
+
+    from cdx.errors import InputError
+
+    with pytest.raises(InputError, match="^" + re.escape(message)) as err:
+        DistillConfig(**overrides).validate()
+    assert "\n" not in str(err.value)
