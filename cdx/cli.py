@@ -37,6 +37,10 @@ DecoderLr = Annotated[float, typer.Option(help="Peak learning rate (100 warm-up 
 AdversarialStart = Annotated[int, typer.Option(help="Step the GAN term starts at (the critic trains from step 0).")]
 CriticLr = Annotated[float, typer.Option(help="The critic's Adam learning rate.")]
 CriticR1 = Annotated[float, typer.Option(help="> 0: R1 penalty on the critic's gradient at real images.")]
+LatentNoise = Annotated[float, typer.Option(help="σ of Gaussian noise added to each training latent (in the diffusion "
+                                            "latent space, on top of the posterior's spread): the decoder learns to "
+                                            "draw the clean image from a latent a little off the encoder's, as a "
+                                            "one-step student's are (0.1 fits the embedded one); 0 = off.")]
 
 
 def _version(value: bool) -> None:
@@ -120,6 +124,7 @@ def teacher_finetune_decoder(
     adversarial_start: AdversarialStart = 0,
     critic_lr: CriticLr = 2e-4,
     critic_r1: CriticR1 = 0.0,
+    latent_noise: LatentNoise = 0.0,
 ) -> None:
     """Fine-tune the teacher VAE's decoder on real images with the encoder frozen (latent space unchanged, so the
     teacher's and the students' UNets stay valid): a better autoencoder ceiling for both without retraining them."""
@@ -132,7 +137,8 @@ def teacher_finetune_decoder(
         raise InputError(f"{len(students)} --student but {len(outs)} --student-out: give one output per student")
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_pipeline_decoder(teacher or default_teacher(), out, steps, data, limit, lr, batch, seed,
-                                       tuple(zip(students, outs, strict=True)), overwrite, adversarial=adversarial)
+                                       tuple(zip(students, outs, strict=True)), overwrite, adversarial=adversarial,
+                                       latent_noise=latent_noise)
     _say_decoder_record(out, record)
 
 
@@ -175,12 +181,15 @@ def student_finetune_decoder(
     batch: Annotated[int, typer.Option(help="Batch size (real images, and as many student samples).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the draws; the student's samples use seeds from 1,000,003 + seed "
                                       "(never `cdx evaluate`'s).")] = 0,
-    samples: Annotated[int, typer.Option(help="One-step student samples drawn once, before training.")] = 10000,
+    samples: Annotated[int, typer.Option(help="One-step student samples drawn once, before training, for the critic "
+                                         "(0: none; then --latent-noise is what fits the decoder to the "
+                                         "student).")] = 10000,
     adversarial_weight: Annotated[float, typer.Option(help="The GAN term's weight, relative to the reconstruction "
                                                       "loss (VQGAN balance).")] = 0.5,
     adversarial_start: AdversarialStart = 0,
     critic_lr: CriticLr = 2e-4,
     critic_r1: CriticR1 = 0.0,
+    latent_noise: LatentNoise = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Fit a student's decoder to its own one-step samples (encoder frozen, so its UNet stays valid): the
@@ -191,7 +200,7 @@ def student_finetune_decoder(
 
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_student_decoder(student or default_student(), out, steps, data, limit, lr, batch, seed,
-                                      adversarial, samples, overwrite)
+                                      adversarial, samples, overwrite, latent_noise=latent_noise)
     _say_decoder_record(out, record)
 
 

@@ -74,13 +74,18 @@ def adaptive_balance(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
 
 def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: float = 1e-3, batch: int = 64,
                      seed: int = 0, show: bool = True, adversarial: AdversarialDecoderTerm | None = None,
-                     samples: torch.Tensor | None = None) -> dict[str, Any]:
+                     samples: torch.Tensor | None = None, latent_noise: float = 0.0) -> dict[str, Any]:
     """Train `vae`'s decoder in place for `steps` on `images` ([-1, 1], the encoder's input) with L1 + MSE (plus the
     adversarial term when `adversarial.weight` > 0).
 
     `samples`: latents in the VAE's space with no image to match (a one-step student's outputs): each step also
     decodes a batch of them, and the critic judges those images too (the GAN term is all they get), so the decoder
     learns to turn the latents the student really produces into images like the data.
+
+    `latent_noise` σ (in the diffusion latent space, i.e. after the VAE's scaling factor): each training latent gets
+    N(0, σ²) on top of the posterior's own spread, so the decoder learns to draw the clean image from a latent a
+    little off the encoder's — what a one-step student hands it (a student's latents miss its teacher's by ≈ 0.1 RMS,
+    three times the posterior's spread, and iid noise of that size costs the teacher's samples 8.5 FID).
 
     Returns what the model card records (steps, images, seconds, final loss). The encoder's weights are untouched
     (checked by tests/test_decoder_finetune.py)."""
@@ -89,12 +94,16 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
     if len(images) < batch:
         raise InputError(f"{len(images)} training images: need at least one batch of {batch}")
     adversarial = adversarial or AdversarialDecoderTerm()
+    if latent_noise < 0:
+        raise InputError(f"--latent-noise {latent_noise}: must be >= 0")
     if samples is not None and adversarial.weight <= 0:
         raise InputError("decoding student samples needs --adversarial-weight > 0: the critic is their only loss")
     start = time.perf_counter()
     vae.requires_grad_(False)
     vae.eval()
     mean, std = posterior_moments(vae, images)
+    extra = latent_noise / float(vae.config.scaling_factor)  # σ in the VAE's own (unscaled) units
+    std = (std**2 + extra**2).sqrt() if extra > 0 else std
     params = decoder_parameters(vae)
     for param in params:
         param.requires_grad_(True)
@@ -133,6 +142,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, steps: int, lr: f
                 bar.update(step, **smooth)
     vae.requires_grad_(False)
     record = {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "images": len(images),
+              **({"latent_noise": latent_noise} if latent_noise > 0 else {}),
               "loss": round(smooth.get("loss", 0.0), 5), "seconds": round(time.perf_counter() - start, 1)}
     if critic is not None:
         record.update(adversarial.record(), critic_loss=round(smooth.get("critic", 0.0), 5))
@@ -173,7 +183,8 @@ def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str
 def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
                               limit: int | None = 20000, lr: float = 1e-3, batch: int = 64, seed: int = 0,
                               students: tuple[tuple[str | Path, str | Path], ...] = (), overwrite: bool = False,
-                              show: bool = True, adversarial: AdversarialDecoderTerm | None = None) -> dict[str, Any]:
+                              show: bool = True, adversarial: AdversarialDecoderTerm | None = None,
+                              latent_noise: float = 0.0) -> dict[str, Any]:
     """Fine-tune the decoder of the teacher folder's `vae/` on its training data; write the teacher (and any
     (student, student_out) pairs that share its VAE) with the new decoder. Returns the record kept in cdx.json."""
     from cdx.atomic import sha256_file
@@ -188,7 +199,8 @@ def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, 
             raise InputError(f"--student {student}: its vae/ is not the teacher's (sha256 differs); only a student that "
                              f"decodes with the teacher's VAE can take the fine-tuned decoder")
     vae, images = _vae_and_images(teacher, data, limit)
-    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial)
+    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial,
+                                   latent_noise=latent_noise)
     _copy_with_vae(teacher, Path(out), vae, record, overwrite)
     for student, student_out in students:
         _copy_with_vae(Path(student), Path(student_out), vae, record, overwrite)
@@ -214,11 +226,11 @@ def _vae_and_images(folder: Path, data: str | Path | None, limit: int | None) ->
 
 def _finetune_with_record(vae: AutoencoderKL, images: torch.Tensor, data: str | Path | None, steps: int, lr: float,
                           batch: int, seed: int, show: bool, adversarial: AdversarialDecoderTerm | None,
-                          samples: torch.Tensor | None = None) -> dict[str, Any]:
+                          samples: torch.Tensor | None = None, latent_noise: float = 0.0) -> dict[str, Any]:
     from cdx.machine import describe_machine
 
     before = reconstruction_rmse(vae, images[:1000])
-    record = finetune_decoder(vae, images, steps, lr, batch, seed, show, adversarial, samples)
+    record = finetune_decoder(vae, images, steps, lr, batch, seed, show, adversarial, samples, latent_noise)
     record.update({"data": str(data) if data else "Fashion-MNIST train (Debian dataset-fashion-mnist)",
                    "rmse_first_1000_before": round(before, 4),
                    "rmse_first_1000_after": round(reconstruction_rmse(vae, images[:1000]), 4),
@@ -256,21 +268,30 @@ def student_sample_latents(student: Path, count: int, seed: int = 0, batch: int 
 def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
                              limit: int | None = 20000, lr: float = 2e-4, batch: int = 64, seed: int = 0,
                              adversarial: AdversarialDecoderTerm | None = None, samples: int = 10000,
-                             overwrite: bool = False, show: bool = True) -> dict[str, Any]:
+                             overwrite: bool = False, show: bool = True, latent_noise: float = 0.0) -> dict[str, Any]:
     """Fine-tune a student folder's decoder for its own one-step samples (encoder frozen): the reconstruction loss on
     real images keeps what the decoder draws, and the critic judges both those reconstructions and the decodes of
-    `samples` one-step samples; write the student with the new decoder to `out`. Returns the cdx.json record."""
+    `samples` one-step samples (0: none); `latent_noise` trains it on latents as far off the encoder's as the
+    student's are. Write the student with the new decoder to `out`. Returns the cdx.json record (its
+    `student_samples` marks a student's own decoder fit, 0 included)."""
     student = Path(student)
     if not (student / "vae").is_dir() or not (student / "unet").is_dir():
         raise InputError(f"--student {student}: no vae/ and unet/ folders (expected a cdx student pipeline folder)")
-    if samples < batch:
-        raise InputError(f"--samples {samples}: need at least one batch of {batch}")
+    if samples and samples < batch:
+        raise InputError(f"--samples {samples}: need 0 or at least one batch of {batch}")
+    if samples < 0:
+        raise InputError(f"--samples {samples}: must be >= 0")
+    if not samples and not latent_noise:
+        raise InputError("--samples 0 without --latent-noise: nothing would fit the decoder to the student (pass "
+                         "student samples for the critic, or --latent-noise)")
     adversarial = adversarial or AdversarialDecoderTerm()
-    if adversarial.weight <= 0:
+    if samples and adversarial.weight <= 0:
         raise InputError("cdx student finetune-decoder needs --adversarial-weight > 0: the critic is what fits the "
                          "decoder to the student's samples")
     vae, images = _vae_and_images(student, data, limit)
-    latents = student_sample_latents(student, samples, seed, show=show)
-    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial, latents)
+    latents = student_sample_latents(student, samples, seed, show=show) if samples else None
+    record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial, latents,
+                                   latent_noise)
+    record["student_samples"] = samples
     _copy_with_vae(student, Path(out), vae, record, overwrite)
     return record

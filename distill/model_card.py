@@ -155,6 +155,7 @@ def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str 
     if record.get("adversarial_weight"):
         parts += _changed_flags(record, {"adversarial_weight": 0.0, "adversarial_start": 0, "critic_lr": 2e-4,
                                          "critic_r1": 0.0})
+    parts += _changed_flags(record, {"latent_noise": 0.0})
     if student_out:
         parts += [f"--student {student_in}", f"--student-out {student_out}"]
     return " ".join(parts)
@@ -165,7 +166,7 @@ def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -
     `out`."""
     parts = [f"cdx student finetune-decoder --student {student_in}", f"--out {out}", f"--steps {record['steps']}"]
     defaults = {"lr": 2e-4, "batch": 64, "seed": 0, "student_samples": 10000, "adversarial_weight": 0.5,
-                "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0}
+                "adversarial_start": 0, "critic_lr": 2e-4, "critic_r1": 0.0, "latent_noise": 0.0}
     return " ".join(parts + _changed_flags(record, defaults, {"student_samples": "samples"}) + _limit_flag(record))
 
 

@@ -180,3 +180,77 @@ def test_student_finetune_decoder_without_the_critic_is_one_line_and_writes_noth
                          "--out", tmp_path / "s", "--steps", "1")
     assert code != 0 and "missing" in line
     assert not (tmp_path / "s").exists()
+
+
+def _first_decoded_latents(vae: AutoencoderKL, images: torch.Tensor, **options) -> torch.Tensor:
+    """The latents the fine-tune's first step hands the decoder (one step, seed 0)."""
+    seen: list[torch.Tensor] = []
+    decode = vae.decode
+
+    def recording(latents: torch.Tensor, *args, **kwargs):
+        seen.append(latents.detach().clone())
+        return decode(latents, *args, **kwargs)
+
+    vae.decode = recording  # type: ignore[method-assign]
+    try:
+        finetune_decoder(vae, images, steps=1, lr=1e-6, batch=8, show=False, **options)
+    finally:
+        del vae.decode
+    return seen[0]
+
+
+def test_latent_noise_widens_the_training_latents_by_sigma_in_the_diffusion_space():
+    """Same draws, σ added in quadrature to the posterior's spread: each latent's offset from the posterior mean
+    grows by exactly sqrt(std² + (σ / scaling_factor)²) / std, and σ = 0 is the plain fine-tune."""
+    from cdx.distill.teacher import posterior_moments
+
+    images = _images(count=16, size=16)
+    vae = _small_vae()
+    vae.register_to_config(scaling_factor=0.5)
+    mean, std = posterior_moments(vae, images)
+    plain = _first_decoded_latents(_small_vae(), images)
+    noisy = _first_decoded_latents(vae, images, latent_noise=0.2)
+    assert torch.equal(_first_decoded_latents(_small_vae(), images, latent_noise=0.0), plain)
+    idx = torch.randint(0, len(images), (8,), generator=torch.Generator().manual_seed(0))
+    ratio = (noisy - mean[idx]) / (plain - mean[idx])
+    torch.testing.assert_close(ratio, (std[idx] ** 2 + 0.4**2).sqrt() / std[idx], atol=1e-3, rtol=1e-3)
+
+
+def test_negative_latent_noise_is_refused_in_one_line():
+    with pytest.raises(InputError, match=r"^--latent-noise -0\.1: must be >= 0$"):
+        finetune_decoder(_small_vae(), _images(count=16, size=16), steps=1, batch=8, show=False, latent_noise=-0.1)
+
+
+def test_student_decoder_fit_by_latent_noise_alone_records_it_and_its_card_command_repeats_it(tmp_path, monkeypatch):
+    """`--samples 0 --latent-noise σ`: no student samples are drawn, the record says so (`student_samples` 0, which
+    still marks the student's own decoder fit) and carries σ, and the model card's command line gives both back."""
+    import json
+
+    from cdx.defaults import default_student
+    from cdx.distill import decoder_finetune as module
+    from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_student_decoder
+    from cdx.distill.model_card import student_decoder_command
+
+    def no_samples(*args, **kwargs):
+        raise AssertionError("--samples 0 drew student samples")
+
+    monkeypatch.setattr(module, "student_sample_latents", no_samples)
+    finetune_student_decoder(default_student(), tmp_path / "s", steps=1, limit=64, batch=8, samples=0,
+                             adversarial=AdversarialDecoderTerm(weight=1.0), latent_noise=0.1, show=False)
+    record = json.loads((tmp_path / "s" / "cdx.json").read_text())["decoder_finetune"]
+    assert record["student_samples"] == 0 and record["latent_noise"] == 0.1
+    command = student_decoder_command(record, "in", "out")
+    assert "--samples 0" in command and "--latent-noise 0.1" in command and "--adversarial-weight 1.0" in command
+
+
+def test_student_decoder_fit_with_neither_samples_nor_latent_noise_is_one_line_and_writes_nothing(tmp_path, monkeypatch,
+                                                                                                   capsys):
+    from cli_run import run_cli
+
+    code, line = run_cli(monkeypatch, capsys, "student", "finetune-decoder", "--out", tmp_path / "s", "--steps", "1",
+                         "--samples", "0")
+    assert code != 0 and "--samples 0 without --latent-noise" in line
+    code, line = run_cli(monkeypatch, capsys, "student", "finetune-decoder", "--out", tmp_path / "s", "--steps", "1",
+                         "--samples", "-1", "--latent-noise", "0.1")
+    assert code != 0 and "--samples -1" in line
+    assert not (tmp_path / "s").exists()
