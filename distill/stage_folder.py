@@ -17,7 +17,8 @@ from cdx.distill.model_card import record_stage
 def copy_with_component(source: Path, out: Path, component: str, model: torch.nn.Module, stage: str,
                         record: dict[str, Any], overwrite: bool, info: dict[str, Any] | None = None) -> None:
     """`source` copied to `out` (atomically: nothing is left half-written) with `component/` replaced by `model`
-    (safetensors) and `record` kept under `stage` in cdx.json (`info`, or the copied cdx.json when None)."""
+    (safetensors) and `record` kept under `stage` in cdx.json (`info`, or the copied cdx.json when None). A student's
+    `sample_grid.png` is drawn again from the new folder: the copied one shows what the old component made."""
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(component))
         model.save_pretrained(staging / component, safe_serialization=True)
@@ -26,3 +27,17 @@ def copy_with_component(source: Path, out: Path, component: str, model: torch.nn
             info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
         record_stage(info, stage, record)
         info_path.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+        if (staging / GRID_FILE).is_file():
+            redraw_sample_grid(staging, info)
+
+
+GRID_FILE = "sample_grid.png"
+
+
+def redraw_sample_grid(folder: Path, info: dict[str, Any]) -> Path:
+    """The student folder's grid as `cdx distill` draws it: one-step samples, 4 per class, seed 0, at the middle of
+    its guidance range."""
+    from cdx.distill.sampling import sample_grid
+
+    low, high = info.get("guidance_range", (3.0, 3.0))
+    return sample_grid(folder, folder / GRID_FILE, steps=1, per_class=4, guidance=(low + high) / 2)

@@ -223,7 +223,8 @@ def test_negative_latent_noise_is_refused_in_one_line():
 
 def test_student_decoder_fit_by_latent_noise_alone_records_it_and_its_card_command_repeats_it(tmp_path, monkeypatch):
     """`--samples 0 --latent-noise σ`: no student samples are drawn, the record says so (`student_samples` 0, which
-    still marks the student's own decoder fit) and carries σ, and the model card's command line gives both back."""
+    still marks the student's own decoder fit) and carries σ, and the model card's command line gives both back; the
+    folder's sample grid is drawn again with the new decoder (the copied one showed the old decoder's images)."""
     import json
 
     from cdx.defaults import default_student
@@ -235,8 +236,13 @@ def test_student_decoder_fit_by_latent_noise_alone_records_it_and_its_card_comma
         raise AssertionError("--samples 0 drew student samples")
 
     monkeypatch.setattr(module, "student_sample_latents", no_samples)
-    finetune_student_decoder(default_student(), tmp_path / "s", steps=1, limit=64, batch=8, samples=0,
+    from cdx.distill.stage_folder import redraw_sample_grid
+
+    finetune_student_decoder(default_student(), tmp_path / "s", steps=1, limit=64, batch=8, samples=0, lr=5e-3,
                              adversarial=AdversarialDecoderTerm(weight=1.0), latent_noise=0.1, show=False)
+    grid = (tmp_path / "s" / "sample_grid.png").read_bytes()
+    assert grid != (Path(default_student()) / "sample_grid.png").read_bytes()
+    assert grid == redraw_sample_grid(tmp_path / "s", json.loads((tmp_path / "s" / "cdx.json").read_text())).read_bytes()
     record = json.loads((tmp_path / "s" / "cdx.json").read_text())["decoder_finetune"]
     assert record["student_samples"] == 0 and record["latent_noise"] == 0.1
     command = student_decoder_command(record, "in", "out")
