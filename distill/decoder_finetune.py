@@ -277,10 +277,10 @@ def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, d
     student = Path(student)
     if not (student / "vae").is_dir() or not (student / "unet").is_dir():
         raise InputError(f"--student {student}: no vae/ and unet/ folders (expected a cdx student pipeline folder)")
-    if samples and samples < batch:
-        raise InputError(f"--samples {samples}: need 0 or at least one batch of {batch}")
     if samples < 0:
         raise InputError(f"--samples {samples}: must be >= 0")
+    if samples and samples < batch:
+        raise InputError(f"--samples {samples}: need 0 or at least one batch of {batch}")
     if not samples and not latent_noise:
         raise InputError("--samples 0 without --latent-noise: nothing would fit the decoder to the student (pass "
                          "student samples for the critic, or --latent-noise)")

@@ -258,5 +258,5 @@ def test_student_decoder_fit_with_neither_samples_nor_latent_noise_is_one_line_a
     assert code != 0 and "--samples 0 without --latent-noise" in line
     code, line = run_cli(monkeypatch, capsys, "student", "finetune-decoder", "--out", tmp_path / "s", "--steps", "1",
                          "--samples", "-1", "--latent-noise", "0.1")
-    assert code != 0 and "--samples -1" in line
+    assert code != 0 and "--samples -1: must be >= 0" in line
     assert not (tmp_path / "s").exists()
