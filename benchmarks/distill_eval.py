@@ -388,16 +388,18 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     folders = (f"out/student_stage{i}" for i in itertools.count(1))
     lines, previous = [], ""
     for i, stage in enumerate(chain):
-        finetunes = decoder_finetune_stages(stage) if teacher_stages else []
+        # a student's own decoder fits (`student_samples` in the record) always; the teacher's shared ones when it has any
+        finetunes = [r for r in decoder_finetune_stages(stage) if teacher_stages or "student_samples" in r]
+        shared = [r for r in finetunes if "student_samples" not in r]
         deepens = recorded_stages(stage, "deepen")  # `cdx student deepen` after this stage (and its fine-tunes)
         last = i == len(chain) - 1
-        stage_out = ("out/student_base" if i == 0 and finetunes else
+        stage_out = ("out/student_base" if i == 0 and shared else
                      out if last and not finetunes and not deepens else next(folders))
         recipe = dict(stage.get("distill", {}))
         if i:
             recipe["init_student"] = previous
         command = distill_command(recipe, stage_out)
-        teacher = "out/teacher_base" if i == 0 and finetunes else None
+        teacher = "out/teacher_base" if i == 0 and shared else None
         if unets:
             teacher = _stage_teacher(stage, unets, teacher_folders, used, len(teacher_stages))
         if teacher:

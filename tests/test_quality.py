@@ -420,3 +420,18 @@ def test_noise_seed_sets_every_batch_seed_and_defaults_to_the_protocol() -> None
         labels = torch.tensor([2 * b, 2 * b + 1]) % 10
         assert torch.equal(held_out[2 * b : 2 * b + 2], teacher_sample(parts, cond, labels, steps=2, guidance=3.0,
                                                                      seed=5000 + b))
+
+
+def test_a_students_own_decoder_fit_is_listed_when_its_teacher_has_no_decoder_stages() -> None:
+    """`cdx student finetune-decoder` (its record has `student_samples`, 0 included) follows the distillation that
+    made the student even when the teacher's decoder was never fine-tuned; before, it was dropped from the card."""
+    from cdx.benchmarks.distill_eval import student_commands
+
+    own = {"steps": 1500, "images": 60000, "lr": 0.0001, "student_samples": 0, "adversarial_weight": 1.0,
+           "latent_noise": 0.1}
+    lines = student_commands({"distill": {"steps": 3000}, "decoder_finetune": own}, "S", {}, "T").split("\n")
+    assert lines == [
+        "cdx distill --out out/student_stage1 --steps 3000",
+        "cdx student finetune-decoder --student out/student_stage1 --out S --steps 1500 --lr 0.0001 --samples 0 "
+        "--adversarial-weight 1.0 --latent-noise 0.1 --limit 60000",
+    ]
