@@ -286,3 +286,19 @@ def test_bad_regression_spaces_are_refused_in_one_line(overrides: dict, message:
     with pytest.raises(InputError, match="^" + re.escape(message)) as err:
         DistillConfig(**overrides).validate()
     assert "\n" not in str(err.value)
+
+
+def test_decoded_regression_on_an_rgb_text_teacher_trains_and_resumes_bit_identically(tiny_sd: Path,
+                                                                                     tmp_path: Path) -> None:
+    """What users bring (an SD-shaped RGB text teacher at 64 px): the decoded regression runs through its RGB decoder,
+    and 4 steps straight equal 2 + resume + 2."""
+    import math
+
+    from distill_helpers import assert_same_weights, straight_and_resumed
+
+    options = {"steps": 4, "checkpoint_every": 2, "lr": 1e-3, "ode_regression_weight": 1.0,
+               "ode_regression_steps": 2, "ode_regression_space": "decoded"}
+    straight, resumed = straight_and_resumed(tmp_path, tiny_sd, options)
+    assert int(straight.parts.vae.config.out_channels) == 3
+    assert resumed.history == straight.history and all(math.isfinite(v) for v in straight.history)
+    assert_same_weights([(straight.target, resumed.target)])
