@@ -194,7 +194,8 @@ def student_finetune_decoder(
 ) -> None:
     """Fit a student's decoder to its own one-step samples (encoder frozen, so its UNet stays valid): the
     reconstruction loss on real images keeps what the decoder draws, a patch critic judges the decodes of the
-    student's samples against real images."""
+    student's samples against real images. The new decoder decodes one-step samples (`vae/`); the one it replaces
+    stays as `multistep_vae/` and decodes 2+ steps."""
     from cdx.defaults import default_student
     from cdx.distill.decoder_finetune import AdversarialDecoderTerm, finetune_student_decoder
 

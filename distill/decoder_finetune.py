@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from cdx.distill.loading import MULTISTEP_VAE
 from cdx.distill.progress import TrainingProgress
 from cdx.distill.teacher import posterior_moments
 from cdx.errors import InputError
@@ -173,11 +174,13 @@ def reconstruction_rmse(vae: AutoencoderKL, images: torch.Tensor, batch: int = 5
     return math.sqrt(total / count)
 
 
-def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str, Any], overwrite: bool) -> None:
+def _copy_with_vae(source: Path, out: Path, vae: AutoencoderKL, record: dict[str, Any], overwrite: bool,
+                   keep_replaced_as: str | None = None) -> None:
     """`source` copied to `out` (atomically) with `vae/` replaced and the fine-tune recorded in cdx.json."""
     from cdx.distill.stage_folder import copy_with_component
 
-    copy_with_component(source, out, "vae", vae, "decoder_finetune", record, overwrite)
+    copy_with_component(source, out, "vae", vae, "decoder_finetune", record, overwrite,
+                        keep_replaced_as=keep_replaced_as)
 
 
 def finetune_pipeline_decoder(teacher: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
@@ -272,7 +275,8 @@ def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, d
     """Fine-tune a student folder's decoder for its own one-step samples (encoder frozen): the reconstruction loss on
     real images keeps what the decoder draws, and the critic judges both those reconstructions and the decodes of
     `samples` one-step samples (0: none); `latent_noise` trains it on latents as far off the encoder's as the
-    student's are. Write the student with the new decoder to `out`. Returns the cdx.json record (its
+    student's are. Write the student with the new decoder to `out` as its one-step decoder (`vae/`); the decoder it
+    had stays as `multistep_vae/` for 2+ steps (unless it has one). Returns the cdx.json record (its
     `student_samples` marks a student's own decoder fit, 0 included)."""
     student = Path(student)
     if not (student / "vae").is_dir() or not (student / "unet").is_dir():
@@ -293,5 +297,6 @@ def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, d
     record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial, latents,
                                    latent_noise)
     record["student_samples"] = samples
-    _copy_with_vae(student, Path(out), vae, record, overwrite)
+    # The new decoder is for one-step samples; 2+ steps keep decoding with the decoder the student had.
+    _copy_with_vae(student, Path(out), vae, record, overwrite, keep_replaced_as=MULTISTEP_VAE)
     return record

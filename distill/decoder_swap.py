@@ -119,7 +119,8 @@ def check_decoder_fits(decoder: torch.nn.Module, parts: LatentPipelineParts, whe
 
 
 def with_decoder(parts: LatentPipelineParts, folder: str | Path) -> tuple[LatentPipelineParts, dict[str, Any]]:
-    """`parts` with the tiny decoder at `folder` as its VAE, and the manifest's record of it (class, path, sha256)."""
+    """`parts` with the tiny decoder at `folder` as its VAE for every step count, and the manifest's record of it
+    (class, path, sha256)."""
     decoder = load_tiny_decoder(folder)
     check_decoder_fits(decoder, parts, f"--decoder {folder}")
     source = decoder_source_record(folder, parts.vae)
@@ -134,7 +135,8 @@ def with_decoder(parts: LatentPipelineParts, folder: str | Path) -> tuple[Latent
                      "num_parameters": sum(p.numel() for p in parts.vae.decoder.parameters())},
         **source,
     }
-    return dataclasses.replace(parts, vae=decoder.eval()), record
+    # The chosen decoder draws every sampler's images (a student's multi-step decoder included).
+    return dataclasses.replace(parts, vae=decoder.eval(), multistep_vae=None), record
 
 
 def image_drift(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:

@@ -128,7 +128,7 @@ class OneStepGenerator(nn.Module):
     def __init__(self, parts: LatentPipelineParts, schedule: dict[str, Any]):
         super().__init__()
         self.unet = parts.unet
-        self.vae = parts.vae
+        self.vae = parts.decoder_for(len(schedule["steps"]))
         self.conditioning = parts.conditioning
         self.guidance_dim = parts.guidance_embedding_dim
         self.prediction_type = schedule["prediction_type"]

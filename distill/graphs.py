@@ -91,9 +91,9 @@ class DecoderGraph(nn.Module):
         self._output_specs = [image_spec(vae, self.latent_shape)]
 
     @classmethod
-    def of(cls, parts: LatentPipelineParts, latent_shape: tuple[int, ...]) -> DecoderGraph:
-        """The decoder of a loaded pipeline (a teacher's, for the bench)."""
-        return cls(parts.vae, parts.latent_scaling_factor, parts.latent_shift_factor, latent_shape)
+    def of(cls, parts: LatentPipelineParts, latent_shape: tuple[int, ...], steps: int = 1) -> DecoderGraph:
+        """The decoder a loaded pipeline's `steps`-step samples take (a teacher's, for the bench)."""
+        return cls(parts.decoder_for(steps), parts.latent_scaling_factor, parts.latent_shift_factor, latent_shape)
 
     def contains(self) -> list[str]:
         return ["vae_decoder"]
@@ -227,7 +227,7 @@ def graph_for_role(parts: LatentPipelineParts, schedule: dict[str, Any], role: s
         return TextEncoderGraph(parts).eval()
     latent_shape = tuple(schedule["latent_shape"])
     if role == "vae_decoder":
-        return DecoderGraph.of(parts, latent_shape).eval()
+        return DecoderGraph.of(parts, latent_shape, len(schedule["steps"])).eval()
     if role == "teacher_step":
         return TeacherStepGraph(parts, latent_shape, parts.default_guidance).eval()
     generator = OneStepGenerator(parts, schedule).eval()

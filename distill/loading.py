@@ -17,6 +17,7 @@ Conditioning = Literal["none", "class_label", "text_embedding"]
 
 _UNET_CLASSES = {cls.__name__: cls for cls in (UNet2DConditionModel, UNet2DModel)}
 _VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderTiny)}
+MULTISTEP_VAE = "multistep_vae"  # a student's decoder for 2+ steps, beside a `vae/` fit to its one-step latents
 
 
 @dataclass
@@ -35,6 +36,13 @@ class LatentPipelineParts:
     weights_sha256: str = ""
     guidance_range: tuple[float, float] | None = None  # w range a cdx student was distilled on
     parameterization: str = "lcm"  # boundary condition a cdx student was distilled with (its cdx.json); lcm otherwise
+    multistep_vae: torch.nn.Module | None = None  # the decoder for 2+ steps when `vae` was fit to one-step latents
+
+    def decoder_for(self, steps: int) -> torch.nn.Module:
+        """The VAE that decodes a `steps`-step sample: `vae`, or `multistep_vae` (when the folder has one) for 2+
+        steps. A decoder fit to one-step latents (`cdx student finetune-decoder`) learned to undo their miss and
+        smooths the sharper latents more steps make."""
+        return self.multistep_vae if steps > 1 and self.multistep_vae is not None else self.vae
 
     @property
     def default_guidance(self) -> float:
@@ -177,6 +185,10 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
 
     unet = _from_pretrained(unet_cls, folder / "unet", torch_dtype=dtype)
     vae = _from_pretrained(vae_cls, folder / "vae", torch_dtype=dtype)
+    multistep_vae = None
+    if (folder / MULTISTEP_VAE).is_dir():
+        multistep_cls = _component_class(folder, MULTISTEP_VAE, _VAE_CLASSES)
+        multistep_vae = _from_pretrained(multistep_cls, folder / MULTISTEP_VAE, torch_dtype=dtype)
 
     text_encoder = tokenizer = None
     num_classes = getattr(unet.config, "num_class_embeds", None)
@@ -210,6 +222,7 @@ def load_latent_pipeline(model: str | os.PathLike[str], dtype: torch.dtype = tor
         weights_sha256=weights_digest(folder),
         guidance_range=_guidance_range(folder),
         parameterization=str(read_cdx_info(folder).get("parameterization", "lcm")),
+        multistep_vae=multistep_vae,
     )
 
 

@@ -68,10 +68,12 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, scaling_factor: 
     return (image / 2 + 0.5).clamp(0.0, 1.0)
 
 
-def _decode(parts: LatentPipelineParts, latents: torch.Tensor) -> torch.Tensor:
-    weight = next(parts.vae.parameters())
+def _decode(parts: LatentPipelineParts, latents: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    """Images in [0, 1] of a `steps`-step sample's latents, with the decoder for that many steps."""
+    vae = parts.decoder_for(steps)
+    weight = next(vae.parameters())
     latents = latents.to(weight.device, weight.dtype)
-    return decode_latents(parts.vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor).float().cpu()
+    return decode_latents(vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor).float().cpu()
 
 
 def _noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -91,7 +93,7 @@ def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, 
     re-noising draws come from a torch generator seeded with `seed`.
     """
     return _decode(parts, consistency_latents(unet, parts, cond, labels, steps, guidance, parameterization, seed,
-                                              embedding_dim, noise))
+                                              embedding_dim, noise), steps)
 
 
 @torch.no_grad()

@@ -15,12 +15,18 @@ from cdx.distill.model_card import record_stage
 
 
 def copy_with_component(source: Path, out: Path, component: str, model: torch.nn.Module, stage: str,
-                        record: dict[str, Any], overwrite: bool, info: dict[str, Any] | None = None) -> None:
+                        record: dict[str, Any], overwrite: bool, info: dict[str, Any] | None = None,
+                        keep_replaced_as: str | None = None) -> None:
     """`source` copied to `out` (atomically: nothing is left half-written) with `component/` replaced by `model`
     (safetensors) and `record` kept under `stage` in cdx.json (`info`, or the copied cdx.json when None). A student's
-    `sample_grid.png` is drawn again from the new folder: the copied one shows what the old component made."""
+    `sample_grid.png` is drawn again from the new folder: the copied one shows what the old component made.
+    `keep_replaced_as`: the source's old `component/` stays in the copy under that name (and in model_index.json),
+    unless the source already has one."""
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(component))
+        if keep_replaced_as and not (staging / keep_replaced_as).exists():
+            shutil.copytree(source / component, staging / keep_replaced_as)
+            register_component(staging, keep_replaced_as, component)
         model.save_pretrained(staging / component, safe_serialization=True)
         info_path = staging / "cdx.json"
         if info is None:
@@ -32,6 +38,18 @@ def copy_with_component(source: Path, out: Path, component: str, model: torch.nn
 
 
 GRID_FILE = "sample_grid.png"
+
+
+def register_component(folder: Path, name: str, like: str) -> None:
+    """List `name/` in the folder's model_index.json with the library and class of its `like/` entry, so
+    `DiffusionPipeline.from_pretrained` loads it."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return
+    index = json.loads(index_path.read_text("utf-8"))
+    if like in index:
+        index[name] = index[like]
+        index_path.write_text(json.dumps(index, indent=2) + "\n", "utf-8")
 
 
 def redraw_sample_grid(folder: Path, info: dict[str, Any]) -> Path:

@@ -8,7 +8,8 @@ cdx copies this file into every pipeline folder it saves and names it in `model_
 
 It depends only on torch and diffusers. A UNet with `time_cond_proj_dim` is a guidance-distilled student
 (w enters through LCM's embedding, one UNet call per step); otherwise classifier-free guidance runs with the
-null class `num_class_embeds - 1`.
+null class `num_class_embeds - 1`. A student whose `vae` was fit to its one-step latents may carry the optional
+`multistep_vae`, which decodes its samples of 2 or more steps.
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int) -> torch.Tenso
 
 
 class CdxLatentPipeline(DiffusionPipeline):
-    """unet + vae + scheduler; class-conditional sampling with CFG (teacher) or embedded w (student)."""
+    """unet + vae + scheduler (+ multistep_vae); class-conditional sampling with CFG (teacher) or embedded w
+    (student)."""
 
-    model_cpu_offload_seq = "unet->vae"
+    model_cpu_offload_seq = "unet->vae->multistep_vae"
+    _optional_components = ["multistep_vae"]  # noqa: RUF012 (diffusers reads this class attribute)
 
-    def __init__(self, unet, vae, scheduler):
+    def __init__(self, unet, vae, scheduler, multistep_vae=None):
         super().__init__()
-        self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, multistep_vae=multistep_vae)
+
+    def decoder_for(self, num_inference_steps: int):
+        """`multistep_vae` for 2+ steps when the folder has one, else `vae`."""
+        multistep = getattr(self, "multistep_vae", None)
+        return multistep if num_inference_steps > 1 and multistep is not None else self.vae
 
     @property
     def null_class(self) -> int:
@@ -70,8 +78,9 @@ class CdxLatentPipeline(DiffusionPipeline):
                 cond, uncond = self.unet(both, t, encoder_hidden_states=None, class_labels=both_labels).sample.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        image = self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample
+        vae = self.decoder_for(num_inference_steps)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        image = vae.decode(latents / vae.config.scaling_factor + shift).sample
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             result = image
