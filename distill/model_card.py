@@ -8,7 +8,7 @@ from typing import Any
 
 from cdx.atomic import atomic_write_text
 from cdx.defaults import portable_path
-from cdx.distill.loading import read_cdx_info
+from cdx.distill.loading import MULTISTEP_VAE, read_cdx_info
 
 
 def _params(folder: Path, sub: str) -> int:
@@ -37,6 +37,8 @@ def write_model_card(folder: Path, title: str, command: str, quality_md: str = "
         f"# {title}", "",
         f"- kind: {info.get('kind', '?')}; classes: {', '.join(info.get('class_names', []))}",
         f"- UNet parameters: {_params(folder, 'unet'):,}; VAE parameters: {_params(folder, 'vae'):,}",
+        *([f"- decoders: `vae/` decodes one-step samples, `{MULTISTEP_VAE}/` 2 or more steps (the pipeline picks by "
+            "`num_inference_steps`)"] if (folder / MULTISTEP_VAE).is_dir() else []),
         f"- folder size: {size_mb:.1f} MB",
         f"- training time: {total:.0f} s on the machine below" if total is not None else "- training time: n/a",
         f"- machine: {info.get('machine', 'not recorded')}",

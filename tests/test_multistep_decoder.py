@@ -111,3 +111,14 @@ def test_student_decoder_fit_keeps_the_decoder_it_replaces_for_multistep_samplin
     # A second fit replaces the one-step decoder again and keeps the original multi-step one (not the first fit).
     finetune_student_decoder(out, tmp_path / "refit", **fit)
     assert sha256_file(tmp_path / "refit" / MULTISTEP_VAE / weights) == sha256_file(source / "vae" / weights)
+
+
+def test_the_model_card_says_which_decoder_draws_which_step_count(tmp_path):
+    from cdx.distill.model_card import write_model_card
+
+    one = _student_without_multistep(tmp_path)
+    assert "multistep_vae" not in write_model_card(one, "one decoder", "cdx ...").read_text()
+    two = tmp_path / "two_decoders"
+    shutil.copytree(default_student(), two)
+    card = write_model_card(two, "two decoders", "cdx ...").read_text()
+    assert "- decoders: `vae/` decodes one-step samples, `multistep_vae/` 2 or more steps" in card
