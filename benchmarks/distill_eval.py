@@ -372,6 +372,7 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         decoder_finetune_stages,
         deepen_command,
         distill_command,
+        is_student_decoder_fit,
         recorded_stages,
         student_decoder_command,
         unet_continue_stages,
@@ -388,9 +389,9 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
     folders = (f"out/student_stage{i}" for i in itertools.count(1))
     lines, previous = [], ""
     for i, stage in enumerate(chain):
-        # a student's own decoder fits (`student_samples` in the record) always; the teacher's shared ones when it has any
-        finetunes = [r for r in decoder_finetune_stages(stage) if teacher_stages or "student_samples" in r]
-        shared = [r for r in finetunes if "student_samples" not in r]
+        # a student's own decoder fits always; the teacher's shared ones when it has any
+        finetunes = [r for r in decoder_finetune_stages(stage) if teacher_stages or is_student_decoder_fit(r)]
+        shared = [r for r in finetunes if not is_student_decoder_fit(r)]
         deepens = recorded_stages(stage, "deepen")  # `cdx student deepen` after this stage (and its fine-tunes)
         last = i == len(chain) - 1
         stage_out = ("out/student_base" if i == 0 and shared else
@@ -408,7 +409,7 @@ def student_commands(info: dict[str, Any], out: str, teacher_info: dict[str, Any
         previous = stage_out
         for j, record in enumerate(finetunes):
             target = out if last and j == len(finetunes) - 1 and not deepens else next(folders)
-            if "student_samples" in record:  # the student's own decoder fit (`cdx student finetune-decoder`)
+            if is_student_decoder_fit(record):
                 lines.append(student_decoder_command(record, previous, target))
             else:  # a teacher decoder fine-tune the student took along (`--student`)
                 lines.append(decoder_finetune_command(teacher_stages[used], teacher_folders[used + 1], target,

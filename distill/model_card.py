@@ -163,6 +163,12 @@ def decoder_finetune_command(record: dict[str, Any], out: str, student_out: str 
     return " ".join(parts)
 
 
+def is_student_decoder_fit(record: dict[str, Any]) -> bool:
+    """A `decoder_finetune` record of `cdx student finetune-decoder` (it keeps `student_samples`, 0 included), not
+    of a teacher's fine-tune the student took along (`cdx teacher finetune-decoder --student`)."""
+    return "student_samples" in record
+
+
 def student_decoder_command(record: dict[str, Any], student_in: str, out: str) -> str:
     """The `cdx student finetune-decoder` line (a saved record with `student_samples`) that turned `student_in` into
     `out`."""
