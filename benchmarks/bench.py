@@ -144,17 +144,10 @@ def find_teacher(manifest: dict[str, Any], requested: str | None) -> str | None:
     """The teacher to time: the one asked for, else the one the student's cdx.json names (when it is on disk)."""
     if requested is not None:
         return requested or None
-    from cdx.defaults import ASSETS
-    from cdx.distill.loading import read_cdx_info
+    from cdx.distill.loading import recorded_teacher
 
-    named = read_cdx_info(Path(manifest["source"]["path"])).get("teacher") if Path(manifest["source"]["path"]).is_dir() \
-        else None
-    if not named:
-        return None
-    for candidate in (Path(named), ASSETS / Path(named).name):
-        if (candidate / "model_index.json").is_file():
-            return str(candidate)
-    return None
+    found = recorded_teacher(manifest["source"]["path"])
+    return str(found) if found else None
 
 
 def _teacher_rows(teacher: str, first: dict[str, Any], samples: list[dict[str, np.ndarray]], runtimes: list[str],

@@ -189,7 +189,15 @@ def student_finetune_decoder(
     adversarial_start: AdversarialStart = 0,
     critic_lr: CriticLr = 2e-4,
     critic_r1: CriticR1 = 0.0,
-    latent_noise: LatentNoise = 0.0,
+    latent_noise: Annotated[str, typer.Option(help="σ of Gaussian noise added to each training latent (diffusion "
+                                              "latent space, on top of the posterior's spread), so the decoder "
+                                              "draws the clean image from a latent as far off as the student's one "
+                                              "step; `auto`: σ = the measured RMS miss of its one-step latents from "
+                                              "its teacher's DDIM-50 latents (same noise); 0 = off.")] = "0",
+    teacher: Annotated[str, typer.Option(help="With --latent-noise auto: the teacher to measure against (default: "
+                                         "the one the student's cdx.json names).")] = "",
+    miss_samples: Annotated[int, typer.Option(help="With --latent-noise auto: samples the miss is measured "
+                                              "on.")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Fit a student's decoder to its own one-step samples (encoder frozen, so its UNet stays valid): the
@@ -201,8 +209,22 @@ def student_finetune_decoder(
 
     adversarial = AdversarialDecoderTerm(adversarial_weight, adversarial_start, critic_lr, critic_r1)
     record = finetune_student_decoder(student or default_student(), out, steps, data, limit, lr, batch, seed,
-                                      adversarial, samples, overwrite, latent_noise=latent_noise)
+                                      adversarial, samples, overwrite, latent_noise=_latent_noise(latent_noise),
+                                      teacher=teacher or None, miss_samples=miss_samples)
+    if measured := record.get("latent_noise_measured"):
+        print(f"--latent-noise auto: σ = {measured['rms']} (one-step miss over {measured['samples']} samples, "
+              f"teacher DDIM {measured['teacher_steps']})")
     _say_decoder_record(out, record)
+
+
+def _latent_noise(value: str) -> float | str:
+    """`auto`, or a σ >= 0; anything else is one line."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise CdxError(f"--latent-noise {value!r}: give a σ >= 0 (e.g. 0.1) or `auto`") from None
 
 
 @student_app.command("deepen")

@@ -271,13 +271,16 @@ def student_sample_latents(student: Path, count: int, seed: int = 0, batch: int 
 def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, data: str | Path | None = None,
                              limit: int | None = 20000, lr: float = 2e-4, batch: int = 64, seed: int = 0,
                              adversarial: AdversarialDecoderTerm | None = None, samples: int = 10000,
-                             overwrite: bool = False, show: bool = True, latent_noise: float = 0.0) -> dict[str, Any]:
+                             overwrite: bool = False, show: bool = True, latent_noise: float | str = 0.0,
+                             teacher: str | Path | None = None, miss_samples: int = 256) -> dict[str, Any]:
     """Fine-tune a student folder's decoder for its own one-step samples (encoder frozen): the reconstruction loss on
     real images keeps what the decoder draws, and the critic judges both those reconstructions and the decodes of
     `samples` one-step samples (0: none); `latent_noise` trains it on latents as far off the encoder's as the
-    student's are. Write the student with the new decoder to `out` as its one-step decoder (`vae/`); the decoder it
-    had stays as `multistep_vae/` for 2+ steps (unless it has one). Returns the cdx.json record (its
-    `student_samples` marks a student's own decoder fit, 0 included)."""
+    student's are ("auto": σ = the measured RMS miss of its one-step latents from `teacher`'s ODE endpoints over
+    `miss_samples` samples, see `one_step_miss`; the record keeps the measurement). Write the student with the new
+    decoder to `out` as its one-step decoder (`vae/`); the decoder it had stays as `multistep_vae/` for 2+ steps
+    (unless it has one). Returns the cdx.json record (its `student_samples` marks a student's own decoder fit, 0
+    included)."""
     student = Path(student)
     if not (student / "vae").is_dir() or not (student / "unet").is_dir():
         raise InputError(f"--student {student}: no vae/ and unet/ folders (expected a cdx student pipeline folder)")
@@ -292,11 +295,19 @@ def finetune_student_decoder(student: str | Path, out: str | Path, steps: int, d
     if samples and adversarial.weight <= 0:
         raise InputError("cdx student finetune-decoder needs --adversarial-weight > 0: the critic is what fits the "
                          "decoder to the student's samples")
+    measured = None
+    if latent_noise == "auto":
+        from cdx.distill.one_step_miss import measure_one_step_miss
+
+        measured = measure_one_step_miss(student, teacher, miss_samples, seed=seed, show=show)
+        latent_noise = measured["rms"]
     vae, images = _vae_and_images(student, data, limit)
     latents = student_sample_latents(student, samples, seed, show=show) if samples else None
     record = _finetune_with_record(vae, images, data, steps, lr, batch, seed, show, adversarial, latents,
-                                   latent_noise)
+                                   float(latent_noise))
     record["student_samples"] = samples
+    if measured:
+        record["latent_noise_measured"] = measured
     # The new decoder is for one-step samples; 2+ steps keep decoding with the decoder the student had.
     _copy_with_vae(student, Path(out), vae, record, overwrite, keep_replaced_as=MULTISTEP_VAE)
     return record

@@ -133,6 +133,20 @@ def read_cdx_info(folder: Path) -> dict[str, Any]:
     return _read_json(path) if path.is_file() else {}
 
 
+def recorded_teacher(folder: str | os.PathLike[str]) -> Path | None:
+    """The teacher a cdx student's cdx.json names, when it is on disk (as recorded, or as an embedded asset of that
+    name: cards record `cdx/assets/<name>`, the checkout's layout); None otherwise."""
+    from cdx.defaults import ASSETS
+
+    named = read_cdx_info(Path(folder)).get("teacher") if Path(folder).is_dir() else None
+    if not named:
+        return None
+    for candidate in (Path(named), ASSETS / Path(named).name):
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    return None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text("utf-8"))

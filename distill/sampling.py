@@ -76,7 +76,9 @@ def _decode(parts: LatentPipelineParts, latents: torch.Tensor, steps: int = 1) -
     return decode_latents(vae, latents, parts.latent_scaling_factor, parts.latent_shift_factor).float().cpu()
 
 
-def _noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+def initial_noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    """A batch's initial latents from a generator seeded with `seed`, and that generator (it then draws the
+    multi-step sampler's re-noising)."""
     size = int(parts.unet.config.sample_size)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((batch, parts.latent_channels, size, size), generator=gen), gen
@@ -101,7 +103,7 @@ def consistency_latents(unet: torch.nn.Module, parts: LatentPipelineParts, cond,
                         guidance: float = 3.0, parameterization: str = "lcm", seed: int = 0,
                         embedding_dim: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """`consistency_sample`'s clean latents (the diffusion latent space, before the VAE's scaling is undone)."""
-    drawn, gen = _noise(parts, len(labels), seed)
+    drawn, gen = initial_noise(parts, len(labels), seed)
     latents = drawn if noise is None else noise
     schedule = [s.as_dict() for s in step_constants(parts.scheduler_config, steps, parameterization)]  # type: ignore[arg-type]
     step_noise = [torch.randn(latents.shape, generator=gen) for _ in schedule[1:]]
@@ -128,7 +130,14 @@ def teacher_sample(parts: LatentPipelineParts, cond, labels: torch.Tensor, steps
 
     `noise` gives the initial latents; otherwise they come from a torch generator seeded with `seed`.
     """
-    latents = _noise(parts, len(labels), seed)[0] if noise is None else noise
+    return _decode(parts, teacher_latents(parts, cond, labels, steps, guidance, seed, noise))
+
+
+@torch.no_grad()
+def teacher_latents(parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 50, guidance: float = 3.0,
+                    seed: int = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """`teacher_sample`'s clean latents (the diffusion latent space, before the VAE's scaling is undone)."""
+    latents = initial_noise(parts, len(labels), seed)[0] if noise is None else noise
     c = cond.kwargs(labels)
     u = cond.kwargs(labels, null=True) if cond.guided else None
     prediction_type = str(parts.scheduler_config.get("prediction_type", "epsilon"))
@@ -137,7 +146,7 @@ def teacher_sample(parts: LatentPipelineParts, cond, labels: torch.Tensor, steps
         t = torch.full((len(labels),), step["timestep"], dtype=torch.int64)
         return guided_output(parts.unet, x, t, c, u, guidance)
 
-    return _decode(parts, ddim_loop(predict, latents, ddim_schedule(parts.scheduler_config, steps), prediction_type))
+    return ddim_loop(predict, latents, ddim_schedule(parts.scheduler_config, steps), prediction_type)
 
 
 def check_sample_args(parts: LatentPipelineParts, student: bool, steps: int, per_class: int) -> None:
