@@ -36,6 +36,7 @@ class SamplerSpec:
     name: str
     model: str  # "teacher" | "student"
     steps: int
+    renoise_with: str = "fresh"  # a student's multi-step re-noising (`loops.consistency_loop`)
 
 
 DEFAULT_NOISE_SEED = 1000  # batch b of every row draws its noise from this + b: the protocol's sample set
@@ -43,8 +44,8 @@ MAX_NOISE_SEED = 2**62  # torch generators take seeds below 2^63; batches add b 
 
 
 def spec_key(spec: SamplerSpec) -> str:
-    """Short name for --rows: teacher50, teacher4, student1, …"""
-    return f"{spec.model}{spec.steps}"
+    """Short name for --rows: teacher50, teacher4, student1, student2-ddim, …"""
+    return f"{spec.model}{spec.steps}" + ("" if spec.renoise_with == "fresh" else f"-{spec.renoise_with}")
 
 
 DEFAULT_SPECS = (
@@ -57,15 +58,21 @@ DEFAULT_SPECS = (
     SamplerSpec("student 2-step", "student", 2),
     SamplerSpec("student 1-step", "student", 1),
 )
+# Rows only --rows asks for: the student's multi-step sampler with the deterministic DDIM hop between steps.
+EXTRA_SPECS = (
+    SamplerSpec("student 4-step, DDIM re-noising", "student", 4, "ddim"),
+    SamplerSpec("student 2-step, DDIM re-noising", "student", 2, "ddim"),
+)
 
 
 def parse_rows(rows: str) -> tuple[SamplerSpec, ...]:
     """`teacher50,student1` → those specs in table order; empty → all; unknown names → one line listing the valid ones."""
     keys = [k.strip() for k in rows.split(",") if k.strip()]
-    valid = [spec_key(s) for s in DEFAULT_SPECS]
+    valid = [spec_key(s) for s in DEFAULT_SPECS + EXTRA_SPECS]
     if unknown := [k for k in keys if k not in valid]:
         raise InputError(f"unknown --rows {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return tuple(s for s in DEFAULT_SPECS if not keys or spec_key(s) in keys)
+    return tuple(s for s in DEFAULT_SPECS if not keys or spec_key(s) in keys) + \
+        tuple(s for s in EXTRA_SPECS if spec_key(s) in keys)
 
 
 @dataclass
@@ -91,7 +98,8 @@ def generate_images(spec: SamplerSpec, teacher, student, cond, n: int, guidance:
             out = teacher_sample(teacher, cond, labels, steps=spec.steps, guidance=guidance, seed=noise_seed + b)
         else:
             out = consistency_sample(student.unet, student, cond, labels, steps=spec.steps, guidance=guidance,
-                                     parameterization=parameterization, seed=noise_seed + b)
+                                     parameterization=parameterization, seed=noise_seed + b,
+                                     renoise_with=spec.renoise_with)
         seconds += time.perf_counter() - t0
         images.append(out)
         if progress:
@@ -112,7 +120,7 @@ def _latency_batch1(spec: SamplerSpec, teacher, student, cond, guidance: float, 
             teacher_sample(teacher, cond, labels, steps=spec.steps, guidance=guidance, seed=r)
         else:
             consistency_sample(student.unet, student, cond, labels, steps=spec.steps, guidance=guidance,
-                               parameterization=parameterization, seed=r)
+                               parameterization=parameterization, seed=r, renoise_with=spec.renoise_with)
         timings.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(timings[1:]))
 
@@ -243,7 +251,9 @@ def evaluate_distillation(teacher_dir: str, student_dir: str, out_dir: Path, n: 
                              progress=lambda d, total, s=spec: say(f"{s.name}: Inception {d}/{total}")
                              if d % step == 0 or d == total else None)
         save_features(out_dir / "features" / f"{spec_key(spec)}_g{guidance:g}.safetensors", feats)
-        row = {"name": spec.name, "model": spec.model, "steps": spec.steps, **score(feats, labels, real),
+        row = {"name": spec.name, "model": spec.model, "steps": spec.steps,
+               **({"renoise_with": spec.renoise_with} if spec.renoise_with != "fresh" else {}),
+               **score(feats, labels, real),
                "ms_per_image_batched": ms_per_image}
         if timing:
             say(f"{spec.name}: batch-1 latency")

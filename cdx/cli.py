@@ -662,7 +662,9 @@ def evaluate(
     inception: Annotated[bool, typer.Option(help="Inception FID + KID, the headline (needs the weights: "
                                             "`make fid-weights`); --no-inception: classifier FD only (fast).")] = True,
     rows: Annotated[str, typer.Option(help="Comma-separated rows (teacher50,teacher8,teacher4,teacher2,teacher1,"
-                                      "student4,student2,student1); default all.")] = "",
+                                      "student4,student2,student1); default all. Also on request: "
+                                      "student4-ddim,student2-ddim (the deterministic DDIM hop between the "
+                                      "student's steps instead of fresh noise).")] = "",
     batch: Annotated[int, typer.Option(help="Sampling batch (the seeds are per batch: keep it to compare runs).")] = 250,
     noise_seed: Annotated[int, typer.Option(help="Batch b of every row samples from seed NOISE_SEED + b. Keep the "
                                             "default to compare with published rows; another value is a held-out "

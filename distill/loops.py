@@ -25,18 +25,33 @@ def renoise(denoised: Array, noise: Array, alpha_cumprod: float) -> Array:
     return alpha_cumprod**0.5 * denoised + (1 - alpha_cumprod) ** 0.5 * noise
 
 
+RENOISE_MODES = ("fresh", "ddim")  # how a multi-step sampler re-noises between steps (see consistency_loop)
+
+
+def implied_noise(latents: Array, denoised: Array, alpha_cumprod: float) -> Array:
+    """The noise ε̂ with latents = √ᾱ·x̂₀ + √(1-ᾱ)·ε̂ (DDIM's), for a step's input and its clean estimate."""
+    return (latents - alpha_cumprod**0.5 * denoised) / (1 - alpha_cumprod) ** 0.5
+
+
 def consistency_loop(denoise: Callable[[Array, Step], Array], noise: Array, steps: Sequence[Step],
-                     step_noise: Sequence[Array] = (), trace: list[Array] | None = None) -> Array:
+                     step_noise: Sequence[Array] = (), trace: list[Array] | None = None,
+                     renoise_with: str = "fresh") -> Array:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): denoise, re-noise to the next step's ᾱ, repeat.
 
     `denoise(latents, step)` is one consistency step (a UNet call, or a runtime running the step graph); `steps` are
     schedule entries (timestep, alpha_cumprod, c_skip, c_out); `step_noise[i - 1]` re-noises before step i. `trace`,
     when given, receives the latents each step sees (the step graph's inputs along the trajectory).
+    `renoise_with`: "fresh" (LCMScheduler's: new noise each step) or "ddim" (the deterministic DDIM hop: the noise
+    the last step's input implies, TCD's γ = 0 / CTM's deterministic sampler; `step_noise` is not used).
     """
+    if renoise_with not in RENOISE_MODES:
+        raise ValueError(f"unknown re-noising {renoise_with!r}; valid: {', '.join(RENOISE_MODES)}")
     latents = denoised = noise
     for i, step in enumerate(steps):
         if i > 0:
-            latents = renoise(denoised, step_noise[i - 1], step["alpha_cumprod"])
+            ddim = renoise_with == "ddim"
+            eps = implied_noise(latents, denoised, steps[i - 1]["alpha_cumprod"]) if ddim else step_noise[i - 1]
+            latents = renoise(denoised, eps, step["alpha_cumprod"])
         if trace is not None:
             trace.append(latents)
         denoised = denoise(latents, step)

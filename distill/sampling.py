@@ -88,20 +88,22 @@ def initial_noise(parts: LatentPipelineParts, batch: int, seed: int) -> tuple[to
 @torch.no_grad()
 def consistency_sample(unet: torch.nn.Module, parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 1,
                        guidance: float = 3.0, parameterization: str = "lcm", seed: int = 0,
-                       embedding_dim: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                       embedding_dim: int | None = None, noise: torch.Tensor | None = None,
+                       renoise_with: str = "fresh") -> torch.Tensor:
     """Multistep consistency sampling (LCMScheduler's timesteps) → images in [0, 1].
 
     `noise` gives the initial latents (e.g. cdx-normal-v1, as the artifacts draw them); otherwise they and the
-    re-noising draws come from a torch generator seeded with `seed`.
+    re-noising draws come from a torch generator seeded with `seed`. `renoise_with`: see `loops.consistency_loop`.
     """
     return _decode(parts, consistency_latents(unet, parts, cond, labels, steps, guidance, parameterization, seed,
-                                              embedding_dim, noise), steps)
+                                              embedding_dim, noise, renoise_with), steps)
 
 
 @torch.no_grad()
 def consistency_latents(unet: torch.nn.Module, parts: LatentPipelineParts, cond, labels: torch.Tensor, steps: int = 1,
                         guidance: float = 3.0, parameterization: str = "lcm", seed: int = 0,
-                        embedding_dim: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                        embedding_dim: int | None = None, noise: torch.Tensor | None = None,
+                        renoise_with: str = "fresh") -> torch.Tensor:
     """`consistency_sample`'s clean latents (the diffusion latent space, before the VAE's scaling is undone)."""
     drawn, gen = initial_noise(parts, len(labels), seed)
     latents = drawn if noise is None else noise
@@ -120,7 +122,7 @@ def consistency_latents(unet: torch.nn.Module, parts: LatentPipelineParts, cond,
         return consistency_output(unet(x, t, **kwargs).sample, x, step["alpha_cumprod"], step["c_skip"], step["c_out"],
                                   "epsilon")
 
-    return consistency_loop(denoise, latents, schedule, step_noise)
+    return consistency_loop(denoise, latents, schedule, step_noise, renoise_with=renoise_with)
 
 
 @torch.no_grad()

@@ -54,7 +54,11 @@ class CdxLatentPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, class_labels: list[int] | torch.Tensor, num_inference_steps: int = 1, guidance_scale: float = 3.0,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True):
+                 output_type: str = "pil", return_dict: bool = True, renoise_with: str = "fresh"):
+        """`renoise_with` (a student's 2+ steps): "fresh" noise between steps (LCMScheduler's) or "ddim", the
+        deterministic DDIM hop with the noise the last step's input implies (TCD's γ = 0)."""
+        if renoise_with not in ("fresh", "ddim"):
+            raise ValueError(f"renoise_with={renoise_with!r}: expected 'fresh' or 'ddim'")
         labels = torch.as_tensor(class_labels, dtype=torch.int64).reshape(-1)
         batch = labels.shape[0]
         size = self.unet.config.sample_size
@@ -68,7 +72,8 @@ class CdxLatentPipeline(DiffusionPipeline):
         if student:
             w = torch.full((batch,), guidance_scale - 1.0)
             w_emb = guidance_scale_embedding(w, self.unet.config.time_cond_proj_dim).to(self.unet.dtype)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             if student:
                 out = self.unet(model_input, t, encoder_hidden_states=None, class_labels=labels, timestep_cond=w_emb).sample
@@ -77,7 +82,14 @@ class CdxLatentPipeline(DiffusionPipeline):
                 both_labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
                 cond, uncond = self.unet(both, t, encoder_hidden_states=None, class_labels=both_labels).sample.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+            stepped = self.scheduler.step(out, t, latents, generator=generator)
+            if student and renoise_with == "ddim" and i + 1 < len(timesteps):
+                alphas = self.scheduler.alphas_cumprod
+                a, a_next = alphas[int(t)], alphas[int(timesteps[i + 1])]
+                implied = (latents - a.sqrt() * stepped.denoised) / (1 - a).sqrt()
+                latents = a_next.sqrt() * stepped.denoised + (1 - a_next).sqrt() * implied
+            else:
+                latents = stepped.prev_sample
         vae = self.decoder_for(num_inference_steps)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         image = vae.decode(latents / vae.config.scaling_factor + shift).sample
