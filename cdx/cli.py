@@ -484,6 +484,8 @@ def convert(
     mode: Annotated[str, typer.Option(help="generator: one graph noise → image; components: step + decoder graphs.")] = (
         "generator"),
     steps: Annotated[int, typer.Option(help="Consistency steps (baked into the generator; listed in the manifest).")] = 1,
+    renoise: Annotated[str, typer.Option(help="Between the steps (--steps 2+): fresh (LCMScheduler's new noise) or "
+                                         "ddim (the deterministic DDIM hop; no step_noise input).")] = "fresh",
     latent_size: Annotated[list[int], typer.Option(help="Latent size(s); one static graph each. Default: the UNet's.")] = [],  # noqa: B006
     num_seeds: Annotated[int, typer.Option(help="Seeds for golden data and the parity gate.")] = 4,
     calibration_samples: Annotated[int, typer.Option(help="Seeded inputs for int8 static calibration.")] = 8,
@@ -512,7 +514,8 @@ def convert(
     from cdx.ui import stages
 
     chosen_passes = None if passes is None else tuple(p.strip() for p in passes.split(",") if p.strip())
-    options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, latent_sizes=tuple(latent_size),
+    options = ConvertOptions(target=target, quants=tuple(quant), mode=mode, steps=steps, renoise_with=renoise,
+                             latent_sizes=tuple(latent_size),
                              seeds=tuple(range(num_seeds)), exporter=exporter, force=force, overwrite=overwrite,
                              passes=chosen_passes, coreml_target=coreml_target, calibration_samples=calibration_samples,
                              lora=lora, decoder=decoder, prompts=prompts, text_encoder=text_encoder,

@@ -32,6 +32,7 @@ from cdx.distill.consistency import check_sampling_steps
 from cdx.distill.generator import ExportableGraph as Graph
 from cdx.distill.generator import OneStepGenerator, build_generator
 from cdx.distill.loading import LatentPipelineParts, load_latent_pipeline
+from cdx.distill.loops import RENOISE_MODES
 from cdx.errors import InputError, UnsupportedError
 from cdx.manifest import new_manifest, write_manifest
 
@@ -56,6 +57,7 @@ class ConvertOptions:
     quants: tuple[str, ...] = ("none",)
     mode: str = "generator"
     steps: int = 1
+    renoise_with: str = "fresh"  # between the steps of a multi-step generator (see `loops.consistency_loop`)
     latent_sizes: tuple[int, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     exporter: str = "dynamo"
@@ -92,6 +94,10 @@ class ConvertOptions:
             raise UnsupportedError(f"--mode {self.mode!r} is not built yet; valid: {', '.join(MODES)}")
         if self.steps < 1:
             raise InputError("--steps must be >= 1")
+        if self.renoise_with not in RENOISE_MODES:
+            raise InputError(f"unknown --renoise {self.renoise_with!r}; valid: {', '.join(RENOISE_MODES)}")
+        if self.renoise_with != "fresh" and self.steps < 2:
+            raise InputError(f"--renoise {self.renoise_with} re-noises between steps: give --steps 2 or more")
         if not self.seeds:
             raise InputError("--num-seeds must be >= 1")
         if self.calibration_samples < 1:
@@ -483,7 +489,8 @@ def convert(model: str | Path, out: str | Path, options: ConvertOptions, progres
         schedule: dict[str, Any] = {}
         for size in sizes:
             generator, sched = build_generator(parts, options.steps, parameterization=parts.parameterization,
-                                               latent_hw=(size, size) if size else None)
+                                               latent_hw=(size, size) if size else None,
+                                               renoise_with=options.renoise_with)
             schedule = schedule or sched
             latent_h, latent_w = generator.latent_shape[2:]
             resolution = generator.output_specs()[0].shape[2:]

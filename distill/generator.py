@@ -53,8 +53,9 @@ class ExportableGraph(Protocol):
 
 
 def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str | None = None,
-                     latent_hw: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The manifest's `schedule`: every constant a sampler needs, read from the scheduler config."""
+                     latent_hw: tuple[int, int] | None = None, renoise_with: str = "fresh") -> dict[str, Any]:
+    """The manifest's `schedule`: every constant a sampler needs, read from the scheduler config (`renoise_with`:
+    listed when it is not LCM's fresh noise, see `loops.consistency_loop`)."""
     config = parts.scheduler_config
     parameterization = parameterization or parts.parameterization
     h, w = latent_hw or _default_latent_hw(parts)
@@ -69,6 +70,7 @@ def schedule_section(parts: LatentPipelineParts, num_steps: int = 1, parameteriz
         "latent_shift_factor": parts.latent_shift_factor,
         "latent_shape": [1, parts.latent_channels, h, w],
         "init_noise_sigma": 1.0,
+        **({"renoise_with": renoise_with} if renoise_with != "fresh" else {}),
         "steps": [s.as_dict() for s in step_constants(config, num_steps, parameterization)],  # type: ignore[arg-type]
     }
 
@@ -135,6 +137,7 @@ class OneStepGenerator(nn.Module):
         self.scaling_factor = float(schedule["latent_scaling_factor"])
         self.shift_factor = float(schedule.get("latent_shift_factor") or 0.0)
         self.steps = schedule["steps"]
+        self.renoise_with = str(schedule.get("renoise_with", "fresh"))
         self.latent_shape = tuple(schedule["latent_shape"])
         self.text_shape = (1, parts.text_sequence_length, parts.cross_attention_dim) \
             if parts.conditioning == "text_embedding" else None
@@ -144,7 +147,7 @@ class OneStepGenerator(nn.Module):
     # ---- the I/O contract -------------------------------------------------------------------------------
     def input_specs(self) -> list[TensorSpec]:
         specs = [TensorSpec("noise", self.latent_shape, "float32", description="standard normal latent")]
-        if len(self.steps) > 1:
+        if len(self.steps) > 1 and self.renoise_with == "fresh":  # the DDIM hop draws no noise
             shape = (len(self.steps) - 1, *self.latent_shape[1:])
             specs.append(TensorSpec("step_noise", shape, "float32", description="standard normal, one per extra step"))
         return specs + conditioning_input_specs(self.conditioning, self.num_classes, self.text_shape, bool(self.guidance_dim))
@@ -186,7 +189,7 @@ class OneStepGenerator(nn.Module):
             return consistency_output(out, latents, constants["alpha_cumprod"], constants["c_skip"], constants["c_out"],
                                       self.prediction_type)
 
-        return consistency_loop(step, noise, self.steps, extra, trace)
+        return consistency_loop(step, noise, self.steps, extra, trace, self.renoise_with)
 
     def contains(self) -> list[str]:
         """The manifest's `contains`: what this graph computes."""
@@ -212,8 +215,9 @@ class OneStepGenerator(nn.Module):
 
 
 def build_generator(parts: LatentPipelineParts, num_steps: int = 1, parameterization: str | None = None,
-                    latent_hw: tuple[int, int] | None = None) -> tuple[OneStepGenerator, dict[str, Any]]:
+                    latent_hw: tuple[int, int] | None = None,
+                    renoise_with: str = "fresh") -> tuple[OneStepGenerator, dict[str, Any]]:
     """A generator and the schedule section it bakes in; the boundary condition defaults to the student's own
     (`parts.parameterization`, from its cdx.json), so an EDM student is never exported with LCM constants."""
-    schedule = schedule_section(parts, num_steps, parameterization or parts.parameterization, latent_hw)
+    schedule = schedule_section(parts, num_steps, parameterization or parts.parameterization, latent_hw, renoise_with)
     return OneStepGenerator(parts, schedule).eval(), schedule

@@ -91,9 +91,11 @@ def step_constants_np(step: Step) -> dict[str, np.ndarray]:
             **{name: np.array([float(step[name])], dtype=np.float32) for name in STEP_CONSTANT_INPUTS}}
 
 
-def run_components(step_runner: Any, decoder_runner: Any, steps: list[Step], inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The multi-step consistency sampler over the step and decoder graphs, as an app runs it (constants from the
-    manifest). `inputs` are the generator's inputs (noise, step_noise, conditioning); returns the image."""
+def run_components(step_runner: Any, decoder_runner: Any, steps: list[Step], inputs: dict[str, np.ndarray],
+                   renoise_with: str = "fresh") -> np.ndarray:
+    """The multi-step consistency sampler over the step and decoder graphs, as an app runs it (constants and
+    `renoise_with` from the manifest's schedule). `inputs` are the generator's inputs (noise, step_noise,
+    conditioning); returns the image."""
     cond = {k: v for k, v in inputs.items() if k not in ("noise", "step_noise")}
     step_noise = inputs.get("step_noise")
     extra = [] if step_noise is None else [step_noise[i : i + 1] for i in range(len(steps) - 1)]
@@ -101,7 +103,8 @@ def run_components(step_runner: Any, decoder_runner: Any, steps: list[Step], inp
     def denoise(latents: np.ndarray, step: Step) -> np.ndarray:
         return step_runner.run({"latents": latents.astype(np.float32), **step_constants_np(step), **cond})["denoised"]
 
-    return decoder_runner.run({"latents": consistency_loop(denoise, inputs["noise"], steps, extra)})["image"]
+    latents = consistency_loop(denoise, inputs["noise"], steps, extra, renoise_with=renoise_with)
+    return decoder_runner.run({"latents": latents})["image"]
 
 
 def run_teacher(step_runner: Any, decoder_runner: Any, steps: list[Step], inputs: dict[str, np.ndarray],

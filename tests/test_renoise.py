@@ -80,3 +80,39 @@ def test_evaluate_offers_ddim_rows_only_on_request():
     assert [(spec_key(s), s.renoise_with) for s in chosen] == [("student2", "fresh"), ("student2-ddim", "ddim")]
     with pytest.raises(InputError, match="student2-ddim"):
         parse_rows("student3-ddim")
+
+
+def test_a_two_step_ddim_export_has_no_step_noise_input_and_draws_what_the_eager_sampler_draws(student, tmp_path):
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.convert.golden import read_golden, unstack
+    from cdx.distill.sampling import consistency_sample
+    from cdx.manifest import load_manifest
+    from cdx.runtimes import load_runner
+
+    out = tmp_path / "ddim2"
+    convert(default_student(), out, ConvertOptions(target="onnx", steps=2, renoise_with="ddim", seeds=(0, 1)))
+    manifest = load_manifest(out)
+    assert manifest["schedule"]["renoise_with"] == "ddim" and len(manifest["schedule"]["steps"]) == 2
+    model = manifest["models"][0]
+    assert [i["name"] for i in model["inputs"]] == ["noise", "class_label", "guidance_scale"]
+    assert model["parity"]["passed"]
+    runner = load_runner(out, model["name"], runtime="onnxruntime")
+    inputs, _ = read_golden(out, runner.model)
+    parts, cond = student
+    for sample in unstack(inputs):
+        image = runner.run(sample)["image"]
+        eager = consistency_sample(parts.unet, parts, cond, torch.from_numpy(sample["class_label"]), steps=2,
+                                   guidance=float(sample["guidance_scale"][0]), noise=torch.from_numpy(sample["noise"]),
+                                   renoise_with="ddim")
+        assert np.abs(image - eager.numpy()).max() <= 1e-4
+
+
+def test_convert_refuses_ddim_renoising_without_a_second_step_or_an_unknown_mode(tmp_path, monkeypatch, capsys):
+    from cli_run import run_cli
+
+    code, line = run_cli(monkeypatch, capsys, "convert", "--target", "onnx", "--renoise", "ddim", "-o", tmp_path / "a")
+    assert code != 0 and "--renoise ddim" in line and "--steps 2" in line
+    code, line = run_cli(monkeypatch, capsys, "convert", "--target", "onnx", "--steps", "2", "--renoise", "sde",
+                         "-o", tmp_path / "b")
+    assert code != 0 and "unknown --renoise 'sde'" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
