@@ -122,7 +122,9 @@ class OneStepGenerator(nn.Module):
     """noise (+ class label | text embedding) (+ guidance w) → image in [0, 1], all in one graph.
 
     With several schedule steps it runs the multi-step consistency sampler, drawing the re-noising
-    noise from the extra `step_noise` input so the graph stays deterministic and exportable.
+    noise from the extra `step_noise` input so the graph stays deterministic and exportable (with the schedule's
+    `renoise_with: "ddim"`, the DDIM hop between steps, there is no such input). Its decoder is the one the
+    pipeline uses for that many steps (`LatentPipelineParts.decoder_for`).
     """
 
     role = "generator"
