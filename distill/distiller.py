@@ -816,8 +816,7 @@ class ConsistencyDistiller:
     def sample_grid(self, path: Path, per_class: int | None = None, guidance: float | None = None) -> Path:
         """One-step samples of the network that will be saved, one row per class (up to 10 classes; GRID_PER_CLASS
         each unless given, as `stage_folder.redraw_sample_grid` draws a saved folder's)."""
-        from cdx.distill.sampling import consistency_sample, save_image_grid
-        from cdx.distill.stage_folder import GRID_PER_CLASS
+        from cdx.distill.sampling import GRID_PER_CLASS, consistency_sample, save_image_grid
 
         per_class = per_class or GRID_PER_CLASS
         classes = min(10, len(self.grid_prompts) or 1)

@@ -167,6 +167,9 @@ def check_sample_args(parts: LatentPipelineParts, student: bool, steps: int, per
         raise InputError(f"--steps {steps}: a teacher samples with 1..{total} DDIM steps (num_train_timesteps)")
 
 
+GRID_PER_CLASS = 4  # a student folder's sample_grid.png: one-step samples, this many per class, seed 0, mid guidance
+
+
 def sample_grid(model: str | Path, out: Path, steps: int = 1, per_class: int = 8, guidance: float = 3.0,
                 seed: int = 0) -> Path:
     """A grid with one row per class: consistency sampling for students, DDIM + CFG for teachers."""

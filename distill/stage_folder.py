@@ -38,7 +38,6 @@ def copy_with_component(source: Path, out: Path, component: str, model: torch.nn
 
 
 GRID_FILE = "sample_grid.png"
-GRID_PER_CLASS = 4  # a student folder's grid: one-step samples, this many per class, seed 0, mid guidance range
 
 
 def register_component(folder: Path, name: str, like: str) -> None:
@@ -56,7 +55,7 @@ def register_component(folder: Path, name: str, like: str) -> None:
 def redraw_sample_grid(folder: Path, info: dict[str, Any]) -> Path:
     """The student folder's grid as `cdx distill` draws it (`ConsistencyDistiller.sample_grid`): one-step samples,
     GRID_PER_CLASS per class, seed 0, at the middle of its guidance range."""
-    from cdx.distill.sampling import sample_grid
+    from cdx.distill.sampling import GRID_PER_CLASS, sample_grid
 
     low, high = info.get("guidance_range", (3.0, 3.0))
     return sample_grid(folder, folder / GRID_FILE, steps=1, per_class=GRID_PER_CLASS, guidance=(low + high) / 2)
