@@ -116,3 +116,33 @@ def test_convert_refuses_ddim_renoising_without_a_second_step_or_an_unknown_mode
                          "-o", tmp_path / "b")
     assert code != 0 and "unknown --renoise 'sde'" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_components_of_a_text_conditioned_rgb_student_loop_the_ddim_hop_as_its_generator_does(tiny_sd, tmp_path):
+    """An SD-shaped, text-conditioned, RGB student (`cdx teacher tiny`): the components export with the hop, looped
+    over ONNX Runtime with the manifest's constants and `renoise_with`, gives the eager generator's image."""
+    from cdx.convert.export import ConvertOptions, convert
+    from cdx.convert.golden import eager_outputs, seeded_batches
+    from cdx.distill.generator import build_generator
+    from cdx.distill.loading import load_latent_pipeline
+    from cdx.distill.loops import run_components
+    from cdx.manifest import load_manifest
+    from cdx.runtimes import load_runner
+
+    out = tmp_path / "components"
+    convert(tiny_sd, out, ConvertOptions(target="onnx", mode="components", steps=2, renoise_with="ddim", seeds=(0,)))
+    schedule = load_manifest(out)["schedule"]
+    assert schedule["renoise_with"] == "ddim"
+    step = load_runner(out, "unet_step_16x16", runtime="onnxruntime")
+    decoder = load_runner(out, "vae_decoder_16x16", runtime="onnxruntime")
+    parts = load_latent_pipeline(tiny_sd)
+    generator, _ = build_generator(parts, num_steps=2, renoise_with="ddim")
+    assert "step_noise" not in [s.name for s in generator.input_specs()]
+    fresh, _ = build_generator(parts, num_steps=2)
+    batches = seeded_batches(generator, [3, 4], None)
+    for batch, reference in zip(batches, eager_outputs(generator, batches), strict=True):
+        assert reference["image"].shape[1] == 3  # RGB
+        image = run_components(step, decoder, schedule["steps"], batch, renoise_with=schedule["renoise_with"])
+        assert np.abs(image - reference["image"]).max() <= 1e-4
+    with_noise = seeded_batches(fresh, [3], None)[0]
+    assert np.abs(eager_outputs(fresh, [with_noise])[0]["image"] - eager_outputs(generator, batches[:1])[0]["image"]).max() > 1e-3
